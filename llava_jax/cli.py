@@ -1,0 +1,51 @@
+"""The `llava-jax` command: a thin dispatcher over per-area subcommand modules.
+
+Each subcommand lives in its own module exposing `add_arguments(parser)` and
+`run(args) -> int`; modules are imported only when their subcommand runs, so
+`llava-jax chat` never imports the training stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "convert": ("llava_jax.convert.cli_convert", "convert a HF / original LLaVA checkpoint to llava_jax"),
+    "export": ("llava_jax.convert.cli_export", "export a llava_jax checkpoint to an HF LLaVA directory"),
+    "chat": ("llava_jax.infer.cli_chat", "chat with a model about an image"),
+    "train": ("llava_jax.train.cli_train", "train stage 1 or stage 2 from a config file"),
+    "data": ("llava_jax.data.cli_data", "data tools (pack LLaVA JSON into ArrayRecord shards)"),
+    "eval": ("llava_jax.eval.cli_eval", "run a benchmark of the LLaVA-1.5 evaluation suite"),
+    "demo": ("llava_jax.demo", "train a small LLaVA end to end on a synthetic task and chat with it"),
+    "plan": ("llava_jax.train.cli_plan", "memory plan for a config on a mesh"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with `only`, imports just that subcommand's module."""
+    parser = argparse.ArgumentParser(prog="llava-jax", description="LLaVA-1.5 in JAX/Flax")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == only:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `llava-jax` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    only = next((a for a in argv if not a.startswith("-")), None)
+    if only not in SUBCOMMANDS:
+        only = None
+    parser = build_parser(only)
+    args = parser.parse_args(argv)
+    return int(args._module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

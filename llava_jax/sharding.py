@@ -1,0 +1,183 @@
+"""Logical axis names, their mapping to mesh axes, and mesh building.
+
+Model code names only logical axes (the constants below). Rules map each
+logical name to mesh axes (`data`, `fsdp`, `tensor`); the rules live in the
+experiment config and default to `DEFAULT_RULES`. A logical name without a
+rule is an error, never a silent replication.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+log = logging.getLogger(__name__)
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Parameter axes.
+EMBED = "embed"
+HEADS = "heads"
+KV_HEADS = "kv_heads"
+KV = "kv"  # per-head feature dimension
+MLP = "mlp"
+VOCAB = "vocab"
+LAYERS = "layers"
+NORM = "norm"
+# Activation axes.
+BATCH = "batch"
+LENGTH = "length"
+ACT_EMBED = "act_embed"
+ACT_HEADS = "act_heads"
+ACT_KV_HEADS = "act_kv_heads"
+ACT_KV = "act_kv"
+ACT_MLP = "act_mlp"
+ACT_VOCAB = "act_vocab"
+CACHE_LENGTH = "cache_length"
+
+Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
+
+DEFAULT_RULES: Rules = (
+    (EMBED, "fsdp"),
+    (HEADS, "tensor"),
+    (KV_HEADS, "tensor"),
+    (KV, None),
+    (MLP, "tensor"),
+    (VOCAB, "tensor"),
+    (LAYERS, None),
+    (NORM, None),
+    (BATCH, ("data", "fsdp")),
+    (LENGTH, None),
+    (ACT_EMBED, None),
+    (ACT_HEADS, "tensor"),
+    (ACT_KV_HEADS, "tensor"),
+    (ACT_KV, None),
+    (ACT_MLP, "tensor"),
+    (ACT_VOCAB, "tensor"),
+    (CACHE_LENGTH, None),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Mesh shape over (`data`, `fsdp`, `tensor`); one size may be -1 (= the remaining devices)."""
+
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.data, self.fsdp, self.tensor)
+
+
+MESH_PRESETS = {
+    "fsdp": MeshConfig(data=1, fsdp=-1, tensor=1),
+    "fsdp_tensor": MeshConfig(data=1, fsdp=-1, tensor=2),
+    "data": MeshConfig(data=-1, fsdp=1, tensor=1),
+}
+
+
+def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
+    """Replace a single -1 in `shape` so the product equals `num_devices`, or raise."""
+    shape = list(shape)
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh shape {shape}: at most one axis may be -1")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % known:
+            raise ValueError(f"mesh shape {shape} does not divide {num_devices} devices")
+        shape[shape.index(-1)] = num_devices // known
+    if math.prod(shape) != num_devices:
+        raise ValueError(f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, have {num_devices}")
+    return tuple(shape)
+
+
+def make_mesh(config: MeshConfig | Sequence[int] = MeshConfig(), devices=None) -> Mesh:
+    """A `Mesh` with axes (`data`, `fsdp`, `tensor`), all `AxisType.Auto`.
+
+    Args:
+      config: a `MeshConfig` or a 3-tuple of sizes (one may be -1).
+      devices: devices to use (default all, `jax.devices()`).
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = config.shape if isinstance(config, MeshConfig) else tuple(config)
+    shape = resolve_mesh_shape(sizes, len(devices))
+    if len(devices) == len(jax.devices()):
+        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def _rule_table(rules: Rules) -> dict:
+    table = {}
+    for name, axes in rules:
+        table.setdefault(name, axes)
+    return table
+
+
+def logical_to_spec(logical: Sequence[str | None], rules: Rules = DEFAULT_RULES,
+                    shape: Sequence[int] | None = None, mesh: Mesh | None = None) -> PartitionSpec:
+    """PartitionSpec for one array's logical axis names.
+
+    With `shape` and `mesh`, a mesh axis that does not divide the dimension is
+    dropped for that dimension (logged), and a mesh axis is used at most once.
+    Raises `KeyError` for a logical name without a rule.
+    """
+    table = _rule_table(rules)
+    used: set[str] = set()
+    out = []
+    for dim, name in enumerate(logical):
+        if name is None:
+            out.append(None)
+            continue
+        if name not in table:
+            raise KeyError(f"logical axis {name!r} has no sharding rule (rules cover {sorted(table)})")
+        axes = table[name]
+        axes = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+        kept = []
+        for axis in axes:
+            if axis in used:
+                continue
+            if mesh is not None and axis not in mesh.shape:
+                raise KeyError(f"rule maps {name!r} to mesh axis {axis!r}, not in mesh axes {tuple(mesh.shape)}")
+            if shape is not None and mesh is not None:
+                size = mesh.shape[axis] * math.prod(mesh.shape[a] for a in kept)
+                if shape[dim] % size:
+                    if mesh.shape[axis] > 1:
+                        log.info("dim %d (%s=%d) not divisible by mesh axis %s; not sharded there",
+                                 dim, name, shape[dim], axis)
+                    continue
+            kept.append(axis)
+        used.update(kept)
+        out.append(None if not kept else (kept[0] if len(kept) == 1 else tuple(kept)))
+    return PartitionSpec(*out)
+
+
+def logical_axes_of(boxed_tree):
+    """Tree of logical axis-name tuples from a tree of `nn.LogicallyPartitioned` boxes."""
+    def names(x):
+        if isinstance(x, nn.LogicallyPartitioned):
+            return tuple(x.names)
+        return (None,) * len(getattr(x, "shape", ()))
+    return jax.tree.map(names, boxed_tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def tree_shardings(logical_tree, abstract_tree, mesh: Mesh, rules: Rules = DEFAULT_RULES):
+    """`NamedSharding` tree for `abstract_tree` (arrays or ShapeDtypeStructs) given its logical names."""
+    is_names = lambda x: isinstance(x, tuple) and all(isinstance(n, (str, type(None))) for n in x)
+    return jax.tree.map(
+        lambda names, a: NamedSharding(mesh, logical_to_spec(names, rules, a.shape, mesh)),
+        logical_tree, abstract_tree, is_leaf=is_names,
+    )
+
+
+def activation_constraint(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Constrain activation `x` to logical `names` when a mesh and rules are in context; else identity."""
+    return nn.with_logical_constraint(x, tuple(names))
