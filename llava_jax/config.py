@@ -15,7 +15,7 @@ from typing import Mapping
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 SUPPORTED_ATTENTION_IMPLS = ("xla", "cudnn", "pallas_gpu", "splash", "auto")
-SUPPORTED_REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "minimal")
+SUPPORTED_REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 _VISION_ACTS = ("quick_gelu", "gelu", "gelu_new", "gelu_pytorch_tanh")
 _PROJECTOR_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "quick_gelu", "silu", "relu")
 

@@ -1,0 +1,178 @@
+"""LLaMA / Vicuna decoder (HF `LlamaForCausalLM` semantics) with a static-shape KV cache.
+
+Letters: B batch, T length, S cache length, D width, N query heads,
+K key/value heads, H head dim, F MLP width, V vocab, L layers.
+
+Modes: no cache (training / full-sequence logits); `cache` given with
+`decode=False` (prefill: attend within the prompt, write slots [0, T));
+`decode=True` (append T tokens at `cache_index`, attend over the cache).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from llava_jax.config import LlamaConfig
+from llava_jax.kernels import attention, masked_attention
+from llava_jax.model.layers import Dense, RMSNorm, apply_rope, dtype_of, rope_cos_sin, rope_inv_freq
+from llava_jax.sharding import (ACT_EMBED, BATCH, EMBED, HEADS, KV, KV_HEADS, LAYERS, LENGTH, MLP,
+                                VOCAB, activation_constraint)
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class LlamaAttention(nn.Module):
+    """Grouped-query self-attention with half-split RoPE."""
+
+    config: LlamaConfig
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x, cos, sin, segment_ids, padding_mask, layer_cache, cache_index):
+        """x: float[B, T, D] -> (float[B, T, D], updated (k, v) float[B, S, K, H] or None)."""
+        c = self.config
+        kw = dict(use_bias=c.attention_bias, dtype=c.dtype, param_dtype=c.param_dtype)
+        q = Dense((c.num_heads, c.head_dim), (EMBED,), (HEADS, KV), name="q_proj", **kw)(x)
+        k = Dense((c.num_kv_heads, c.head_dim), (EMBED,), (KV_HEADS, KV), name="k_proj", **kw)(x)
+        v = Dense((c.num_kv_heads, c.head_dim), (EMBED,), (KV_HEADS, KV), name="v_proj", **kw)(x)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+        new_cache = None
+        if layer_cache is None or not self.decode:
+            out = attention(q, k, v, causal=True, segment_ids=segment_ids, padding_mask=padding_mask,
+                            impl=c.attention_impl)
+            if layer_cache is not None:
+                ck, cv = layer_cache
+                new_cache = (jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, 0, 0, 0)),
+                             jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, 0, 0, 0)))
+        else:
+            ck, cv = layer_cache
+            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
+            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
+            new_cache = (ck, cv)
+            t, s = x.shape[1], ck.shape[1]
+            # Slot j is visible to new token i when written (j <= cache_index + i) and not padding.
+            visible = jnp.arange(s)[None, :] <= cache_index + jnp.arange(t)[:, None]
+            mask = visible[None] & padding_mask.astype(bool)[:, None, :]
+            out = masked_attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask)
+        out = Dense((c.hidden_size,), (HEADS, KV), (EMBED,), name="o_proj", **kw)(out)
+        return out, new_cache
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x):
+        """x: float[B, T, D] -> float[B, T, D]."""
+        c = self.config
+        kw = dict(use_bias=c.mlp_bias, dtype=c.dtype, param_dtype=c.param_dtype)
+        gate = Dense((c.intermediate_size,), (EMBED,), (MLP,), name="gate_proj", **kw)(x)
+        up = Dense((c.intermediate_size,), (EMBED,), (MLP,), name="up_proj", **kw)(x)
+        return Dense((c.hidden_size,), (MLP,), (EMBED,), name="down_proj", **kw)(jax.nn.silu(gate) * up)
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm decoder block; the scan carry is the residual stream float[B, T, D]."""
+
+    config: LlamaConfig
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x, cos, sin, segment_ids, padding_mask, cache_index, layer_cache):
+        """One layer: (x, per-layer cache) -> (x, updated per-layer cache)."""
+        c = self.config
+        norm = dict(eps=c.rms_norm_eps, dtype=c.dtype, param_dtype=c.param_dtype)
+        h = RMSNorm(name="input_layernorm", **norm)(x)
+        h, new_cache = LlamaAttention(c, self.decode, name="self_attn")(
+            h, cos, sin, segment_ids, padding_mask, layer_cache, cache_index)
+        x = x + h
+        x = x + LlamaMLP(c, name="mlp")(RMSNorm(name="post_attention_layernorm", **norm)(x))
+        x = activation_constraint(x, (BATCH, LENGTH, ACT_EMBED))
+        return x, new_cache
+
+
+class LlamaModel(nn.Module):
+    """Token embedding, scanned decoder layers, final norm and LM head."""
+
+    config: LlamaConfig
+    decode: bool = False
+
+    def setup(self):
+        c = self.config
+        self.embed_tokens = self.param(
+            "embed_tokens", nn.with_logical_partitioning(nn.initializers.normal(0.02), (VOCAB, EMBED)),
+            (c.vocab_size, c.hidden_size), dtype_of(c.param_dtype),
+        )
+        block = LlamaDecoderLayer
+        if c.remat_policy != "none":
+            block = nn.remat(block, policy=REMAT_POLICIES[c.remat_policy], prevent_cse=False)
+        self.layers = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
+            length=c.num_layers,
+            metadata_params={nn.PARTITION_NAME: LAYERS},
+        )(c, self.decode)
+        self.norm = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype)
+        if not c.tie_word_embeddings:
+            self.lm_head = Dense((c.vocab_size,), (EMBED,), (VOCAB,), use_bias=False, dtype=c.dtype,
+                                 param_dtype=c.param_dtype)
+
+    def embed(self, input_ids):
+        """int[B, T] token ids (all < vocab_size) -> float[B, T, D] embeddings in compute dtype."""
+        return jnp.take(self.embed_tokens, input_ids, axis=0).astype(dtype_of(self.config.dtype))
+
+    def logits(self, hidden):
+        """float[B, T, D] final-normed hidden states -> float32[B, T, V] logits."""
+        c = self.config
+        if c.tie_word_embeddings:
+            w = self.embed_tokens.astype(dtype_of(c.dtype))
+            return jnp.einsum("btd,vd->btv", hidden, w, preferred_element_type=jnp.float32)
+        return self.lm_head(hidden).astype(jnp.float32)
+
+    def __call__(self, embeds, positions, segment_ids=None, padding_mask=None, cache=None,
+                 cache_index=None, return_hidden=False):
+        """Run the decoder on embeddings.
+
+        Args:
+          embeds: float[B, T, D] input embeddings.
+          positions: int32[B, T] RoPE positions.
+          segment_ids: int32[B, T] packed-sample ids (attend within a segment) or None.
+          padding_mask: bool[B, T] real tokens (no cache / prefill) or bool[B, S] valid
+            cache slots including the new ones (decode).
+          cache: {'k', 'v'}: float[L, B, S, K, H] or None.
+          cache_index: int32[] first slot written by this call (decode only).
+          return_hidden: return the final-normed hidden states float[B, T, D] instead of logits.
+        Returns:
+          (float32[B, T, V] logits or hidden states, updated cache or None).
+        """
+        c = self.config
+        dtype = dtype_of(c.dtype)
+        max_pos = positions.max() if c.rope_scaling.rope_type == "dynamic" else None
+        inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings, max_pos)
+        cos, sin = rope_cos_sin(positions, inv_freq, dtype)
+        x = activation_constraint(embeds.astype(dtype), (BATCH, LENGTH, ACT_EMBED))
+        layer_caches = None if cache is None else (cache["k"], cache["v"])
+        x, new_caches = self.layers(x, cos, sin, segment_ids, padding_mask, cache_index, layer_caches)
+        x = self.norm(x)
+        new_cache = None if cache is None else {"k": new_caches[0], "v": new_caches[1]}
+        if return_hidden:
+            return x, new_cache
+        return self.logits(x), new_cache
+
+
+def init_cache(config: LlamaConfig, batch: int, max_len: int, dtype=None) -> dict:
+    """Zeroed KV cache {'k', 'v'}: float[L, B, S, K, H] (S = max_len), in compute dtype by default."""
+    dtype = dtype_of(config.dtype) if dtype is None else dtype
+    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}

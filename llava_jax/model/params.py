@@ -1,0 +1,57 @@
+"""Parameter trees of `LlavaModel` as plain pytrees: abstract shapes, logical axes, sharded init."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from llava_jax.config import LlavaConfig
+from llava_jax.model.llava import LlavaModel
+from llava_jax.sharding import DEFAULT_RULES, Rules, logical_axes_of, tree_shardings
+
+
+def _dummy_inputs(config: LlavaConfig):
+    s = config.vision.image_size
+    ids = jnp.zeros((1, 4), jnp.int32)
+    images = jnp.zeros((1, 1, s, s, config.vision.num_channels), jnp.float32)
+    return ids, images
+
+
+def _boxed_init(config: LlavaConfig, rng):
+    ids, images = _dummy_inputs(config)
+    return LlavaModel(config).init(rng, ids, images)["params"]
+
+
+def abstract_boxed(config: LlavaConfig):
+    """Shape-only parameter tree with `nn.LogicallyPartitioned` boxes (no compute)."""
+    return jax.eval_shape(lambda r: _boxed_init(config, r), jax.random.PRNGKey(0))
+
+
+def abstract_params(config: LlavaConfig):
+    """Tree of `jax.ShapeDtypeStruct` for every parameter (no compute, any model size)."""
+    return nn.meta.unbox(abstract_boxed(config))
+
+
+def param_logical_axes(config: LlavaConfig):
+    """Tree (same structure as the params) of logical axis-name tuples."""
+    return logical_axes_of(abstract_boxed(config))
+
+
+def param_shardings(config: LlavaConfig, mesh, rules: Rules = DEFAULT_RULES):
+    """Tree of `NamedSharding` placing each parameter as `rules` say on `mesh`."""
+    return tree_shardings(param_logical_axes(config), abstract_params(config), mesh, rules)
+
+
+def init_params(config: LlavaConfig, rng=None, mesh=None, rules: Rules = DEFAULT_RULES):
+    """Randomly initialised parameters (plain pytree), created sharded when `mesh` is given."""
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    init = lambda r: nn.meta.unbox(_boxed_init(config, r))
+    if mesh is None:
+        return jax.jit(init)(rng)
+    return jax.jit(init, out_shardings=param_shardings(config, mesh, rules))(rng)
+
+
+def count_params(tree) -> int:
+    """Total number of elements in a parameter (or abstract) tree."""
+    return sum(int(x.size) for x in jax.tree.leaves(tree))
