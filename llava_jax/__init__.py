@@ -1,1 +1,29 @@
-"""llava_jax."""
+"""llava_jax: LLaVA-1.5 (Improved Baselines with Visual Instruction Tuning) in JAX/Flax.
+
+Public API:
+  load(path, *, dtype, mesh) -> Llava      HF / original / llava_jax checkpoints
+  load_components(vision_dir, llm_dir)    stage-1 initialisation
+  Llava.logits / .generate / .chat / .save / .export_hf
+  preprocess_image(image, *, mode, size)  CLIP preprocessing with LLaVA's pad mode
+  configs: VisionConfig, ProjectorConfig, LlamaConfig, LlavaConfig and presets
+"""
+
+from llava_jax.api import Llava, load, load_components, random_model
+from llava_jax.config import (LlamaConfig, LlavaConfig, ProjectorConfig, VisionConfig, bench_small,
+                              llava_v15_7b, llava_v15_13b, tiny)
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Preprocessing pulls in PIL; import it only when asked for.
+    if name == "preprocess_image":
+        from llava_jax.data.image import preprocess_image
+
+        return preprocess_image
+    raise AttributeError(f"module 'llava_jax' has no attribute {name!r}")
+
+
+__all__ = ["Llava", "LlamaConfig", "LlavaConfig", "ProjectorConfig", "VisionConfig", "bench_small",
+           "llava_v15_7b", "llava_v15_13b", "load", "load_components", "preprocess_image", "random_model",
+           "tiny"]

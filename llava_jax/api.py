@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llava_jax.config import ConfigError, LlavaConfig, llama_config_from_hf, vision_config_from_hf
+from llava_jax.config import ConfigError, LlavaConfig, config_kind, llama_config_from_hf, vision_config_from_hf
 from llava_jax.convert.hf import canonical_sources, read_params
 from llava_jax.convert.native import is_native, load_native, save_native
 from llava_jax.convert.tensors import CheckpointError, weight_files
@@ -155,15 +155,17 @@ def _vision_from_dir(directory: str, config: LlavaConfig, dtype, mesh, rules):
     return read_params(config, sources, dtype=dtype, parts=("vision",), mesh=mesh, rules=rules, where=directory)
 
 
-def load(path: str, *, dtype: str = "float32", mesh=None, rules: Rules = DEFAULT_RULES,
+def load(path: str, *, dtype: str | None = "float32", mesh=None, rules: Rules = DEFAULT_RULES,
          vision_tower: str | None = None) -> Llava:
     """Load a LLaVA model from an HF LLaVA directory, an original LLaVA checkpoint or a llava_jax checkpoint.
 
     Args:
       path: the model directory.
-      dtype: parameter and compute dtype ('float32', 'bfloat16').
+      dtype: parameter and compute dtype ('float32', 'bfloat16'); None keeps the stored dtype.
       mesh: place parameters sharded on this mesh (by `rules`) straight from the files.
-      vision_tower: HF CLIP directory for original checkpoints without vision weights.
+      vision_tower: HF CLIP directory for original checkpoints: its config always (the original
+        `config.json` names the tower but does not describe it; default CLIP ViT-L/14-336 or the
+        local directory `mm_vision_tower` names), its weights when the checkpoint has none.
     Returns:
       `Llava` with `.config`, `.params`, `.tokenizer` (None when the directory has none).
     """
@@ -173,23 +175,29 @@ def load(path: str, *, dtype: str = "float32", mesh=None, rules: Rules = DEFAULT
         config, params = load_native(path, dtype=dtype, mesh=mesh, rules=rules)
         return Llava(config, params, load_tokenizer(path), mesh, rules)
     hf = _read_json(os.path.join(path, "config.json"))
-    vision_hf = None
-    if vision_tower is not None:
-        vision_hf = _read_json(os.path.join(vision_tower, "config.json"))
+    try:
+        config_kind(hf)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}/config.json: {e}") from e
+    if vision_tower is None and os.path.isdir(str(hf.get("mm_vision_tower", ""))):
+        vision_tower = hf["mm_vision_tower"]  # original configs may name a local CLIP directory
+    sources = canonical_sources(weight_files(path), where=path)
+    has_vision = any(k.startswith("vision.") for k in sources)
+    if not has_vision and vision_tower is None:
+        raise CheckpointError(
+            f"{path}: checkpoint has no vision tower weights; pass vision_tower= (an HF CLIP directory, "
+            f"here {hf.get('mm_vision_tower', 'openai/clip-vit-large-patch14-336')})"
+        )
+    vision_hf = None if vision_tower is None else _read_json(os.path.join(vision_tower, "config.json"))
+    if dtype is None:
+        dtype = str(hf.get("dtype") or hf.get("torch_dtype") or "float32")
     try:
         config = LlavaConfig.from_hf(hf, vision_hf=vision_hf).with_dtype(dtype)
     except ConfigError as e:
         raise CheckpointError(f"{path}/config.json: {e}") from e
-    sources = canonical_sources(weight_files(path), where=path)
-    has_vision = any(k.startswith("vision.") for k in sources)
     parts = ("vision", "projector", "llm")
     params = {}
     if not has_vision:
-        if vision_tower is None:
-            raise CheckpointError(
-                f"{path}: checkpoint has no vision tower weights; pass vision_tower= (an HF CLIP directory, "
-                f"here {hf.get('mm_vision_tower', 'openai/clip-vit-large-patch14-336')})"
-            )
         params.update(_vision_from_dir(vision_tower, config, dtype, mesh, rules))
         parts = ("projector", "llm")
     params.update(read_params(config, sources, dtype=dtype, parts=parts, mesh=mesh, rules=rules, where=path))

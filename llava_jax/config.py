@@ -235,13 +235,8 @@ class LlavaConfig:
         For original-repo configs the vision tower config is not inside the file:
         pass `vision_hf` (the CLIP `config.json` dict) or get CLIP ViT-L/14-336.
         """
-        if hf.get("model_type") == "llava" or "text_config" in hf:
-            return _from_hf_llava(hf)
-        if "mm_hidden_size" in hf or "mm_vision_tower" in hf or "mm_projector_type" in hf:
-            return _from_original(hf, vision_hf)
-        raise ConfigError(
-            "config is neither an HF LlavaConfig (model_type 'llava') nor an original LLaVA config (mm_* fields)"
-        )
+        kind = config_kind(hf)
+        return _from_hf_llava(hf) if kind == "hf" else _from_original(hf, vision_hf)
 
     def to_hf(self) -> dict:
         """HF transformers `LlavaConfig` dict (what `config.json` of a llava-hf directory holds)."""
@@ -306,6 +301,17 @@ class LlavaConfig:
 
 
 # -------------------------------------------------------------------- HF parsing
+def config_kind(hf: Mapping) -> str:
+    """'hf' for an HF LlavaConfig dict, 'original' for the LLaVA repo's; else `ConfigError`."""
+    if hf.get("model_type") == "llava" or "text_config" in hf:
+        return "hf"
+    if "mm_hidden_size" in hf or "mm_vision_tower" in hf or "mm_projector_type" in hf:
+        return "original"
+    raise ConfigError(
+        "config is neither an HF LlavaConfig (model_type 'llava') nor an original LLaVA config (mm_* fields)"
+    )
+
+
 def _rope_from_hf(text: Mapping) -> tuple[float, RopeScaling]:
     params = text.get("rope_parameters")
     legacy = text.get("rope_scaling")

@@ -23,6 +23,7 @@ PREFIX_RULES = (
     (r"^model\.vision_tower\.", "vision."),
     (r"^vision_tower\.", "vision."),
     (r"^vision_model\.", "vision."),
+    (r"^(?=(embeddings|encoder|pre_layrnorm|post_layernorm)\.)", "vision."),  # CLIPVisionModel, transformers 5
     (r"^model\.multi_modal_projector\.", "projector."),
     (r"^multi_modal_projector\.", "projector."),
     (r"^model\.mm_projector\.0\.", "projector.linear_1."),

@@ -70,7 +70,7 @@ class VisionEncoderLayer(nn.Module):
             h = h + mlp(ln2(h))
             return activation_constraint(h, (BATCH, LENGTH, ACT_EMBED))
 
-        if active is None:
+        if active is None or self.is_initializing():
             return block(self, x), None
         # Layers past the selected feature layer are never computed (the cond skips them),
         # yet their weights stay in the tree so HF round trips keep every tensor.
