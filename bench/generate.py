@@ -1,0 +1,135 @@
+"""Generation speed: llava_jax vs transformers' PyTorch `generate`, same random model, same run.
+
+Shape `bench-small` (`llava_jax.config.bench_small`): prompt = BOS + 256 image
+placeholders + 15 text tokens (272), 64 new tokens, greedy, EOS disabled so
+every run makes exactly 64 tokens. Reports time to first token (prefill,
+image encoding included) and decode tokens/s (tokens after the first, all
+rows) for batch 1 and 8, and the llava_jax / transformers ratios.
+
+Run: `.venv/bin/python bench/generate.py [--batches 1 8] [--repeats 3]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import numpy as np
+import torch
+
+import llava_jax
+from llava_jax.config import bench_small
+
+TEXT_TOKENS = 16
+NEW_TOKENS = 64
+
+
+def build_models(seed: int = 0):
+    """A random HF `LlavaForConditionalGeneration` and the same weights loaded by llava_jax."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    config = bench_small()
+    torch.manual_seed(seed)
+    hf = LlavaForConditionalGeneration(LlavaConfig.from_dict(config.to_hf())).eval()
+    hf.generation_config.eos_token_id = None  # fixed-length runs on both sides
+    hf.generation_config.pad_token_id = 0
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        model = llava_jax.load(d)
+    return hf, model
+
+
+def make_inputs(config, batch: int, seed: int = 0):
+    """int64[B, 272] ids (BOS, 256 placeholders, 15 text) and float32[B, 3, 224, 224] pixels."""
+    rng = np.random.default_rng(seed)
+    per = config.image_seq_length
+    ids = rng.integers(3, 32000, size=(batch, 1 + per + TEXT_TOKENS - 1))
+    ids[:, 0] = 1
+    ids[:, 1:1 + per] = config.image_token_index
+    s = config.vision.image_size
+    pixels = rng.standard_normal((batch, 3, s, s)).astype(np.float32)
+    return ids, pixels
+
+
+def time_jax(model, ids, pixels, repeats: int):
+    """[(ttft_s, decode_tok_s)] per repeat, after one compiling warm-up run."""
+    kw = {"max_new_tokens": NEW_TOKENS, "eos_token_id": ()}
+    model.generate(ids, pixels, **kw)
+    runs = []
+    for _ in range(repeats):
+        t = {}
+        out = model.generate(ids, pixels, timings=t, **kw)
+        assert out.shape == (ids.shape[0], NEW_TOKENS), out.shape
+        runs.append((t["prefill_s"], ids.shape[0] * (NEW_TOKENS - 1) / t["decode_s"]))
+    return runs
+
+
+class _Clock:
+    """transformers streamer that timestamps each `put` (the prompt first, then each new token)."""
+
+    def __init__(self):
+        self.times = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        self.times.append(time.perf_counter())
+
+
+def time_hf(hf, ids, pixels, repeats: int):
+    """[(ttft_s, decode_tok_s)] per repeat, after one warm-up run."""
+    inputs = {"input_ids": torch.tensor(ids), "pixel_values": torch.tensor(pixels),
+                  "attention_mask": torch.ones(ids.shape, dtype=torch.long)}
+    kw = {"do_sample": False, "max_new_tokens": NEW_TOKENS, "min_new_tokens": None}
+    runs = []
+    with torch.inference_mode():
+        hf.generate(**inputs, **kw)
+        for _ in range(repeats):
+            clock = _Clock()
+            start = time.perf_counter()
+            out = hf.generate(**inputs, streamer=clock, **kw)
+            end = time.perf_counter()
+            assert out.shape[1] == ids.shape[1] + NEW_TOKENS, out.shape
+            first = clock.times[1]  # times[0]: the prompt; times[1]: the first new token
+            runs.append((first - start, ids.shape[0] * (NEW_TOKENS - 1) / (end - first)))
+    return runs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    hf, model = build_models()
+    print(f"# bench-small generate: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} ({args.threads} threads), "
+          f"prompt {model.config.image_seq_length}+{TEXT_TOKENS} tokens, {NEW_TOKENS} new, greedy, float32; "
+          f"median of {args.repeats}")
+    print("| batch | llava_jax TTFT s | transformers TTFT s | TTFT speed-up | llava_jax decode tok/s | "
+          "transformers decode tok/s | decode ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for batch in args.batches:
+        ids, pixels = make_inputs(model.config, batch)
+        ours = time_jax(model, ids, pixels, args.repeats)
+        theirs = time_hf(hf, ids, pixels, args.repeats)
+        o_ttft, o_tps = (statistics.median(x) for x in zip(*ours))
+        t_ttft, t_tps = (statistics.median(x) for x in zip(*theirs))
+        print(f"| {batch} | {o_ttft:.3f} | {t_ttft:.3f} | {t_ttft / o_ttft:.2f}x | {o_tps:.1f} | {t_tps:.1f} | "
+              f"{o_tps / t_tps:.2f}x |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Device side of generation: prefill, and the jitted decode loop.
+
+Letters: B batch rows, T prompt length, S cache length, N max new tokens,
+V vocab, L layers, K key/value heads, H head dim.
+
+The decode state is a dict of arrays: `cache` {'k', 'v'}, `token` int32[B]
+(last token, fed next), `position` int32[B] (its RoPE position), `done`
+bool[B], `out` int32[B, N], `step` int32[] (tokens made so far) and, when
+asked for, `logits` float32[B, N, V].
+
+Two layouts of the decoder weights and cache, the same layer module in both:
+- `scan`: the model's own scanned decoder over stacked weights and the
+  stacked cache float[L, B, S, K, H] (no extra memory).
+- `unrolled`: one buffer per layer (weights split once per model and kept,
+  cache a tuple of L float[B, S, K, H]) and a Python loop over layers. XLA:CPU
+  copies every slice it takes of a stacked weight inside a loop, which halves
+  decode speed there; separate buffers are read in place.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from llava_jax.config import LlavaConfig
+from llava_jax.infer.sampling import SamplingMode, sample_tokens
+from llava_jax.model.layers import dtype_of, rope_cos_sin, rope_inv_freq
+from llava_jax.model.llama import LlamaDecoderLayer, LlamaModel, init_cache
+from llava_jax.model.llava import LlavaModel
+
+LAYOUTS = ("auto", "scan", "unrolled")
+
+
+def resolve_layout(layout: str) -> str:
+    """`auto` -> `unrolled` on CPU (see module docstring), `scan` on accelerators."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r} not in {LAYOUTS}")
+    if layout == "auto":
+        return "unrolled" if jax.default_backend() == "cpu" else "scan"
+    return layout
+
+
+@jax.jit
+def _split(stacked):
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    return tuple(jax.tree.map(lambda p, i=i: p[i], stacked) for i in range(n))
+
+
+def layer_params(model) -> tuple:
+    """Per-layer LLM decoder weights (L trees of separate buffers), made once per params and kept.
+
+    Costs a second copy of the decoder weights for as long as the model lives;
+    use `layout='scan'` where memory matters more than CPU decode speed.
+    """
+    stacked = model.params["llm"]["layers"]
+    key = tuple(id(x) for x in jax.tree.leaves(stacked))
+    memo = model.__dict__.get("_layer_params")
+    if memo is None or memo[0] != key:
+        memo = (key, _split(stacked))
+        model.__dict__["_layer_params"] = memo
+    return memo[1]
+
+
+def _step_key(seed_key, step):
+    return jax.random.fold_in(seed_key, step)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "cache_len", "num_new", "mode", "keep_logits", "unrolled"))
+def prefill(params, input_ids, images, mask, seed_key, temperature, top_p, stop_ids, pad_id, *,
+            config: LlavaConfig, cache_len: int, num_new: int, mode: SamplingMode, keep_logits: bool,
+            unrolled: bool):
+    """Run the prompt and choose token 0.
+
+    Args:
+      input_ids: int32[B, T] left-padded prompts; images: float[B, M, S, S, 3] or None.
+      mask: bool[B, T] real tokens. stop_ids: int32[K] ids ending a row. pad_id: int32[].
+    Returns:
+      The decode state (module docstring) with `step` = 1.
+    """
+    b = input_ids.shape[0]
+    positions = jnp.where(mask, jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
+    model = LlavaModel(config)
+    cache = init_cache(config.llm, b, cache_len)
+    hidden, cache = model.apply({"params": params}, input_ids, images, positions=positions,
+                                padding_mask=mask, cache=cache, return_hidden=True)
+    if unrolled:
+        cache = {name: tuple(c[i] for i in range(c.shape[0])) for name, c in cache.items()}
+    # Left padding puts every row's last real token in the last column: project only that one.
+    logits = model.apply({"params": params}, hidden[:, -1:], method=LlavaModel.logits_from_hidden)[:, 0]
+    token = sample_tokens(logits, _step_key(seed_key, 0), temperature, top_p, mode)
+    state = {"cache": cache, "token": token, "position": positions[:, -1] + 1, "done": jnp.isin(token, stop_ids),
+                 "out": jnp.full((b, num_new), pad_id, jnp.int32).at[:, 0].set(token), "step": jnp.int32(1)}
+    if keep_logits:
+        state["logits"] = jnp.zeros((b, num_new, logits.shape[-1]), jnp.float32).at[:, 0].set(logits)
+    return state
+
+
+def _unrolled_step(params, layers, token, position, slot_mask, cache, cache_index, config: LlavaConfig):
+    """One decode step over per-layer buffers: (float32[B, V] logits, new per-layer cache)."""
+    c = config.llm
+    ids = token[:, None]
+    x = LlavaModel(config).apply({"params": params}, ids, method=LlavaModel.embed)
+    positions = position[:, None]
+    max_pos = positions.max() if c.rope_scaling.rope_type == "dynamic" else None
+    inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings, max_pos)
+    cos, sin = rope_cos_sin(positions, inv_freq, dtype_of(c.dtype))
+    layer = LlamaDecoderLayer(c, decode=True)
+    new_k, new_v = [], []
+    for i, lp in enumerate(layers):
+        x, (k, v) = layer.apply({"params": lp}, x, cos, sin, None, slot_mask, cache_index,
+                                (cache["k"][i], cache["v"][i]))
+        new_k.append(k)
+        new_v.append(v)
+    logits = LlamaModel(c).apply({"params": params["llm"]}, x, method=lambda m, h: m.logits(m.norm(h)))
+    return logits[:, 0], {"k": tuple(new_k), "v": tuple(new_v)}
+
+
+@functools.partial(jax.jit, static_argnames=("config", "mode"), donate_argnames=("state",))
+def decode(params, layers, state, limit, prompt_mask, seed_key, temperature, top_p, stop_ids, pad_id, *,
+           config: LlavaConfig, mode: SamplingMode):
+    """Append tokens until `state['step'] == limit` or every row is done, in one `lax.while_loop`.
+
+    Args:
+      layers: `layer_params(model)` for the unrolled layout, None for the scanned one.
+      state: from `prefill` or an earlier `decode` (donated).
+      limit: int32[] step to stop at (traced: chunked calls share one compilation).
+      prompt_mask: bool[B, T] real prompt tokens.
+    """
+    t = prompt_mask.shape[1]
+    cache_len = jax.tree.leaves(state["cache"])[0].shape[-3]
+    # Slots past the prompt are written in order; the model hides those not yet written.
+    slot_mask = jnp.concatenate([prompt_mask, jnp.ones((prompt_mask.shape[0], cache_len - t), bool)], axis=1)
+    scanned = LlavaModel(config, decode=True)
+
+    def cond(s):
+        return (s["step"] < limit) & ~jnp.all(s["done"])
+
+    def body(s):
+        step = s["step"]
+        if layers is None:
+            logits, cache = scanned.apply({"params": params}, s["token"][:, None],
+                                          positions=s["position"][:, None], padding_mask=slot_mask,
+                                          cache=s["cache"], cache_index=t + step - 1)
+            logits = logits[:, 0]
+        else:
+            logits, cache = _unrolled_step(params, layers, s["token"], s["position"], slot_mask, s["cache"],
+                                           t + step - 1, config)
+        token = sample_tokens(logits, _step_key(seed_key, step), temperature, top_p, mode)
+        token = jnp.where(s["done"], pad_id, token)
+        new = {"cache": cache, "token": token, "position": s["position"] + 1, "done": s["done"] | jnp.isin(token, stop_ids),
+                   "out": jax.lax.dynamic_update_slice(s["out"], token[:, None], (0, step)), "step": step + 1}
+        if "logits" in s:
+            new["logits"] = jax.lax.dynamic_update_slice(s["logits"], logits[:, None], (0, step, 0))
+        return new
+
+    return jax.lax.while_loop(cond, body, state)
