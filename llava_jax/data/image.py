@@ -1,0 +1,191 @@
+"""CLIP image preprocessing for LLaVA-1.5 in numpy + PIL (no torch).
+
+Matches transformers' PIL-backend `CLIPImageProcessor` for the CLIP ViT-L/14-336
+settings: resize the shortest side to `size` (bicubic), centre crop, rescale by
+1/255, normalise with the CLIP mean/std. LLaVA's `pad` aspect mode first pastes
+the image centred on a square filled with the mean colour (reference
+`expand2square`); `square` is the CLIP processor alone (stage 1).
+
+Mode conversion follows HF: files and bytes go through `load_image` (EXIF
+orientation applied, then `convert("RGB")`, as `transformers.image_utils.load_image`
+does); in-memory PIL images are converted as the processor's `convert_to_rgb`
+does (transparency composited on white). The LLaVA repo ignores EXIF; the two
+differ only for EXIF-rotated or transparent images.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+from PIL import Image, ImageOps
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# The reference fills with `tuple(int(x * 255) for x in mean)`: truncation, not rounding.
+PAD_COLOR = tuple(int(x * 255) for x in CLIP_MEAN)  # (122, 116, 104)
+MODES = ("pad", "square")
+
+ImageInput = Image.Image | np.ndarray | str | os.PathLike | bytes
+
+
+def _normalize_table(mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
+    """float32[3, 256]: the normalised value of each uint8 level per channel.
+
+    Computed with HF's exact arithmetic (rescale in float64, cast to float32,
+    then `(x - mean) / std` in float32), so a table lookup is bit-identical to
+    the processor and cheaper than the arithmetic on every pixel.
+    """
+    levels = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)
+    mean32 = np.asarray(mean, dtype=np.float32)[:, None]
+    std32 = np.asarray(std, dtype=np.float32)[:, None]
+    return ((levels[None, :] - mean32) / std32).astype(np.float32)
+
+
+_TABLE = _normalize_table()
+_TABLE_FLAT = _TABLE.reshape(-1)
+_CHANNEL_OFFSET = np.arange(3, dtype=np.intp) * 256
+
+
+def load_image(source: str | os.PathLike | bytes) -> Image.Image:
+    """Open an image file or encoded bytes as an RGB PIL image, as HF `load_image` does.
+
+    Raises `ValueError` for empty input, `OSError`/`PIL.UnidentifiedImageError`
+    for unreadable or truncated data (the image is decoded here, not lazily).
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ValueError("empty image data (0 bytes)")
+        image = Image.open(io.BytesIO(bytes(source)))
+    else:
+        if os.path.getsize(source) == 0:
+            raise ValueError(f"empty image file (0 bytes): {os.fspath(source)}")
+        image = Image.open(source)
+    # Decode now so truncated files fail here rather than somewhere downstream.
+    image.load()
+    image = ImageOps.exif_transpose(image)
+    image = image.convert("RGB")
+    _check_size(image)
+    return image
+
+
+def _check_size(image: Image.Image) -> None:
+    if image.width <= 0 or image.height <= 0:
+        raise ValueError(f"zero-sized image ({image.width}x{image.height})")
+
+
+def to_rgb(image: ImageInput) -> Image.Image:
+    """Any supported input as an RGB PIL image (see module docstring for the rules).
+
+    Arrays: uint8 `[H, W]`, `[H, W, 1]`, `[H, W, 3]` or `[H, W, 4]` (channels last).
+    """
+    if isinstance(image, Image.Image):
+        has_alpha = (
+            "A" in image.getbands() or image.info.get("transparency") is not None
+        )
+        if has_alpha:
+            # As HF `convert_to_rgb`: composite on white instead of dropping alpha.
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, rgba).convert("RGB")
+        elif image.mode != "RGB":
+            image = image.convert("RGB")
+        _check_size(image)
+        return image
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise TypeError(
+                f"image arrays must be uint8 [H, W(, C)], got {image.dtype}"
+            )
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]
+        if image.ndim not in (2, 3) or (
+            image.ndim == 3 and image.shape[-1] not in (3, 4)
+        ):
+            raise ValueError(
+                f"image array must be [H, W], [H, W, 1|3|4], got shape {image.shape}"
+            )
+        if 0 in image.shape:
+            raise ValueError(f"zero-sized image array {image.shape}")
+        return to_rgb(Image.fromarray(image))
+    if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
+        return load_image(image)
+    raise TypeError(f"unsupported image type {type(image).__name__}")
+
+
+def expand_to_square(
+    image: Image.Image, color: tuple[int, int, int] = PAD_COLOR
+) -> Image.Image:
+    """LLaVA's `expand2square`: paste `image` centred on a square of side max(w, h) filled with `color`."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    result = Image.new(image.mode, (side, side), color)
+    result.paste(image, ((side - width) // 2, (side - height) // 2))
+    return result
+
+
+def resize_shortest_edge(image: Image.Image, size: int) -> Image.Image:
+    """Bicubic resize so the shortest side is `size`, as HF's `get_resize_output_image_size`.
+
+    The long side is `int(size * long / short)` (truncated, as HF does).
+    """
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    if (new_w, new_h) == (width, height):
+        return image
+    return image.resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
+
+
+def center_crop(array: np.ndarray, size: int) -> np.ndarray:
+    """uint8[H, W, C] -> uint8[size, size, C]; zero-pads like HF when the image is smaller."""
+    height, width = array.shape[:2]
+    top, left = (height - size) // 2, (width - size) // 2
+    if top >= 0 and left >= 0:
+        return array[top : top + size, left : left + size]
+    # Only reachable for sizes the resize step cannot produce; mirrors HF's padding rule.
+    new_h, new_w = max(size, height), max(size, width)
+    padded = np.zeros((new_h, new_w) + array.shape[2:], array.dtype)
+    pad_top, pad_left = -(-(new_h - height) // 2), -(-(new_w - width) // 2)
+    padded[pad_top : pad_top + height, pad_left : pad_left + width] = array
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return padded[top : top + size, left : left + size]
+
+
+def normalize(array: np.ndarray) -> np.ndarray:
+    """uint8[..., 3] -> float32[..., 3]: rescale 1/255 and CLIP mean/std (HF arithmetic, bit-exact)."""
+    return np.take(_TABLE_FLAT, array.astype(np.intp) + _CHANNEL_OFFSET)
+
+
+def preprocess_image(
+    image: ImageInput, *, mode: str = "pad", size: int = 336
+) -> np.ndarray:
+    """One image to CLIP pixels as LLaVA-1.5 feeds them to the vision tower.
+
+    Args:
+      image: a PIL image, a path, encoded bytes, or a uint8 array `[H, W(, C)]`.
+      mode: `pad` (square on the mean colour first; stage 2 and evaluation) or
+        `square` (CLIP resize + centre crop only; stage 1).
+      size: output side (336 for CLIP ViT-L/14-336).
+    Returns:
+      float32[size, size, 3], channels last.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    pil = to_rgb(image)
+    if mode == "pad":
+        pil = expand_to_square(pil)
+    pil = resize_shortest_edge(pil, size)
+    array = center_crop(np.asarray(pil), size)
+    return normalize(array)
+
+
+def preprocess_images(images, *, mode: str = "pad", size: int = 336) -> np.ndarray:
+    """A list of images -> float32[N, size, size, 3] (see `preprocess_image`)."""
+    if not images:
+        return np.zeros((0, size, size, 3), np.float32)
+    return np.stack([preprocess_image(im, mode=mode, size=size) for im in images])

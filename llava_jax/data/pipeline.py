@@ -1,0 +1,429 @@
+"""The grain input pipeline for both training stages: source -> order -> slice -> encode -> rows -> batches.
+
+Packing (`batching="pack"`)::
+
+    source -> global shuffle (seeded, per epoch) -> repeat -> this process's slice
+      -> encode (tokenize + labels) -> pack rows (window best-fit) -> decode images
+      -> batch -> [grain worker processes] -> global jax.Arrays
+
+Padding (`batching="pad"`)::
+
+    source -> modality-grouped global batches (seeded, per epoch) -> this process's
+      rows of each -> encode -> pad to a length bucket -> decode images -> batch
+      -> [workers] -> global jax.Arrays (length agreed across processes)
+
+Every batch is a dict: `input_ids`, `labels`, `positions`, `segment_ids`
+(int32[B, T]; segment 0 = padding, 1.. = samples of the row, positions
+restarting per sample), `images` float32[B, M, S, S, 3], `image_mask` bool[B, M]
+(images in order of their placeholders) and `skipped` int32[B] (samples
+dropped and attributed to each row; their ids and reasons are logged and kept
+in `Loader.skipped` / `Loader.recent_skips`). `Loader.get_state()` is
+JSON-serialisable; `set_state` resumes with identical continuation.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+
+import grain
+import jax
+import numpy as np
+from absl import flags
+from jax.sharding import NamedSharding, PartitionSpec
+
+from llava_jax.data.encode import IGNORE_INDEX, DataError, encode_example
+from llava_jax.data.packing import (
+    DecodeImages,
+    PackIterDataset,
+    PadCollate,
+    grouped_order,
+    skip_marker,
+    stack_rows,
+)
+
+log = logging.getLogger(__name__)
+
+BATCH_KEYS = (
+    "input_ids",
+    "labels",
+    "positions",
+    "segment_ids",
+    "images",
+    "image_mask",
+    "skipped",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Input pipeline settings (defaults: LLaVA-1.5 stage 2 with packing).
+
+    `batching`: `pack` (several samples per row, `max_images_per_row` images)
+    or `pad` (one sample per row, modality-grouped length buckets of
+    `pad_multiple`, sorted within megabatches of `group_factor` global batches;
+    `group_factor=1` is the reference's grouping). `on_error`: `skip` (log,
+    count, continue) or `strict` (raise with the sample id and reason).
+    """
+
+    template: str = "vicuna_v1"
+    image_mode: str = "pad"
+    image_size: int = 336
+    image_seq_length: int = 576
+    image_token_index: int = 32000
+    max_length: int = 2048
+    global_batch_size: int = 128
+    batching: str = "pack"
+    max_images_per_row: int = 4
+    pack_window: int = 512
+    pad_multiple: int = 128
+    group_factor: int = 8
+    seed: int = 0
+    num_epochs: int | None = 1
+    num_workers: int = 0
+    worker_buffer_size: int = 2
+    on_error: str = "skip"
+    pad_token_id: int = 0
+
+    def __post_init__(self):
+        if self.batching not in ("pack", "pad"):
+            raise ValueError(f"batching must be 'pack' or 'pad', got {self.batching!r}")
+        if self.on_error not in ("skip", "strict"):
+            raise ValueError(
+                f"on_error must be 'skip' or 'strict', got {self.on_error!r}"
+            )
+        if self.image_seq_length > self.max_length:
+            raise ValueError(
+                "image_seq_length exceeds max_length: no image sample could fit"
+            )
+
+
+class EncodeFn:
+    """Raw example -> encoded sample, or a skip marker (or `DataError` in strict mode).
+
+    Also rejects image references that are certainly unreadable (missing or
+    empty file, empty bytes) before packing, so packed rows rarely need blanking.
+    """
+
+    def __init__(self, tokenizer, config: DataConfig):
+        self.tokenizer, self.config = tokenizer, config
+
+    def __call__(self, example: dict) -> dict:
+        c = self.config
+        try:
+            out = encode_example(
+                example,
+                self.tokenizer,
+                template=c.template,
+                image_seq_length=c.image_seq_length,
+                max_length=c.max_length,
+                image_token_index=c.image_token_index,
+            )
+            _check_image_ref(out["id"], out["image"])
+        except DataError as error:
+            if c.on_error == "strict":
+                raise
+            log.warning("skipping %s", error)
+            return skip_marker(error)
+        return out
+
+
+def _check_image_ref(sample_id: str, ref) -> None:
+    if ref is None:
+        return
+    if isinstance(ref, (str, os.PathLike)):
+        if not os.path.isfile(ref):
+            raise DataError(sample_id, "missing_image", os.fspath(ref))
+        if os.path.getsize(ref) == 0:
+            raise DataError(sample_id, "corrupt_image", f"empty file {os.fspath(ref)}")
+    elif isinstance(ref, (bytes, bytearray, memoryview)) and len(ref) == 0:
+        raise DataError(sample_id, "corrupt_image", "empty image bytes")
+
+
+class _GroupedRead:
+    """Local index -> encoded element of the modality-grouped order (padding mode)."""
+
+    def __init__(
+        self,
+        source,
+        encode: EncodeFn,
+        config: DataConfig,
+        process_index: int,
+        local_batch: int,
+    ):
+        self.source, self.encode, self.config = source, encode, config
+        self.process_index, self.local_batch = process_index, local_batch
+        self.lengths = np.asarray(source.modality_lengths())
+        self._epoch, self._order = -1, None
+
+    def order(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            c = self.config
+            self._order = grouped_order(
+                self.lengths,
+                c.global_batch_size,
+                seed=c.seed,
+                epoch=epoch,
+                group_factor=c.group_factor,
+            )
+            self._epoch = epoch
+        return self._order
+
+    def per_epoch(self) -> int:
+        return len(self.order(0)) * self.local_batch
+
+    def __call__(self, index: int, _) -> dict:
+        epoch, i = divmod(index, self.per_epoch())
+        batch, row = divmod(i, self.local_batch)
+        source_index = self.order(epoch)[
+            batch, self.process_index * self.local_batch + row
+        ]
+        if source_index < 0:
+            return {"id": "", "_empty": True}
+        return self.encode(self.source[int(source_index)])
+
+
+class _PadBatch:
+    """Elements of one local batch -> padded, image-decoded batch (runs in grain workers)."""
+
+    def __init__(self, collate: PadCollate, decode: DecodeImages):
+        self.collate, self.decode = collate, decode
+
+    def __call__(self, elements):
+        elements = [None if e.get("_empty") else e for e in elements]
+        return stack_rows([self.decode(row) for row in self.collate(elements)])
+
+
+def _process_info(process_index, process_count) -> tuple[int, int]:
+    pi = jax.process_index() if process_index is None else process_index
+    pc = jax.process_count() if process_count is None else process_count
+    if not 0 <= pi < pc:
+        raise ValueError(f"process_index {pi} not in [0, {pc})")
+    return pi, pc
+
+
+def build_dataset(
+    config: DataConfig,
+    source,
+    tokenizer,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.IterDataset:
+    """The grain dataset of this process's batches (numpy dicts, see module docstring).
+
+    Args:
+      config: pipeline settings.
+      source: a random-access source of raw examples (see `sources`).
+      tokenizer: a fast HF tokenizer.
+      process_index, process_count: this process's slice (default: JAX's).
+    Returns:
+      IterDataset of local batches with `global_batch_size / process_count` rows.
+    """
+    pi, pc = _process_info(process_index, process_count)
+    if config.global_batch_size % pc:
+        raise ValueError(
+            f"global batch {config.global_batch_size} not divisible by {pc} processes"
+        )
+    local_batch = config.global_batch_size // pc
+    encode = EncodeFn(tokenizer, config)
+    if config.batching == "pack":
+        decode = DecodeImages(
+            max_images=config.max_images_per_row,
+            mode=config.image_mode,
+            size=config.image_size,
+            on_error=config.on_error,
+            pad_token_id=config.pad_token_id,
+        )
+        ds = (
+            grain.MapDataset.source(source)
+            .shuffle(seed=config.seed)
+            .repeat(config.num_epochs)
+        )
+        ds = ds[pi::pc].map(encode)
+        it = PackIterDataset(
+            ds.to_iter_dataset(),
+            max_length=config.max_length,
+            max_images=config.max_images_per_row,
+            window=config.pack_window,
+            seed=config.seed,
+            pad_token_id=config.pad_token_id,
+        )
+        it = it.map(decode).batch(local_batch, drop_remainder=True, batch_fn=stack_rows)
+    else:
+        decode = DecodeImages(
+            max_images=1,
+            mode=config.image_mode,
+            size=config.image_size,
+            on_error=config.on_error,
+            pad_token_id=config.pad_token_id,
+        )
+        read = _GroupedRead(source, encode, config, pi, local_batch)
+        ds = (
+            grain.MapDataset.range(read.per_epoch())
+            .repeat(config.num_epochs)
+            .map_with_index(read)
+        )
+        collate = PadCollate(
+            max_length=config.max_length,
+            pad_multiple=config.pad_multiple,
+            pad_token_id=config.pad_token_id,
+        )
+        ds = ds.batch(
+            local_batch, drop_remainder=True, batch_fn=_PadBatch(collate, decode)
+        )
+        it = ds.to_iter_dataset()
+    if config.num_workers > 0:
+        # grain's worker processes read absl flags; outside an absl app they are unparsed.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=config.num_workers,
+                per_worker_buffer_size=config.worker_buffer_size,
+            )
+        )
+    return it
+
+
+def pad_batch_to(batch: dict, length: int, pad_token_id: int = 0) -> dict:
+    """Right-pads the `[B, T]` arrays of a batch to `length` (padding semantics preserved)."""
+    t = batch["input_ids"].shape[1]
+    if t == length:
+        return batch
+    if t > length:
+        raise ValueError(f"batch length {t} exceeds {length}")
+    fill = {
+        "input_ids": pad_token_id,
+        "labels": IGNORE_INDEX,
+        "positions": 0,
+        "segment_ids": 0,
+    }
+    out = dict(batch)
+    for key, value in fill.items():
+        out[key] = np.pad(batch[key], ((0, 0), (0, length - t)), constant_values=value)
+    return out
+
+
+def make_global_batch(
+    batch: dict, mesh, batch_axes=("data", "fsdp"), *, pad_token_id: int = 0
+) -> dict:
+    """Process-local numpy batch -> global `jax.Array`s sharded over `batch_axes` of `mesh`.
+
+    With several processes whose rows have different lengths (padding mode),
+    all agree on the longest first. Every array is split along its first axis.
+    """
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        lengths = multihost_utils.process_allgather(
+            np.int32(batch["input_ids"].shape[1])
+        )
+        batch = pad_batch_to(batch, int(np.max(lengths)), pad_token_id)
+    sharding = NamedSharding(mesh, PartitionSpec(tuple(batch_axes)))
+    shards = int(np.prod([mesh.shape[a] for a in batch_axes]))
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        global_shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
+        if global_shape[0] % shards:
+            raise ValueError(
+                f"global batch {global_shape[0]} not divisible by the {shards} batch shards"
+            )
+        out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
+    return out
+
+
+class Loader:
+    """Iterator of global batches with checkpointable state and cumulative skip counts.
+
+    Args:
+      dataset: from `build_dataset`.
+      mesh: if given, batches become global `jax.Array`s sharded over `batch_axes`;
+        otherwise they stay process-local numpy.
+    """
+
+    def __init__(
+        self,
+        dataset: grain.IterDataset,
+        *,
+        mesh=None,
+        batch_axes=("data", "fsdp"),
+        pad_token_id: int = 0,
+    ):
+        self._dataset = dataset
+        self._it = iter(dataset)
+        self.mesh, self.batch_axes, self.pad_token_id = (
+            mesh,
+            tuple(batch_axes),
+            pad_token_id,
+        )
+        self.skipped: collections.Counter = collections.Counter()
+        self.recent_skips: collections.deque = collections.deque(maxlen=1000)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self._it)
+        for sample_id, reason in batch.pop("_skipped", []):
+            self.skipped[reason] += 1
+            self.recent_skips.append((sample_id, reason))
+        if self.mesh is not None:
+            batch = make_global_batch(
+                batch, self.mesh, self.batch_axes, pad_token_id=self.pad_token_id
+            )
+        return batch
+
+    def get_state(self) -> dict:
+        """JSON-serialisable position of the pipeline plus the skip counters."""
+        return {"grain": self._it.get_state(), "skipped": dict(self.skipped)}
+
+    def set_state(self, state: dict) -> None:
+        self._it.set_state(state["grain"])
+        self.skipped = collections.Counter(state.get("skipped", {}))
+
+    def close(self) -> None:
+        """Stops grain worker processes, if any."""
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+
+
+def create_loader(
+    config: DataConfig,
+    source,
+    tokenizer,
+    *,
+    mesh=None,
+    batch_axes=("data", "fsdp"),
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Loader:
+    """`Loader` over `build_dataset(config, source, tokenizer, ...)`."""
+    dataset = build_dataset(
+        config,
+        source,
+        tokenizer,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    return Loader(
+        dataset, mesh=mesh, batch_axes=batch_axes, pad_token_id=config.pad_token_id
+    )
+
+
+def batch_stats(batch: dict) -> dict:
+    """Token accounting of one batch: real (non-pad) and supervised tokens against the total."""
+    segment_ids = np.asarray(batch["segment_ids"])
+    total = segment_ids.size
+    real = int((segment_ids > 0).sum())
+    supervised = int((np.asarray(batch["labels"]) != IGNORE_INDEX).sum())
+    return {
+        "total": total,
+        "real": real,
+        "supervised": supervised,
+        "images": int(np.asarray(batch["image_mask"]).sum()),
+    }
