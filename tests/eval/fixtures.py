@@ -41,49 +41,92 @@ def _loader_questions(d, folder, rows, category="default"):
     records, table = [], {}
     for i, (qid, image, text, reply) in enumerate(rows):
         _image(os.path.join(d, folder, image), color=(40 * i % 255, 90, 160))
-        records.append({"question_id": qid, "image": image, "text": text, "category": category})
+        records.append(
+            {"question_id": qid, "image": image, "text": text, "category": category}
+        )
         table[f"<image>\n{text}"] = reply
     return records, table
 
 
 def vqav2(d):
-    rows = [(1, "COCO_test2015_000000000001.jpg", f"How many cats?\n{SA}", "Two"),
-            (2, "COCO_test2015_000000000002.jpg", f"Is it sunny?\n{SA}", "yes"),
-            (3, "COCO_test2015_000000000003.jpg", f"Which bus?\n{SA}", "The red one.")]
+    rows = [
+        (1, "COCO_test2015_000000000001.jpg", f"How many cats?\n{SA}", "Two"),
+        (2, "COCO_test2015_000000000002.jpg", f"Is it sunny?\n{SA}", "yes"),
+        (3, "COCO_test2015_000000000003.jpg", f"Which bus?\n{SA}", "The red one."),
+    ]
     records, table = _loader_questions(d, "test2015", rows)
     _jsonl(os.path.join(d, "llava_vqav2_mscoco_test-dev2015.jsonl"), records)
-    _jsonl(os.path.join(d, "llava_vqav2_mscoco_test2015.jsonl"),
-           records + [{"question_id": 4, "image": "x.jpg", "text": "?", "category": "default"}])
+    _jsonl(
+        os.path.join(d, "llava_vqav2_mscoco_test2015.jsonl"),
+        records
+        + [{"question_id": 4, "image": "x.jpg", "text": "?", "category": "default"}],
+    )
     answers = {1: ["2"] * 10, 2: ["yes"] * 2 + ["no"] * 8, 3: ["red"] * 10}
-    _json(os.path.join(d, "val_annotations.json"), {"annotations": [
-        {"question_id": q, "answers": [{"answer": a} for a in ans]} for q, ans in answers.items()]})
+    _json(
+        os.path.join(d, "val_annotations.json"),
+        {
+            "annotations": [
+                {"question_id": q, "answers": [{"answer": a} for a in ans]}
+                for q, ans in answers.items()
+            ]
+        },
+    )
     return table
 
 
 def vizwiz(d):
-    unans = "When the provided information is insufficient, respond with 'Unanswerable'."
-    rows = [(0, "VizWiz_test_00000000.jpg", f"What is this?\n{unans}\n{SA}", "Unanswerable"),
-            (1, "VizWiz_test_00000001.jpg", f"What is in the bottle?\n{unans}\n{SA}",
-             "A bottle of water.")]
+    unans = (
+        "When the provided information is insufficient, respond with 'Unanswerable'."
+    )
+    rows = [
+        (
+            0,
+            "VizWiz_test_00000000.jpg",
+            f"What is this?\n{unans}\n{SA}",
+            "Unanswerable",
+        ),
+        (
+            1,
+            "VizWiz_test_00000001.jpg",
+            f"What is in the bottle?\n{unans}\n{SA}",
+            "A bottle of water.",
+        ),
+    ]
     records, table = _loader_questions(d, "test", rows)
     _jsonl(os.path.join(d, "llava_test.jsonl"), records)
-    _json(os.path.join(d, "val.json"), [
-        {"image": "VizWiz_test_00000000.jpg", "answers": [{"answer": "unanswerable"}] * 10},
-        {"image": "VizWiz_test_00000001.jpg",
-         "answers": [{"answer": "water"}] * 8 + [{"answer": "bottle of water"}] * 2}])
+    _json(
+        os.path.join(d, "val.json"),
+        [
+            {
+                "image": "VizWiz_test_00000000.jpg",
+                "answers": [{"answer": "unanswerable"}] * 10,
+            },
+            {
+                "image": "VizWiz_test_00000001.jpg",
+                "answers": [{"answer": "water"}] * 8
+                + [{"answer": "bottle of water"}] * 2,
+            },
+        ],
+    )
     return table
 
 
 def gqa(d):
-    rows = [("201", "n1.jpg", f"Is the sky blue?\n{SA}", "Yes."),
-            ("202", "n2.jpg", f"Which side is the cup on?\n{SA}", "Left side"),
-            ("203", "n3.jpg", f"What color is the cat?\n{SA}", "The black and white.")]
+    rows = [
+        ("201", "n1.jpg", f"Is the sky blue?\n{SA}", "Yes."),
+        ("202", "n2.jpg", f"Which side is the cup on?\n{SA}", "Left side"),
+        ("203", "n3.jpg", f"What color is the cat?\n{SA}", "The black and white."),
+    ]
     records, table = _loader_questions(d, "data/images", rows)
     _jsonl(os.path.join(d, "llava_gqa_testdev_balanced.jsonl"), records)
-    _json(os.path.join(d, "data", "testdev_balanced_questions.json"), {
-        "201": {"answer": "yes", "isBalanced": True},
-        "202": {"answer": "left", "isBalanced": True},
-        "203": {"answer": "black and white", "isBalanced": True}})
+    _json(
+        os.path.join(d, "data", "testdev_balanced_questions.json"),
+        {
+            "201": {"answer": "yes", "isBalanced": True},
+            "202": {"answer": "left", "isBalanced": True},
+            "203": {"answer": "black and white", "isBalanced": True},
+        },
+    )
     return table
 
 
@@ -94,29 +137,49 @@ def textvqa(d):
     rows = [("img1", "img1.jpg", q1, "Dakota."), ("img1", "img1.jpg", q2, "2")]
     records, table = _loader_questions(d, "train_images", rows)
     _jsonl(os.path.join(d, "llava_textvqa_val_v051_ocr.jsonl"), records)
-    _json(os.path.join(d, "TextVQA_0.5.1_val.json"), {"data": [
-        {"image_id": "img1", "question": "What brand is this?",
-         "answers": ["dakota"] * 4 + ["dakota digital"] * 6},
-        {"image_id": "img1", "question": "what number is shown?",
-         "answers": ["two"] * 3 + ["3"] * 7}]})
+    _json(
+        os.path.join(d, "TextVQA_0.5.1_val.json"),
+        {
+            "data": [
+                {
+                    "image_id": "img1",
+                    "question": "What brand is this?",
+                    "answers": ["dakota"] * 4 + ["dakota digital"] * 6,
+                },
+                {
+                    "image_id": "img1",
+                    "question": "what number is shown?",
+                    "answers": ["two"] * 3 + ["3"] * 7,
+                },
+            ]
+        },
+    )
     return table
 
 
 def pope(d):
-    spec = [("adversarial", "dog", "yes", "Yes"), ("adversarial", "cat", "yes", "No, there is not."),
-            ("adversarial", "car", "no", "Yes."), ("adversarial", "bus", "no", "no"),
-            ("popular", "cup", "yes", "Yes, there is a dog."),
-            ("popular", "fork", "no", "There is no cat."),
-            ("random", "tree", "yes", "Not sure"), ("random", "kite", "no", "I think yes")]
+    spec = [
+        ("adversarial", "dog", "yes", "Yes"),
+        ("adversarial", "cat", "yes", "No, there is not."),
+        ("adversarial", "car", "no", "Yes."),
+        ("adversarial", "bus", "no", "no"),
+        ("popular", "cup", "yes", "Yes, there is a dog."),
+        ("popular", "fork", "no", "There is no cat."),
+        ("random", "tree", "yes", "Not sure"),
+        ("random", "kite", "no", "I think yes"),
+    ]
     records, table, labels = [], {}, {}
     for i, (category, obj, label, reply) in enumerate(spec):
         image = f"COCO_val2014_{i:012d}.jpg"
         _image(os.path.join(d, "val2014", image))
         question = f"Is there a {obj} in the image?"
         text = f"{question}\n{SA}"
-        records.append({"question_id": i, "image": image, "text": text, "category": category})
-        labels.setdefault(category, []).append({"question_id": i, "image": image,
-                                                "text": question, "label": label})
+        records.append(
+            {"question_id": i, "image": image, "text": text, "category": category}
+        )
+        labels.setdefault(category, []).append(
+            {"question_id": i, "image": image, "text": question, "label": label}
+        )
         table[f"<image>\n{text}"] = reply
     _jsonl(os.path.join(d, "llava_pope_test.jsonl"), records)
     for category, rows in labels.items():
@@ -127,22 +190,56 @@ def pope(d):
 def mme(d):
     release = os.path.join(d, "MME_Benchmark_release_version")
     spec = {  # category: [(image, nested, [(question, gt, reply), ...])]
-        "existence": [("1.jpg", False, [("Is there a dog in this image?", "Yes", "Yes"),
-                                        ("Is there a cat in this image?", "No", "No")]),
-                      ("2.jpg", False, [("Is there a car in this image?", "Yes", "yes"),
-                                        ("Is there a bus in this image?", "No", "Yes, it is")])],
-        "code_reasoning": [("0001.png", False, [
-            ("Is a python code shown in the picture?", "Yes", "The code is python"),
-            ("Is a c++ code shown in the picture?", "No", "No")])],
-        "artwork": [("10002.jpg", True, [
-            ("Is this artwork created by Leonardo?", "Yes", "Yes"),
-            ("Is this artwork created by Monet?", "No", "Nope")])],
+        "existence": [
+            (
+                "1.jpg",
+                False,
+                [
+                    ("Is there a dog in this image?", "Yes", "Yes"),
+                    ("Is there a cat in this image?", "No", "No"),
+                ],
+            ),
+            (
+                "2.jpg",
+                False,
+                [
+                    ("Is there a car in this image?", "Yes", "yes"),
+                    ("Is there a bus in this image?", "No", "Yes, it is"),
+                ],
+            ),
+        ],
+        "code_reasoning": [
+            (
+                "0001.png",
+                False,
+                [
+                    (
+                        "Is a python code shown in the picture?",
+                        "Yes",
+                        "The code is python",
+                    ),
+                    ("Is a c++ code shown in the picture?", "No", "No"),
+                ],
+            )
+        ],
+        "artwork": [
+            (
+                "10002.jpg",
+                True,
+                [
+                    ("Is this artwork created by Leonardo?", "Yes", "Yes"),
+                    ("Is this artwork created by Monet?", "No", "Nope"),
+                ],
+            )
+        ],
     }
     records, table = [], {}
     for category, images in spec.items():
         for image, nested, qas in images:
             img_dir = os.path.join(release, category, "images" if nested else "")
-            qa_dir = os.path.join(release, category, "questions_answers_YN" if nested else "")
+            qa_dir = os.path.join(
+                release, category, "questions_answers_YN" if nested else ""
+            )
             _image(os.path.join(img_dir, image))
             lines = []
             for question, gt, reply in qas:
@@ -151,11 +248,19 @@ def mme(d):
                 lines.append(f"{question}{gap}Please answer yes or no.\t{gt}\n")
                 text = f"{question}\n{SA}"
                 rel = f"{category}/images/{image}" if nested else f"{category}/{image}"
-                records.append({"question_id": f"{category}/{image}", "image": rel, "text": text,
-                                "category": category})
+                records.append(
+                    {
+                        "question_id": f"{category}/{image}",
+                        "image": rel,
+                        "text": text,
+                        "category": category,
+                    }
+                )
                 table[f"<image>\n{text}"] = reply
             os.makedirs(qa_dir, exist_ok=True)
-            with open(os.path.join(qa_dir, os.path.splitext(image)[0] + ".txt"), "w") as f:
+            with open(
+                os.path.join(qa_dir, os.path.splitext(image)[0] + ".txt"), "w"
+            ) as f:
                 f.writelines(lines)
     _jsonl(os.path.join(d, "llava_mme.jsonl"), records)
     return table
@@ -167,30 +272,92 @@ def _b64_image(color) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-MMBENCH_HEADER = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image",
-                  "source", "l2-category", "comment", "split"]
+MMBENCH_HEADER = [
+    "index",
+    "question",
+    "hint",
+    "A",
+    "B",
+    "C",
+    "D",
+    "answer",
+    "category",
+    "image",
+    "source",
+    "l2-category",
+    "comment",
+    "split",
+]
 
 
 def _tsv(path, rows):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         f.write("\t".join(MMBENCH_HEADER) + "\n")
-        for row in rows:
-            f.write("\t".join(str(row.get(c, "")) for c in MMBENCH_HEADER) + "\n")
+        f.writelines(
+            "\t".join(str(row.get(c, "")) for c in MMBENCH_HEADER) + "\n"
+            for row in rows
+        )
 
 
 def mmbench(d):
     img = _b64_image((10, 120, 200))
-    base = {"image": img, "source": "s", "l2-category": "l2", "comment": "nan", "split": "dev"}
+    base = {
+        "image": img,
+        "source": "s",
+        "l2-category": "l2",
+        "comment": "nan",
+        "split": "dev",
+    }
     rows = [
-        {"index": 0, "question": "What color is the sky?", "hint": "nan", "A": "blue", "B": "red",
-         "C": "green", "D": "", "answer": "A", "category": "color", **base},
-        {"index": 1000000, "question": "What color is the sky?", "hint": "nan", "A": "red",
-         "B": "green", "C": "blue", "D": "", "answer": "C", "category": "color", **base},
-        {"index": 1, "question": "How many dogs?", "hint": "Look closely.", "A": "1", "B": "2",
-         "C": "None", "D": "4", "answer": "B", "category": "count", **base},
-        {"index": 1000001, "question": "How many dogs?", "hint": "Look closely.", "A": "2",
-         "B": "1", "C": "None", "D": "4", "answer": "A", "category": "count", **base},
+        {
+            "index": 0,
+            "question": "What color is the sky?",
+            "hint": "nan",
+            "A": "blue",
+            "B": "red",
+            "C": "green",
+            "D": "",
+            "answer": "A",
+            "category": "color",
+            **base,
+        },
+        {
+            "index": 1000000,
+            "question": "What color is the sky?",
+            "hint": "nan",
+            "A": "red",
+            "B": "green",
+            "C": "blue",
+            "D": "",
+            "answer": "C",
+            "category": "color",
+            **base,
+        },
+        {
+            "index": 1,
+            "question": "How many dogs?",
+            "hint": "Look closely.",
+            "A": "1",
+            "B": "2",
+            "C": "None",
+            "D": "4",
+            "answer": "B",
+            "category": "count",
+            **base,
+        },
+        {
+            "index": 1000001,
+            "question": "How many dogs?",
+            "hint": "Look closely.",
+            "A": "2",
+            "B": "1",
+            "C": "None",
+            "D": "4",
+            "answer": "A",
+            "category": "count",
+            **base,
+        },
     ]
     _tsv(os.path.join(d, "mmbench_dev_20230712.tsv"), rows)
     sky = "<image>\nWhat color is the sky?\n{}\n" + MC
@@ -207,89 +374,203 @@ def mmbench(d):
 
 def mmbench_cn(d):
     img = _b64_image((200, 120, 10))
-    _tsv(os.path.join(d, "mmbench_dev_cn_20231003.tsv"), [
-        {"index": 5, "question": "天空是什么颜色？", "hint": "nan", "A": "蓝色", "B": "红色", "C": "",
-         "D": "", "answer": "A", "category": "颜色", "image": img, "source": "s",
-         "l2-category": "l2", "comment": "nan", "split": "dev"}])
+    _tsv(
+        os.path.join(d, "mmbench_dev_cn_20231003.tsv"),
+        [
+            {
+                "index": 5,
+                "question": "天空是什么颜色？",
+                "hint": "nan",
+                "A": "蓝色",
+                "B": "红色",
+                "C": "",
+                "D": "",
+                "answer": "A",
+                "category": "颜色",
+                "image": img,
+                "source": "s",
+                "l2-category": "l2",
+                "comment": "nan",
+                "split": "dev",
+            }
+        ],
+    )
     return {"<image>\n天空是什么颜色？\nA. 蓝色\nB. 红色\n请直接回答选项字母。": "A"}
 
 
 def scienceqa(d):
     problems = {
-        "1": {"image": "image.png", "question": "Which is hot?", "hint": "", "choices": ["ice", "fire"],
-              "answer": 1, "split": "test"},
-        "2": {"image": None, "question": "Which is a mammal?", "hint": "Animals  vary.",
-              "choices": ["shark", "whale", "frog"], "answer": 1, "split": "test"},
-        "3": {"image": "image.png", "question": "Pick B", "hint": "Look at the picture.",
-              "choices": ["x", "y"], "answer": 0, "split": "test"},
+        "1": {
+            "image": "image.png",
+            "question": "Which is hot?",
+            "hint": "",
+            "choices": ["ice", "fire"],
+            "answer": 1,
+            "split": "test",
+        },
+        "2": {
+            "image": None,
+            "question": "Which is a mammal?",
+            "hint": "Animals  vary.",
+            "choices": ["shark", "whale", "frog"],
+            "answer": 1,
+            "split": "test",
+        },
+        "3": {
+            "image": "image.png",
+            "question": "Pick B",
+            "hint": "Look at the picture.",
+            "choices": ["x", "y"],
+            "answer": 0,
+            "split": "test",
+        },
     }
     _json(os.path.join(d, "problems.json"), problems)
     _json(os.path.join(d, "pid_splits.json"), {"test": ["1", "2", "3"]})
     for pid in ("1", "3"):
         _image(os.path.join(d, "images", "test", pid, "image.png"))
     questions = [
-        {"id": "1", "image": "1/image.png", "conversations": [
-            {"from": "human", "value": "Context: N/A\nQuestion: Which is hot?\nOptions: (A) ice (B) fire\n<image>"},
-            {"from": "gpt", "value": "The answer is B."}]},
-        {"id": "2", "conversations": [
-            {"from": "human", "value": "Context: Animals vary.\nQuestion: Which is a mammal?\n"
-                                       "Options: (A) shark (B) whale (C) frog"},
-            {"from": "gpt", "value": "The answer is B."}]},
-        {"id": "3", "image": "3/image.png", "conversations": [
-            {"from": "human", "value": "Context: Look at the picture.\nQuestion: Pick B\n"
-                                       "Options: (A) x (B) y\n<image>"},
-            {"from": "gpt", "value": "The answer is A."}]},
+        {
+            "id": "1",
+            "image": "1/image.png",
+            "conversations": [
+                {
+                    "from": "human",
+                    "value": "Context: N/A\nQuestion: Which is hot?\nOptions: (A) ice (B) fire\n<image>",
+                },
+                {"from": "gpt", "value": "The answer is B."},
+            ],
+        },
+        {
+            "id": "2",
+            "conversations": [
+                {
+                    "from": "human",
+                    "value": "Context: Animals vary.\nQuestion: Which is a mammal?\n"
+                    "Options: (A) shark (B) whale (C) frog",
+                },
+                {"from": "gpt", "value": "The answer is B."},
+            ],
+        },
+        {
+            "id": "3",
+            "image": "3/image.png",
+            "conversations": [
+                {
+                    "from": "human",
+                    "value": "Context: Look at the picture.\nQuestion: Pick B\n"
+                    "Options: (A) x (B) y\n<image>",
+                },
+                {"from": "gpt", "value": "The answer is A."},
+            ],
+        },
     ]
     _json(os.path.join(d, "llava_test_CQM-A.json"), questions)
     return {
         f"<image>\nContext: N/A\nQuestion: Which is hot?\nOptions: (A) ice (B) fire\n{MC}": "B",
-        f"Context: Animals vary.\nQuestion: Which is a mammal?\nOptions: (A) shark (B) whale (C) frog\n{MC}":
-            "The answer is B.",
+        f"Context: Animals vary.\nQuestion: Which is a mammal?\nOptions: (A) shark (B) whale (C) frog\n{MC}": "The answer is B.",
         f"<image>\nContext: Look at the picture.\nQuestion: Pick B\nOptions: (A) x (B) y\n{MC}": "C",
     }
 
 
 def seed(d):
     def text(q, choices):
-        return q + "".join(f"\n{letter}. {c}" for letter, c in zip("ABCD", choices)) + f"\n{MC}"
+        return (
+            q
+            + "".join(f"\n{letter}. {c}" for letter, c in zip("ABCD", choices))
+            + f"\n{MC}"
+        )
 
-    spec = [(101, "image", 1, "SEED-Bench-image/a.jpg", "Where is this?", "A", "A"),
-            (102, "image", 3, "SEED-Bench-image/b.jpg", "How many towels?", "C", "C"),
-            (103, "image", 3, "SEED-Bench-image/c.jpg", "How many cups?", "B", "B."),
-            (104, "video", 10, "SEED-Bench-video-image/v1.png", "What is he doing?", "D", "D")]
+    spec = [
+        (101, "image", 1, "SEED-Bench-image/a.jpg", "Where is this?", "A", "A"),
+        (102, "image", 3, "SEED-Bench-image/b.jpg", "How many towels?", "C", "C"),
+        (103, "image", 3, "SEED-Bench-image/c.jpg", "How many cups?", "B", "B."),
+        (
+            104,
+            "video",
+            10,
+            "SEED-Bench-video-image/v1.png",
+            "What is he doing?",
+            "D",
+            "D",
+        ),
+    ]
     records, questions, table = [], [], {}
     for qid, data_type, type_id, image, q, answer, reply in spec:
         _image(os.path.join(d, image))
         choices = ["one", "two", "three", "four"]
-        records.append({"image": image, "text": text(q, choices), "category": "x", "question_id": qid})
-        questions.append({"question_id": str(qid), "data_type": data_type, "question_type_id": type_id,
-                          "answer": answer, "question": q, "data_id": os.path.basename(image),
-                          **{f"choice_{c}": v for c, v in zip("abcd", choices)}})
+        records.append(
+            {
+                "image": image,
+                "text": text(q, choices),
+                "category": "x",
+                "question_id": qid,
+            }
+        )
+        questions.append(
+            {
+                "question_id": str(qid),
+                "data_type": data_type,
+                "question_type_id": type_id,
+                "answer": answer,
+                "question": q,
+                "data_id": os.path.basename(image),
+                **{f"choice_{c}": v for c, v in zip("abcd", choices)},
+            }
+        )
         table[f"<image>\n{text(q, choices)}"] = reply
     _jsonl(os.path.join(d, "llava-seed-bench.jsonl"), records)
-    _json(os.path.join(d, "SEED-Bench.json"), {"questions": questions, "question_type": {
-        "Scene Understanding": 1, "Instances Counting": 3, "Action Recognition": 10}})
+    _json(
+        os.path.join(d, "SEED-Bench.json"),
+        {
+            "questions": questions,
+            "question_type": {
+                "Scene Understanding": 1,
+                "Instances Counting": 3,
+                "Action Recognition": 10,
+            },
+        },
+    )
     return table
 
 
 def llava_bench(d):
-    rows = [(0, "001.jpg", "What is the name of this famous sight?", "The Eiffel Tower."),
-            (1, "002.jpg", "Describe the image in detail.", "A red square.\nNothing else.")]
+    rows = [
+        (0, "001.jpg", "What is the name of this famous sight?", "The Eiffel Tower."),
+        (1, "002.jpg", "Describe the image in detail.", "A red square.\nNothing else."),
+    ]
     records, table = _loader_questions(d, "images", rows, category="conv")
     _jsonl(os.path.join(d, "questions.jsonl"), records)
     return table
 
 
 def mmvet(d):
-    rows = [(0, "v1_0.png", "What is x in the equation?", "x = 3"),
-            (1, "v1_1.png", "What is written on the sign?", "STOP")]
+    rows = [
+        (0, "v1_0.png", "What is x in the equation?", "x = 3"),
+        (1, "v1_1.png", "What is written on the sign?", "STOP"),
+    ]
     records, table = _loader_questions(d, "images", rows)
     _jsonl(os.path.join(d, "llava-mm-vet.jsonl"), records)
     return table
 
 
-BUILDERS = {f.__name__: f for f in (vqav2, vizwiz, gqa, textvqa, pope, mme, mmbench, mmbench_cn,
-                                     scienceqa, seed, llava_bench, mmvet)}
+BUILDERS = {
+    f.__name__: f
+    for f in (
+        vqav2,
+        vizwiz,
+        gqa,
+        textvqa,
+        pope,
+        mme,
+        mmbench,
+        mmbench_cn,
+        scienceqa,
+        seed,
+        llava_bench,
+        mmvet,
+    )
+}
 
 
 def make(name: str, root: str) -> tuple[str, dict[str, str]]:
@@ -329,6 +610,26 @@ class Scripted:
         out = []
         for r in requests:
             message = message_of(r.prompt)
-            self.seen.append((message, None if r.image is None else r.image.size, r.max_new_tokens))
+            self.seen.append(
+                (message, None if r.image is None else r.image.size, r.max_new_tokens)
+            )
             out.append(self.table[message])
         return out
+
+
+def read_json(path: str):
+    """A JSON file's content."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_jsonl(path: str) -> list:
+    """A JSON-lines file's records."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_text(path: str, mode: str = "r"):
+    """A file's whole content (bytes with mode "rb")."""
+    with open(path, mode) as f:
+        return f.read()

@@ -60,8 +60,11 @@ def test_question_text_builders():
 
 
 def test_scienceqa_cqm_text():
-    problem = {"question": "Which is a mammal?", "hint": "Animals  vary.",
-               "choices": ["shark", "whale"]}
+    problem = {
+        "question": "Which is a mammal?",
+        "hint": "Animals  vary.",
+        "choices": ["shark", "whale"],
+    }
     assert prompts.scienceqa_cqm(problem) == (
         "Context: Animals vary.\nQuestion: Which is a mammal?\nOptions: (A) shark (B) whale"
     )
@@ -72,12 +75,11 @@ def test_scienceqa_cqm_text():
 
 def test_scienceqa_build_matches_llava_file(tmp_path):
     d, _ = fixtures.make("scienceqa", str(tmp_path))
-    import json
     import os
 
-    problems = json.load(open(os.path.join(d, "problems.json")))
+    problems = fixtures.read_json(os.path.join(d, "problems.json"))
     built = build_questions(problems, ["1", "2", "3"])
-    assert built == json.load(open(os.path.join(d, "llava_test_CQM-A.json")))
+    assert built == fixtures.read_json(os.path.join(d, "llava_test_CQM-A.json"))
 
 
 # One literal full prompt per benchmark, as the model receives it.
@@ -110,7 +112,9 @@ def test_benchmark_first_prompt(tmp_path, name):
     items = BENCHMARKS[name].load(DataConfig(d))
     message = EXPECTED_FIRST_MESSAGE[name]
     assert items[0].message == message
-    assert prompts.render_prompt(items[0].message) == f"{SYS} USER: {message} ASSISTANT:"
+    assert (
+        prompts.render_prompt(items[0].message) == f"{SYS} USER: {message} ASSISTANT:"
+    )
 
 
 def test_recorded_prompt_fields(tmp_path):
@@ -118,7 +122,11 @@ def test_recorded_prompt_fields(tmp_path):
     item = BENCHMARKS["mmbench"].load(DataConfig(d))[2]
     # The reference records the question text without marker or instruction.
     assert item.prompt == "Look closely.\nHow many dogs?\nA. 1\nB. 2"
-    assert item.fields == {"round_id": 0, "options": ["1", "2"], "option_char": ["A", "B"]}
+    assert item.fields == {
+        "round_id": 0,
+        "options": ["1", "2"],
+        "option_char": ["A", "B"],
+    }
     d, _ = fixtures.make("scienceqa", str(tmp_path))
     text_only = BENCHMARKS["scienceqa"].load(DataConfig(d))[1]
     assert text_only.image is None and text_only.prompt == text_only.message
