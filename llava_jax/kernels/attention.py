@@ -1,15 +1,26 @@
 """One attention entry point over several implementations, with a pure-JAX reference.
 
+`attention` dispatches to `xla` (the reference below), `cudnn` (cudnn.py), `pallas_gpu`
+(pallas_gpu.py) or `splash` (splash.py); `auto` picks the first that supports the call
+on this backend from `AUTO_ORDER`. The kernel modules are imported on first use, so a
+jax without one of them loses only that implementation.
+
 Letters: B batch, T query length, S key length, N query heads, K key/value
 heads (N a multiple of K), G = N // K, H head dim.
 """
 
 from __future__ import annotations
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 
 IMPLS = ("xla", "cudnn", "pallas_gpu", "splash", "auto")
+# Preference of `auto` per backend; `xla` always works and ends every list. cuDNN goes
+# first on GPU where it applies (no segments / padding), the Pallas kernel next.
+AUTO_ORDER = {"gpu": ("cudnn", "pallas_gpu", "xla"), "tpu": ("splash", "xla")}
+
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
@@ -73,6 +84,74 @@ def reference_attention(q, k, v, *, causal, segment_ids=None, kv_segment_ids=Non
     return masked_attention(q, k, v, mask, scale=scale)
 
 
+def _check_inputs(q, k, v, segment_ids, kv_segment_ids, padding_mask):
+    """Shape errors that no implementation can fix."""
+    if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
+        raise UnsupportedAttention(f"need q [B, T, N, H], k = v [B, S, K, H]; got {q.shape}, "
+                                   f"{k.shape}, {v.shape}")
+    b, t, n, h = q.shape
+    if k.shape[0] != b or k.shape[3] != h:
+        raise UnsupportedAttention(f"q {q.shape} and k {k.shape} differ in batch or head dim")
+    if n % k.shape[2]:
+        raise UnsupportedAttention(f"query heads {n} not a multiple of kv heads {k.shape[2]}")
+    s = k.shape[1]
+    if segment_ids is not None and segment_ids.shape != (b, t):
+        raise UnsupportedAttention(f"segment_ids {segment_ids.shape}, expected {(b, t)}")
+    if kv_segment_ids is not None and (segment_ids is None or kv_segment_ids.shape != (b, s)):
+        raise UnsupportedAttention(f"kv_segment_ids {kv_segment_ids.shape} needs segment_ids and "
+                                   f"shape {(b, s)}")
+    if segment_ids is not None and kv_segment_ids is None and t != s:
+        raise UnsupportedAttention(f"T={t} != S={s}: pass kv_segment_ids for the keys")
+    if padding_mask is not None and padding_mask.shape != (b, s):
+        raise UnsupportedAttention(f"padding_mask {padding_mask.shape}, expected {(b, s)}")
+
+
+def _module(impl: str):
+    try:
+        return importlib.import_module(f"llava_jax.kernels.{impl}")
+    except ImportError as e:  # e.g. a jax without Pallas TPU ops
+        raise UnsupportedAttention(f"{impl}: cannot import its kernel ({e})") from e
+
+
+def unsupported_reason(impl: str, q, k, v, *, causal: bool, segment_ids=None,
+                       kv_segment_ids=None, padding_mask=None, interpret: bool | None = None,
+                       backend: str | None = None) -> str | None:
+    """Why `impl` cannot compute this call on `backend` (default: jax's), or None if it can."""
+    backend = jax.default_backend() if backend is None else backend
+    if impl == "xla":
+        return None
+    if impl == "cudnn":
+        return _module(impl).unsupported(q, k, v, causal=causal, segment_ids=segment_ids,
+                                         kv_segment_ids=kv_segment_ids,
+                                         padding_mask=padding_mask, backend=backend)
+    if impl == "pallas_gpu":
+        return _module(impl).unsupported(q, k, v, backend=backend, interpret=interpret)
+    if impl == "splash":
+        return _module(impl).unsupported(q, k, v, causal=causal, backend=backend,
+                                         interpret=interpret)
+    return f"unknown implementation {impl!r}"
+
+
+def select_impl(q, k, v, *, causal: bool, segment_ids=None, kv_segment_ids=None,
+                padding_mask=None, backend: str | None = None) -> str:
+    """The implementation `auto` uses: first of AUTO_ORDER[backend] that supports the call.
+
+    Only compiled kernels count (interpret mode is for tests), so CPU gets `xla`.
+    """
+    backend = jax.default_backend() if backend is None else backend
+    for impl in AUTO_ORDER.get(backend, ("xla",)):
+        try:
+            reason = unsupported_reason(impl, q, k, v, causal=causal, segment_ids=segment_ids,
+                                        kv_segment_ids=kv_segment_ids,
+                                        padding_mask=padding_mask, interpret=False,
+                                        backend=backend)
+        except UnsupportedAttention:
+            continue
+        if reason is None:
+            return impl
+    return "xla"
+
+
 def attention(q, k, v, *, causal: bool, segment_ids=None, kv_segment_ids=None, padding_mask=None,
               scale=None, impl: str = "auto", interpret: bool | None = None):
     """Multi-head (grouped-query) attention through the chosen implementation.
@@ -87,11 +166,28 @@ def attention(q, k, v, *, causal: bool, segment_ids=None, kv_segment_ids=None, p
       impl: one of `xla`, `cudnn`, `pallas_gpu`, `splash`, `auto`.
       interpret: Pallas interpret mode (None: on CPU only).
     Returns:
-      float[B, T, N, H].
+      float[B, T, N, H]; a query row that sees no key gives 0.
+    Raises:
+      UnsupportedAttention: `impl` cannot compute this call; the message says why.
     """
     if impl not in IMPLS:
         raise UnsupportedAttention(f"attention impl {impl!r} not in {IMPLS}")
-    if impl in ("auto", "xla"):
-        return reference_attention(q, k, v, causal=causal, segment_ids=segment_ids,
-                                   kv_segment_ids=kv_segment_ids, padding_mask=padding_mask, scale=scale)
-    raise UnsupportedAttention(f"attention impl {impl!r} is not available in this build")
+    _check_inputs(q, k, v, segment_ids, kv_segment_ids, padding_mask)
+    masking = {"segment_ids": segment_ids, "kv_segment_ids": kv_segment_ids,
+               "padding_mask": padding_mask}
+    if impl == "auto":
+        impl = select_impl(q, k, v, causal=causal, **masking)
+    if impl == "xla":
+        return reference_attention(q, k, v, causal=causal, scale=scale, **masking)
+    reason = unsupported_reason(impl, q, k, v, causal=causal, interpret=interpret, **masking)
+    if reason is not None:
+        raise UnsupportedAttention(f"{impl}: {reason}")
+    module = _module(impl)
+    try:
+        if impl == "cudnn":
+            return module.attention(q, k, v, causal=causal, scale=scale)
+        return module.attention(q, k, v, causal=causal, scale=scale, interpret=interpret,
+                                **masking)
+    except (ValueError, NotImplementedError) as e:
+        # The kernels' own shape checks (e.g. cuDNN's) surface as the documented error.
+        raise UnsupportedAttention(f"{impl}: {e}") from e
