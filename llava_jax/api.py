@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llava_jax.config import ConfigError, LlavaConfig, config_kind, llama_config_from_hf, vision_config_from_hf
-from llava_jax.convert.hf import canonical_sources, read_params
+from llava_jax.convert.hf import canonical_sources, iter_params, nest, read_params
 from llava_jax.convert.native import is_native, load_native, save_native
 from llava_jax.convert.tensors import CheckpointError, weight_files
 from llava_jax.model.llava import LlavaModel
@@ -150,30 +150,13 @@ class Llava:
         export_hf(self, directory, dtype=dtype)
 
 
-def _vision_from_dir(directory: str, config: LlavaConfig, dtype, mesh, rules):
+def _vision_from_dir(directory: str, config: LlavaConfig, dtype, mesh, rules) -> dict:
     sources = canonical_sources(weight_files(directory), where=directory)
     return read_params(config, sources, dtype=dtype, parts=("vision",), mesh=mesh, rules=rules, where=directory)
 
 
-def load(path: str, *, dtype: str | None = "float32", mesh=None, rules: Rules = DEFAULT_RULES,
-         vision_tower: str | None = None) -> Llava:
-    """Load a LLaVA model from an HF LLaVA directory, an original LLaVA checkpoint or a llava_jax checkpoint.
-
-    Args:
-      path: the model directory.
-      dtype: parameter and compute dtype ('float32', 'bfloat16'); None keeps the stored dtype.
-      mesh: place parameters sharded on this mesh (by `rules`) straight from the files.
-      vision_tower: HF CLIP directory for original checkpoints: its config always (the original
-        `config.json` names the tower but does not describe it; default CLIP ViT-L/14-336 or the
-        local directory `mm_vision_tower` names), its weights when the checkpoint has none.
-    Returns:
-      `Llava` with `.config`, `.params`, `.tokenizer` (None when the directory has none).
-    """
-    if not os.path.isdir(path):
-        raise CheckpointError(f"{path}: no such model directory")
-    if is_native(path):
-        config, params = load_native(path, dtype=dtype, mesh=mesh, rules=rules)
-        return Llava(config, params, load_tokenizer(path), mesh, rules)
+def _resolve(path: str, dtype, vision_tower):
+    """Config and a parameter stream for a non-native directory (see `load`)."""
     hf = _read_json(os.path.join(path, "config.json"))
     try:
         config_kind(hf)
@@ -195,13 +178,78 @@ def load(path: str, *, dtype: str | None = "float32", mesh=None, rules: Rules = 
         config = LlavaConfig.from_hf(hf, vision_hf=vision_hf).with_dtype(dtype)
     except ConfigError as e:
         raise CheckpointError(f"{path}/config.json: {e}") from e
-    parts = ("vision", "projector", "llm")
-    params = {}
-    if not has_vision:
-        params.update(_vision_from_dir(vision_tower, config, dtype, mesh, rules))
-        parts = ("projector", "llm")
-    params.update(read_params(config, sources, dtype=dtype, parts=parts, mesh=mesh, rules=rules, where=path))
+    if has_vision:
+        plan = [(sources, ("vision", "projector", "llm"), path)]
+    else:
+        tower = canonical_sources(weight_files(vision_tower), where=vision_tower)
+        plan = [(tower, ("vision",), vision_tower), (sources, ("projector", "llm"), path)]
+    return config, dtype, plan
+
+
+def iter_checkpoint(path: str, *, dtype: str | None = "float32", mesh=None, rules: Rules = DEFAULT_RULES,
+                    vision_tower: str | None = None):
+    """(config, iterator of (param path, jax.Array)) for an HF or original checkpoint, all validated first.
+
+    Every source is validated before the first parameter is produced.
+    """
+    config, dtype, plan = _resolve(path, dtype, vision_tower)
+    iterators = [iter_params(config, src, dtype=dtype, parts=parts, mesh=mesh, rules=rules, where=where)
+                 for src, parts, where in plan]
+    # Generators validate lazily: pull the first item of each now so errors come before any work.
+    primed = [(next(it), it) for it in iterators]
+
+    def stream():
+        for first, it in primed:
+            yield first
+            yield from it
+
+    return config, stream()
+
+
+def load(path: str, *, dtype: str | None = "float32", mesh=None, rules: Rules = DEFAULT_RULES,
+         vision_tower: str | None = None) -> Llava:
+    """Load a LLaVA model from an HF LLaVA directory, an original LLaVA checkpoint or a llava_jax checkpoint.
+
+    Args:
+      path: the model directory.
+      dtype: parameter and compute dtype ('float32', 'bfloat16'); None keeps the stored dtype.
+      mesh: place parameters sharded on this mesh (by `rules`) straight from the files.
+      vision_tower: HF CLIP directory for original checkpoints: its config always (the original
+        `config.json` names the tower but does not describe it; default CLIP ViT-L/14-336 or the
+        local directory `mm_vision_tower` names), its weights when the checkpoint has none.
+    Returns:
+      `Llava` with `.config`, `.params`, `.tokenizer` (None when the directory has none).
+    """
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: no such model directory")
+    if is_native(path):
+        config, params = load_native(path, dtype=dtype, mesh=mesh, rules=rules)
+        return Llava(config, params, load_tokenizer(path), mesh, rules)
+    config, stream = iter_checkpoint(path, dtype=dtype, mesh=mesh, rules=rules, vision_tower=vision_tower)
+    params: dict = {}
+    for param_path, value in stream:
+        params.update(_merge(params, nest(param_path, value)))
     return Llava(config, params, load_tokenizer(path), mesh, rules)
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if k in out and isinstance(v, dict) else v
+    return out
+
+
+def convert(src: str, dst: str, *, dtype: str | None = "float32", vision_tower: str | None = None) -> Llava:
+    """Convert an HF / original checkpoint into a llava_jax checkpoint, one parameter in memory at a time.
+
+    Returns a `Llava` whose `params` is None (nothing kept in memory); load `dst` to use it.
+    """
+    if not os.path.isdir(src):
+        raise CheckpointError(f"{src}: no such model directory")
+    config, stream = iter_checkpoint(src, dtype=dtype, vision_tower=vision_tower)
+    tokenizer = load_tokenizer(src)
+    save_native(dst, stream, config, tokenizer)
+    return Llava(config, None, tokenizer)
 
 
 def load_components(vision_dir: str, llm_dir: str, config: LlavaConfig | None = None, *,

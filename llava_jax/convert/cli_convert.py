@@ -16,11 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert and save; prints a one-line summary."""
-    from llava_jax.api import load
-    from llava_jax.model.params import count_params
+    from llava_jax.api import convert
+    from llava_jax.model.params import abstract_params, count_params
 
-    model = load(args.src, dtype=args.dtype, vision_tower=args.vision_tower)
-    model.save(args.dst)
-    print(f"wrote {args.dst}: {count_params(model.params) / 1e9:.3f}B parameters ({args.dtype}), "
+    model = convert(args.src, args.dst, dtype=args.dtype, vision_tower=args.vision_tower)
+    n = count_params(abstract_params(model.config))
+    print(f"wrote {args.dst}: {n / 1e9:.3f}B parameters ({args.dtype}), "
           f"tokenizer {'saved' if model.tokenizer is not None else 'absent'}")
     return 0

@@ -89,10 +89,10 @@ def _full_param(spec: TensorSpec, shape, dtype, sources) -> np.ndarray:
     return out
 
 
-def read_params(config: LlavaConfig, sources: Mapping[str, tuple[object, str]], *, dtype,
+def iter_params(config: LlavaConfig, sources: Mapping[str, tuple[object, str]], *, dtype,
                 parts=("vision", "projector", "llm"), mesh=None, rules: Rules = DEFAULT_RULES,
-                where: str = "checkpoint", allow_unused_prefixes: tuple[str, ...] = ()) -> dict:
-    """Build the parameter subtree(s) `parts` from checkpoint tensors.
+                where: str = "checkpoint", allow_unused_prefixes: tuple[str, ...] = ()):
+    """Yield (parameter path, jax.Array) one parameter at a time, after validating every tensor.
 
     Args:
       config: the model config (parameter shapes come from it).
@@ -101,25 +101,36 @@ def read_params(config: LlavaConfig, sources: Mapping[str, tuple[object, str]], 
       parts: which of 'vision', 'projector', 'llm' to read.
       mesh: place each parameter sharded by `rules` on `mesh` (else on the default device).
       where: a name for error messages (the directory).
-    Returns:
-      {part: subtree} of `jax.Array`.
     """
     dtype = np.dtype(dtype)
     specs = tensor_specs(config, parts)
     abstract = abstract_params(config)
     validate(specs, abstract, sources, where=where, allow_unused_prefixes=allow_unused_prefixes)
     shardings = param_shardings(config, mesh, rules) if mesh is not None else None
-    params: dict = {}
     for spec in specs:
         shape = tuple(_get_in(abstract, spec.path).shape)
+        full = _full_param(spec, shape, dtype, sources)
         if shardings is None:
-            value = jax.device_put(_full_param(spec, shape, dtype, sources))
+            value = jax.device_put(full)
         else:
-            full = _full_param(spec, shape, dtype, sources)
             value = jax.make_array_from_callback(shape, _get_in(shardings, spec.path), lambda idx: full[idx])
-            del full
-        _set_in(params, spec.path, value)
+        del full
+        yield spec.path, value
+
+
+def read_params(config: LlavaConfig, sources: Mapping[str, tuple[object, str]], **kwargs) -> dict:
+    """All parameters of `parts` as a nested dict of `jax.Array`; arguments as `iter_params`."""
+    params: dict = {}
+    for path, value in iter_params(config, sources, **kwargs):
+        _set_in(params, path, value)
     return params
+
+
+def nest(path: tuple[str, ...], value) -> dict:
+    """{path[0]: {path[1]: ... value}}."""
+    tree: dict = {}
+    _set_in(tree, path, value)
+    return tree
 
 
 # ----------------------------------------------------------------------- export

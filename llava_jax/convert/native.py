@@ -1,13 +1,20 @@
-"""The llava_jax checkpoint directory: `config.json` + orbax `params/` + tokenizer files."""
+"""The llava_jax checkpoint directory: `config.json` + orbax `params/` + tokenizer files.
+
+Parameters are written with orbax's partial saves, one parameter (or one
+group) at a time, so converting a checkpoint never holds the whole model in
+host memory: peak memory stays near the largest parameter.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+from typing import Iterable
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
+import orbax.checkpoint.experimental.v1 as ocp
 
 from llava_jax.config import LlavaConfig
 from llava_jax.convert.tensors import CheckpointError
@@ -26,19 +33,42 @@ def is_native(directory: str) -> bool:
         return json.load(f).get("format") == "llava_jax"
 
 
+def _leaves_with_paths(params) -> Iterable[tuple[tuple[str, ...], jax.Array]]:
+    for keypath, leaf in jax.tree_util.tree_leaves_with_path(params):
+        yield tuple(k.key for k in keypath), leaf
+
+
 def save_native(directory: str, params, config: LlavaConfig, tokenizer=None) -> None:
-    """Write params (orbax), `config.json` and, when given, the tokenizer files into `directory`."""
+    """Write a llava_jax checkpoint; `params` is a tree or an iterable of (path, array) pairs.
+
+    An iterable is consumed lazily (each array saved, then dropped), which keeps
+    conversion memory near one parameter. The directory appears only complete:
+    everything is written under `DIR.partial` and renamed at the end.
+    """
     directory = os.path.abspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    target = os.path.join(directory, PARAMS_DIR)
-    if os.path.exists(target):
+    if os.path.exists(os.path.join(directory, PARAMS_DIR)):
         raise CheckpointError(f"{directory}: already holds a checkpoint ({PARAMS_DIR}/ exists)")
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(target, params)
-        ckptr.wait_until_finished()
-    config.save(directory)
+    staging = directory.rstrip("/") + ".partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    target = os.path.join(staging, PARAMS_DIR)
+    pairs = _leaves_with_paths(params) if isinstance(params, dict) else params
+    for path, value in pairs:
+        tree: dict = {}
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+        ocp.partial.save(target, tree)
+        del value, tree, node
+    ocp.partial.finalize(target)
+    config.save(staging)
     if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
+        tokenizer.save_pretrained(staging)
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(staging):
+        os.replace(os.path.join(staging, name), os.path.join(directory, name))
+    os.rmdir(staging)
 
 
 def load_native(directory: str, *, dtype=None, mesh=None, rules: Rules = DEFAULT_RULES):
@@ -56,8 +86,7 @@ def load_native(directory: str, *, dtype=None, mesh=None, rules: Rules = DEFAULT
         shardings = jax.tree.map(lambda _: device, abstract)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     try:
-        with ocp.StandardCheckpointer() as ckptr:
-            params = ckptr.restore(os.path.join(directory, PARAMS_DIR), target)
+        params = ocp.load(os.path.join(directory, PARAMS_DIR), target)
     except (ValueError, KeyError, FileNotFoundError) as e:
         raise CheckpointError(f"{directory}: params do not match config.json ({e})") from e
     return config, params
