@@ -180,7 +180,8 @@ def training_segments(
     """The training text of a conversation as `(text, supervised)` pieces, concatenating to it.
 
     `vicuna_v1`/`llava_v1`/`llava_hf`: the text is `render(turns)`; each assistant
-    reply, the space before it and its closing separator (`</s>`) are supervised,
+    reply, the space before it and its closing separator (`</s>`; not a
+    whitespace separator, which belongs to the next token) are supervised,
     everything else (system prompt, user turns, `ROLE:` tags) is not. The space
     belongs to the reply because SentencePiece attaches it to the reply's first
     token (`▁A`). `<image>` markers must already be placed (see
@@ -206,8 +207,14 @@ def training_segments(
             pending += f"{role}: {message}{template.sep}"
         else:
             segments.append((pending + f"{role}:", False))
-            segments.append((f" {message}{template.sep2}", True))
-            pending = ""
+            if template.sep2.strip():
+                segments.append((f" {message}{template.sep2}", True))
+                pending = ""
+            else:
+                # A whitespace separator (llava_hf) joins the next word's token
+                # (`▁USER`), so it cannot be supervised with the reply.
+                segments.append((f" {message}", True))
+                pending = template.sep2
     if pending:
         segments.append((pending, False))
     return segments
