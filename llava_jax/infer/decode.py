@@ -97,11 +97,20 @@ def prefill(params, input_ids, images, mask, seed_key, temperature, top_p, stop_
     return state
 
 
+def _embed_generated(params, token, config: LlavaConfig):
+    """float[B, 1, D] embeddings of generated int32[B] tokens.
+
+    Looked up directly, never merged with images: a generated id equal to
+    `image_token_index` (in the vocabulary for llava-hf checkpoints) is embedded
+    as a token, as HF does in its decode steps.
+    """
+    return LlamaModel(config.llm).apply({"params": params["llm"]}, token[:, None], method=LlamaModel.embed)
+
+
 def _unrolled_step(params, layers, token, position, slot_mask, cache, cache_index, config: LlavaConfig):
     """One decode step over per-layer buffers: (float32[B, V] logits, new per-layer cache)."""
     c = config.llm
-    ids = token[:, None]
-    x = LlavaModel(config).apply({"params": params}, ids, method=LlavaModel.embed)
+    x = _embed_generated(params, token, config)
     positions = position[:, None]
     max_pos = positions.max() if c.rope_scaling.rope_type == "dynamic" else None
     inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings, max_pos)
@@ -132,7 +141,7 @@ def decode(params, layers, state, limit, prompt_mask, seed_key, temperature, top
     cache_len = jax.tree.leaves(state["cache"])[0].shape[-3]
     # Slots past the prompt are written in order; the model hides those not yet written.
     slot_mask = jnp.concatenate([prompt_mask, jnp.ones((prompt_mask.shape[0], cache_len - t), bool)], axis=1)
-    scanned = LlavaModel(config, decode=True)
+    scanned = LlamaModel(config.llm, decode=True)
 
     def cond(s):
         return (s["step"] < limit) & ~jnp.all(s["done"])
@@ -140,9 +149,9 @@ def decode(params, layers, state, limit, prompt_mask, seed_key, temperature, top
     def body(s):
         step = s["step"]
         if layers is None:
-            logits, cache = scanned.apply({"params": params}, s["token"][:, None],
-                                          positions=s["position"][:, None], padding_mask=slot_mask,
-                                          cache=s["cache"], cache_index=t + step - 1)
+            logits, cache = scanned.apply({"params": params["llm"]}, _embed_generated(params, s["token"], config),
+                                          s["position"][:, None], padding_mask=slot_mask, cache=s["cache"],
+                                          cache_index=t + step - 1)
             logits = logits[:, 0]
         else:
             logits, cache = _unrolled_step(params, layers, s["token"], s["position"], slot_mask, s["cache"],

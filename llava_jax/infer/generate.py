@@ -21,6 +21,7 @@ as the longest row needed, as HF returns.
 from __future__ import annotations
 
 import functools
+import re
 import time
 from collections.abc import Callable, Sequence
 
@@ -34,6 +35,7 @@ from llava_jax.infer.decode import decode, layer_params, prefill, resolve_layout
 from llava_jax.infer.sampling import SamplingMode
 
 StreamCallback = Callable[[list], None]
+_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
 # ------------------------------------------------------------------------------------ host side
@@ -102,25 +104,35 @@ class _TextWatcher:
                 self.stopped_at[row] = k
                 return
 
+    def _settled(self, tokens: np.ndarray) -> np.ndarray:
+        """Tokens whose text is final: a trailing run of byte-fallback pieces (`<0xE2>`) may still
+        change, since an invalid UTF-8 run decodes to one U+FFFD per byte only once it is closed."""
+        end = len(tokens)
+        while end and _BYTE_PIECE.fullmatch(str(self.tok.convert_ids_to_tokens(int(tokens[end - 1]))) or ""):
+            end -= 1
+        return tokens[:end]
+
     def delta(self, row: int, tokens: np.ndarray, final: bool) -> str:
-        """New text of a row since the last call, holding back what may be a partial stop string
-        or an incomplete UTF-8 sequence (shown as U+FFFD until its last byte arrives)."""
+        """New text of a row since the last call; unless `final`, holds back text that may still
+        change: open byte runs, incomplete UTF-8 (U+FFFD at the end) and a partial stop string."""
         text = self.text(tokens)
         for s in self.stop_strings:
             if s in text:
                 text, final = text[:text.index(s)], True
         if not final:
-            text = text.rstrip("\ufffd")
+            text = self.text(self._settled(tokens)).rstrip("\ufffd")
             for s in self.stop_strings:
                 for n in range(min(len(s) - 1, len(text)), 0, -1):
                     if text.endswith(s[:n]):
                         text = text[:-n]
                         break
-        if not text.startswith(self.emitted[row]):
-            return ""  # detokenisation rewrote earlier text (rare); never emit it twice
-        new = text[len(self.emitted[row]):]
+        old = self.emitted[row]
+        if len(text) <= len(old):
+            return ""
+        # Text only grows at the end; should detokenisation still rewrite earlier text, the
+        # already-printed part is not repeated.
         self.emitted[row] = text
-        return new
+        return text[len(old):]
 
 
 def generate(model, input_ids, pixel_values=None, attention_mask=None, *, max_new_tokens: int,

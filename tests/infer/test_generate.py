@@ -1,0 +1,162 @@
+"""KV-cache generation: HF parity, cache vs full-sequence logits, sampling, stopping, batching."""
+
+import numpy as np
+import pytest
+
+from tests.infer.conftest import EOS, left_padded_batch
+
+LAYOUTS = ["unrolled", "scan"]
+
+
+def _hf_generate(hf, ids, pixels, mask, torch, **kw):
+    inputs = {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
+    if pixels is not None and len(pixels):
+        inputs["pixel_values"] = torch.tensor(pixels)
+    with torch.no_grad():
+        out = hf.generate(**inputs, do_sample=False, output_scores=True, return_dict_in_generate=True, **kw)
+    return out.sequences[:, ids.shape[1]:].numpy(), torch.stack(out.scores, 1).numpy()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_greedy_single_prompt_matches_hf(hf_pair, torch_cpu, layout):
+    hf, model = hf_pair
+    ids, pixels, mask = left_padded_batch(hf.config, lengths=(13,), images=(1,))
+    ref, ref_scores = _hf_generate(hf, ids, pixels, mask, torch_cpu, max_new_tokens=12, eos_token_id=None)
+    out, logits = model.generate(ids, pixels, mask, max_new_tokens=12, eos_token_id=(), layout=layout,
+                                 return_logits=True)
+    assert out.dtype == np.int32 and out.shape == (1, 12)
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_allclose(logits, ref_scores, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_greedy_left_padded_batch_matches_hf(hf_pair, torch_cpu, layout):
+    hf, model = hf_pair
+    ids, pixels, mask = left_padded_batch(hf.config, lengths=(14, 7, 10), images=(1, 1, 0))
+    ref, _ = _hf_generate(hf, ids, pixels, mask, torch_cpu, max_new_tokens=10, eos_token_id=None)
+    out = model.generate(ids, pixels, mask, max_new_tokens=10, eos_token_id=(), layout=layout)
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_eos_stops_rows_like_hf(hf_pair, torch_cpu):
+    """Use a token the model really emits as EOS: rows stop there, pad after, as HF returns them."""
+    hf, model = hf_pair
+    ids, pixels, mask = left_padded_batch(hf.config, lengths=(14, 7, 10), images=(1, 1, 0), seed=1)
+    free = model.generate(ids, pixels, mask, max_new_tokens=12, eos_token_id=())
+    eos = int(free[0, 3])
+    ref, _ = _hf_generate(hf, ids, pixels, mask, torch_cpu, max_new_tokens=12, eos_token_id=eos, pad_token_id=0)
+    out = model.generate(ids, pixels, mask, max_new_tokens=12, eos_token_id=eos, pad_token_id=0)
+    np.testing.assert_array_equal(out, ref)
+    for b in range(3):
+        hits = np.nonzero(free[b] == eos)[0]
+        if len(hits):  # the row ends with its first EOS, then pads
+            k = hits[0]
+            np.testing.assert_array_equal(out[b, :k + 1], free[b, :k + 1])
+            assert (out[b, k + 1:] == 0).all()
+        else:
+            np.testing.assert_array_equal(out[b], free[b, :out.shape[1]])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cached_logits_equal_full_sequence_logits(hf_pair, layout):
+    _, model = hf_pair
+    ids, pixels, mask = left_padded_batch(model_hf_config(hf_pair), lengths=(12, 6, 9), images=(1, 0, 1), seed=2)
+    out, logits = model.generate(ids, pixels, mask, max_new_tokens=8, eos_token_id=(), layout=layout,
+                                 return_logits=True)
+    full_ids = np.concatenate([ids, out[:, :-1]], axis=1)
+    full_mask = np.concatenate([mask, np.ones_like(out[:, :-1])], axis=1)
+    # Uncached: one forward over prompt + generated tokens; position t predicts token t + 1.
+    full = model.logits(full_ids, pixels, full_mask)[:, ids.shape[1] - 1:]
+    np.testing.assert_allclose(logits, full, atol=1e-4, rtol=0)
+
+
+def model_hf_config(hf_pair):
+    return hf_pair[0].config
+
+
+def test_batch_equals_one_at_a_time(hf_pair):
+    hf, model = hf_pair
+    ids, pixels, mask = left_padded_batch(hf.config, lengths=(14, 7, 10), images=(1, 1, 0), seed=3)
+    batch = model.generate(ids, pixels, mask, max_new_tokens=9, eos_token_id=())
+    k = 0
+    for b in range(3):
+        keep = mask[b].astype(bool)
+        n_img = int((ids[b] == hf.config.image_token_index).sum() // hf.config.image_seq_length)
+        row_pixels = pixels[k:k + n_img] if n_img else None
+        k += n_img
+        single = model.generate(ids[b:b + 1, keep], row_pixels, max_new_tokens=9, eos_token_id=())
+        np.testing.assert_array_equal(single[0], batch[b])
+
+
+def test_sampling_is_seeded_and_reproducible(hf_pair):
+    hf, model = hf_pair
+    ids, pixels, mask = left_padded_batch(hf.config, lengths=(14, 7), images=(1, 1), seed=4)
+    kw = {"max_new_tokens": 16, "eos_token_id": (), "temperature": 1.5}
+    a = model.generate(ids, pixels, mask, seed=11, **kw)
+    b = model.generate(ids, pixels, mask, seed=11, **kw)
+    c = model.generate(ids, pixels, mask, seed=12, **kw)
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any()
+    # Chunked decoding (as when streaming) draws the same tokens: keys depend on the step, not the call.
+    chunked = model.generate(ids, pixels, mask, seed=11, stop_strings=(), chunk_size=3, **kw)
+    np.testing.assert_array_equal(a, chunked)
+
+
+def test_top_k_and_top_p_restrict_the_draw(hf_pair):
+    hf, model = hf_pair
+    ids, pixels, mask = left_padded_batch(hf.config, lengths=(14,), images=(1,), seed=5)
+    greedy = model.generate(ids, pixels, mask, max_new_tokens=10, eos_token_id=())
+    # top_k=1 and a tiny top_p leave only the argmax: sampling becomes greedy.
+    for kw in ({"top_k": 1}, {"top_p": 1e-6}):
+        sampled = model.generate(ids, pixels, mask, max_new_tokens=10, eos_token_id=(), temperature=2.0, **kw)
+        np.testing.assert_array_equal(sampled, greedy)
+    out, logits = model.generate(ids, pixels, mask, max_new_tokens=20, eos_token_id=(), temperature=3.0, top_k=5,
+                                 seed=1, return_logits=True)
+    top5 = np.argsort(-logits, axis=-1)[..., :5]
+    assert all(out[0, i] in top5[0, i] for i in range(out.shape[1]))
+
+
+def test_max_new_tokens_bounds_output(hf_pair):
+    hf, model = hf_pair
+    ids, pixels, mask = left_padded_batch(hf.config, lengths=(8,), images=(1,))
+    assert model.generate(ids, pixels, mask, max_new_tokens=1, eos_token_id=()).shape == (1, 1)
+    assert model.generate(ids, pixels, mask, max_new_tokens=5, eos_token_id=()).shape == (1, 5)
+    # A larger prompt bucket leaves the answer unchanged (only padding is added).
+    a = model.generate(ids, pixels, mask, max_new_tokens=5, eos_token_id=())
+    b = model.generate(ids, pixels, mask, max_new_tokens=5, eos_token_id=(), pad_to_multiple=16, max_len=64)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_stop_strings_and_streaming(chat_model):
+    tok = chat_model.tokenizer
+    ids = np.asarray([tok("USER: what is this? ASSISTANT:")["input_ids"]])
+    free = chat_model.generate(ids, max_new_tokens=24, eos_token_id=())
+    text = tok.decode(free[0], skip_special_tokens=True)
+    pieces = tok.convert_ids_to_tokens([int(t) for t in free[0]])
+    # A whole word the model emits mid-answer serves as the stop string.
+    k = next(k for k in range(3, 20) if pieces[k].startswith("\u2581") and pieces[k][1:].isalpha())
+    stop = pieces[k][1:]
+    cut = next(k for k in range(1, 25) if stop in tok.decode(free[0, :k], skip_special_tokens=True))
+
+    deltas = []
+    out = chat_model.generate(ids, max_new_tokens=24, eos_token_id=(), stop_strings=[stop],
+                              stream=lambda d: deltas.append(d[0]))
+    np.testing.assert_array_equal(out[0], free[0, :cut])
+    streamed = "".join(deltas)
+    assert stop not in streamed and streamed == text[:text.index(stop)]
+    assert len(deltas) > 1
+
+    # Streaming alone reproduces the whole text and the same tokens.
+    deltas = []
+    out = chat_model.generate(ids, max_new_tokens=24, eos_token_id=(), stream=lambda d: deltas.append(d[0]))
+    np.testing.assert_array_equal(out, free)
+    assert "".join(deltas) == text
+
+
+def test_stop_token_ids(hf_pair):
+    hf, model = hf_pair
+    ids, pixels, mask = left_padded_batch(hf.config, lengths=(10,), images=(1,), seed=6)
+    free = model.generate(ids, pixels, mask, max_new_tokens=8, eos_token_id=())
+    out = model.generate(ids, pixels, mask, max_new_tokens=8, eos_token_id=EOS, stop_token_ids=[int(free[0, 2])])
+    assert out.shape == (1, 3)
+    np.testing.assert_array_equal(out[0], free[0, :3])
