@@ -75,6 +75,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="pad prompt lengths to a multiple of this (fewer recompilations)",
     )
     parser.add_argument(
+        "--dtype",
+        default="bfloat16",
+        help="parameter / compute dtype for llava_jax.load (the reference ran float16)",
+    )
+    parser.add_argument(
+        "--mesh",
+        default="auto",
+        choices=("auto", "none", "fsdp", "data", "fsdp_tensor"),
+        help="device mesh preset (auto: fsdp over all devices when there are several)",
+    )
+    parser.add_argument(
         "--score-only",
         action="store_true",
         help="score OUT/answers.jsonl without loading a model",
@@ -104,8 +115,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.score_only:
         from llava_jax.eval.model_answerer import ModelAnswerer
 
-        answerer = ModelAnswerer.from_path(args.model, batch_size=args.batch_size)
-        answerer.length_multiple = args.length_multiple
+        answerer = ModelAnswerer.from_path(
+            args.model,
+            batch_size=args.batch_size,
+            dtype=args.dtype,
+            mesh=_mesh(args.mesh),
+            length_multiple=args.length_multiple,
+        )
         size = size or answerer.model_size
     try:
         results = evaluate(
@@ -125,3 +141,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(format_table(results))
     return 0
+
+
+def _mesh(preset: str):
+    """The device mesh for a `--mesh` preset, None for a single device."""
+    import jax
+
+    from llava_jax.sharding import MESH_PRESETS, make_mesh
+
+    if preset == "none" or (preset == "auto" and jax.device_count() == 1):
+        return None
+    return make_mesh(MESH_PRESETS["fsdp" if preset == "auto" else preset])

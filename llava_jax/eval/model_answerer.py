@@ -1,12 +1,12 @@
-"""The `Answerer` backed by a loaded llava_jax model: tokenise, preprocess, generate, decode.
+"""The `Answerer` backed by a loaded `llava_jax.Llava`: tokenise, preprocess, generate, decode.
 
-Prompts are tokenised the way LLaVA's `tokenizer_image_token` does (each text
-piece around `<image>` tokenised on its own, BOS kept only on the first), with
-the image marker expanded to `image_seq_length` placeholder ids as the HF
-processor does, so the model sees the reference's token sequence. Batches are
-left-padded to a length bucket and topped up to a fixed batch size (repeating
-the last request, whose answers are dropped) so that every batch of a run has
-the same shapes and compiles once.
+Prompts are tokenised with `llava_jax.data.encode.tokenizer_image_token` (the
+reference's split-at-`<image>` tokenisation, the marker expanded to
+`image_seq_length` placeholders) and images preprocessed as the reference
+evaluation does (see `reference_pixels`). Batches are topped up to a fixed
+number of rows (repeating the last request; those answers are dropped) and
+left-padded to a length bucket, so a run compiles a handful of shapes. With a
+mesh (`load(..., mesh=...)`) the batch axis is sharded over the devices.
 """
 
 from __future__ import annotations
@@ -16,38 +16,42 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from llava_jax.eval.prompts import IMAGE_TOKEN
 from llava_jax.eval.records import model_name_from_path
 from llava_jax.eval.runner import Request
 
 
-def tokenize_with_image(
-    prompt: str, tokenizer, image_token_index: int, image_seq_length: int
-) -> list[int]:
-    """Token ids of `prompt` with each `<image>` replaced by `image_seq_length` placeholder ids.
+def reference_pixels(image: Image.Image, *, mode: str, size: int) -> np.ndarray:
+    """float32[size, size, 3] pixels of one image as LLaVA-1.5's evaluation computed them.
 
-    Mirrors the reference's `tokenizer_image_token`: pieces are tokenised
-    separately (so the text after an image starts with SentencePiece's prefix
-    space, as in LLaVA), and the BOS of every piece but the first is dropped.
+    RGB images (every benchmark whose script calls `.convert('RGB')`) are
+    exactly `preprocess_image(image, mode=mode)`. ScienceQA and MMBench hand
+    the raw PIL image over: the reference pads it in its own mode
+    (`expand2square`) and its transformers 4.37 CLIP processor then converts
+    with a plain `.convert('RGB')`, which drops alpha instead of compositing.
+    Both are reproduced here. Modes whose `Image.new` rejects an RGB fill
+    (greyscale), which make the reference fail, are converted to RGB first.
     """
-    pieces = [tokenizer(piece).input_ids for piece in prompt.split(IMAGE_TOKEN)]
-    bos = getattr(tokenizer, "bos_token_id", None)
-    has_bos = bool(pieces and pieces[0] and bos is not None and pieces[0][0] == bos)
-    ids: list[int] = list(pieces[0])
-    for piece in pieces[1:]:
-        ids.extend([image_token_index] * image_seq_length)
-        ids.extend(piece[1:] if has_bos and piece and piece[0] == bos else piece)
-    return ids
+    from llava_jax.data.image import expand_to_square, preprocess_image
+
+    if mode == "pad":
+        try:
+            image = expand_to_square(image)
+        except (TypeError, ValueError):
+            image = expand_to_square(image.convert("RGB"))
+    rgb = image.convert("RGB")
+    # An RGB PNG may still carry a tRNS colour key; 4.37 ignored it.
+    rgb.info.pop("transparency", None)
+    return preprocess_image(rgb, mode="square", size=size)
 
 
 @dataclasses.dataclass
 class PreparedBatch:
     """A padded batch ready for `generate`.
 
-    input_ids / attention_mask: int32[B, T], left-padded; pixel_values:
-    float32[num_images, 3, H, W] or None; `real` rows carry requests, the rest
-    are fillers.
+    input_ids / attention_mask: int32[B, T] left-padded; pixel_values:
+    float32[num_images, 3, H, W] or None; the first `real` rows carry requests.
     """
 
     input_ids: np.ndarray
@@ -64,9 +68,9 @@ def _round_up(n: int, multiple: int) -> int:
 class ModelAnswerer:
     """Greedy answers from a model returned by `llava_jax.load`.
 
-    batch_size: rows per `generate` call (smaller batches are topped up); rounded
-        up to a multiple of the device count so the batch axis shards evenly.
-    length_multiple: prompt lengths are padded to a multiple of this.
+    batch_size: rows per `generate` call, rounded up to a multiple of the mesh's
+        batch shards so the batch axis divides evenly.
+    length_multiple: prompt lengths are left-padded to a multiple of this.
     """
 
     def __init__(
@@ -76,46 +80,43 @@ class ModelAnswerer:
         model_id: str,
         batch_size: int = 8,
         length_multiple: int = 64,
-        num_devices: int | None = None,
     ):
-        if num_devices is None:
-            import jax
-
-            num_devices = jax.device_count()
+        if model.tokenizer is None:
+            raise ValueError(
+                "evaluation needs the model's tokenizer (the model directory has none)"
+            )
         self.model = model
         self.model_id = model_id
         self.config = model.config
         self.tokenizer = model.tokenizer
-        self.batch_size = _round_up(max(batch_size, 1), max(num_devices, 1))
+        shards = 1
+        if getattr(model, "mesh", None) is not None:
+            shards = model.mesh.shape.get("data", 1) * model.mesh.shape.get("fsdp", 1)
+        self.batch_size = _round_up(max(batch_size, 1), shards)
         self.length_multiple = length_multiple
-        self.image_size = self.config.vision.image_size
-        self.mode = getattr(self.config, "image_aspect_ratio", "pad") or "pad"
-        if self.mode not in ("pad", "square"):
-            self.mode = "square"
-        pad = getattr(self.tokenizer, "pad_token_id", None)
-        if pad is None:
-            pad = self.config.llm.pad_token_id
-        if pad is None:
-            pad = 0  # masked out; any id works
-        self.pad_id = int(pad)
-        eos = self.config.llm.eos_token_id
-        if eos is None:
-            eos = getattr(self.tokenizer, "eos_token_id", None)
-        self.eos_ids = {
-            int(e)
-            for e in (eos if isinstance(eos, (list, tuple)) else [eos])
-            if e is not None
-        }
+        aspect = getattr(self.config, "image_aspect_ratio", "pad")
+        self.mode = aspect if aspect in ("pad", "square") else "pad"
+        from llava_jax.infer.generate import default_stop_ids
+
+        self.stop_ids = set(default_stop_ids(model))
 
     @classmethod
     def from_path(
-        cls, path: str, *, batch_size: int = 8, **load_kwargs
+        cls,
+        path: str,
+        *,
+        batch_size: int = 8,
+        dtype: str | None = "bfloat16",
+        mesh=None,
+        **kwargs,
     ) -> ModelAnswerer:
-        """Load a model directory with `llava_jax.load` and wrap it."""
+        """Load a model directory with `llava_jax.load` (on `mesh` when given) and wrap it."""
         import llava_jax
 
-        model = llava_jax.load(path, **load_kwargs)
-        return cls(model, model_id=model_name_from_path(path), batch_size=batch_size)
+        model = llava_jax.load(path, dtype=dtype, mesh=mesh)
+        return cls(
+            model, model_id=model_name_from_path(path), batch_size=batch_size, **kwargs
+        )
 
     @property
     def model_size(self) -> str | None:
@@ -127,40 +128,42 @@ class ModelAnswerer:
 
     def prepare(self, requests: Sequence[Request]) -> PreparedBatch:
         """Tokenise, preprocess images and pad (CPU only; runs ahead on a worker thread)."""
-        from llava_jax.data.image import preprocess_image
+        from llava_jax.data.encode import tokenizer_image_token
 
         if not requests:
             raise ValueError("empty batch")
         if len(requests) > self.batch_size:
             raise ValueError(
-                f"{len(requests)} requests exceed batch size {self.batch_size}"
+                f"{len(requests)} requests exceed the batch size {self.batch_size}"
             )
         rows = list(requests) + [requests[-1]] * (self.batch_size - len(requests))
         ids = [
-            tokenize_with_image(
+            tokenizer_image_token(
                 r.prompt,
                 self.tokenizer,
-                self.config.image_token_index,
-                self.config.image_seq_length,
+                image_token_index=self.config.image_token_index,
+                image_seq_length=self.config.image_seq_length,
             )
             for r in rows
         ]
         length = _round_up(max(len(x) for x in ids), self.length_multiple)
-        input_ids = np.full((len(rows), length), self.pad_id, dtype=np.int32)
+        pad = (
+            self.config.llm.pad_token_id
+            if self.config.llm.pad_token_id is not None
+            else 0
+        )
+        input_ids = np.full((len(rows), length), pad, dtype=np.int32)
         mask = np.zeros((len(rows), length), dtype=np.int32)
         for i, x in enumerate(ids):
             input_ids[i, length - len(x) :] = x
             mask[i, length - len(x) :] = 1
+        size = self.config.vision.image_size
         images = [
-            preprocess_image(r.image, mode=self.mode, size=self.image_size)
+            reference_pixels(r.image, mode=self.mode, size=size)
             for r in rows
             if r.image is not None
         ]
-        pixels = (
-            np.stack(images).transpose(0, 3, 1, 2).astype(np.float32)
-            if images
-            else None
-        )
+        pixels = np.stack(images).transpose(0, 3, 1, 2) if images else None
         return PreparedBatch(
             input_ids,
             mask,
@@ -170,20 +173,22 @@ class ModelAnswerer:
         )
 
     def answer(self, prepared: PreparedBatch) -> list[str]:
-        """Greedy generation, cut at EOS, special tokens dropped, whitespace stripped."""
-        tokens = np.asarray(
-            self.model.generate(
-                prepared.input_ids,
-                prepared.pixel_values,
-                prepared.attention_mask,
-                max_new_tokens=prepared.max_new_tokens,
-                temperature=0.0,
-            )
+        """Greedy generation; each row cut at its stop token, special tokens dropped, stripped."""
+        room = self.config.llm.max_position_embeddings - int(
+            prepared.attention_mask.sum(1).max()
+        )
+        tokens = self.model.generate(
+            prepared.input_ids,
+            prepared.pixel_values,
+            prepared.attention_mask,
+            max_new_tokens=max(1, min(prepared.max_new_tokens, room)),
+            temperature=0.0,
+            pad_to_multiple=self.length_multiple,
         )
         texts = []
-        for row in tokens[: prepared.real]:
-            ids = row.tolist()
-            cut = next((i for i, t in enumerate(ids) if t in self.eos_ids), len(ids))
+        for row in np.asarray(tokens)[: prepared.real]:
+            ids = [int(t) for t in row]
+            cut = next((i for i, t in enumerate(ids) if t in self.stop_ids), len(ids))
             texts.append(
                 self.tokenizer.decode(ids[:cut], skip_special_tokens=True).strip()
             )
