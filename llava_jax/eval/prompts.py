@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-IMAGE_TOKEN = "<image>"
+from llava_jax.data.conversation import IMAGE_TOKEN, generation_prompt
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 MULTIPLE_CHOICE = "Answer with the option's letter from the given choices directly."
@@ -22,42 +22,24 @@ MME_YES_NO = "Please answer yes or no."
 
 OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
-# system prompt, user role, assistant role, separator after a user turn.
-_TEMPLATES: dict[str, tuple[str, str, str, str]] = {
-    "vicuna_v1": (
-        (
-            "A chat between a curious user and an artificial intelligence assistant. "
-            "The assistant gives helpful, detailed, and polite answers to the user's questions."
-        ),
-        "USER",
-        "ASSISTANT",
-        " ",
-    ),
-    "llava_v1": (
-        (
-            "A chat between a curious human and an artificial intelligence assistant. "
-            "The assistant gives helpful, detailed, and polite answers to the human's questions."
-        ),
-        "USER",
-        "ASSISTANT",
-        " ",
-    ),
-}
-_TEMPLATES["v1"] = _TEMPLATES["vicuna_v1"]
-TEMPLATES = tuple(sorted(_TEMPLATES))
+# Evaluation renders one user turn; `plain` (stage-1 captioning) has no roles.
+TEMPLATES = ("vicuna_v1", "v1", "llava_v1", "llava_hf")
 
 
 def render_prompt(message: str, template: str = "vicuna_v1") -> str:
     """The generation prompt for one user turn: `SYSTEM USER: {message} ASSISTANT:`.
 
-    Equal to LLaVA's `conv.append_message(USER, message); conv.append_message(
-    ASSISTANT, None); conv.get_prompt()` for the two-separator templates.
+    Rendered by `llava_jax.data.conversation` exactly as LLaVA's
+    `conv.append_message(USER, message); conv.append_message(ASSISTANT, None);
+    conv.get_prompt()` does for the string messages of its evaluation scripts:
+    `message` is used as given (those scripts already put the image marker and
+    a newline in front).
     """
-    try:
-        system, user, assistant, sep = _TEMPLATES[template]
-    except KeyError:
-        raise ValueError(f"unknown template {template!r}; known: {TEMPLATES}") from None
-    return f"{system}{sep}{user}: {message}{sep}{assistant}:"
+    if template not in TEMPLATES:
+        raise ValueError(
+            f"unknown evaluation template {template!r}; known: {TEMPLATES}"
+        )
+    return generation_prompt(template, [("user", message)], image=False)
 
 
 def with_image(text: str) -> str:

@@ -30,9 +30,8 @@ def model_dir(tmp_path_factory, torch_cpu):
     tok_dir = write_tokenizer(str(root / "tok"), vocab_size=512)
     # Text vocab 520 holds the image token (512) past the tokenizer's 512 pieces.
     hf = hf_llava(seed=11, text={"vocab_size": 520}, image_token_index=512)
-    with (
-        torch_cpu.no_grad()
-    ):  # larger weights: answers then differ from question to question
+    # Larger weights: answers then differ from question to question.
+    with torch_cpu.no_grad():
         for p in hf.parameters():
             if p.dim() == 2:
                 p.mul_(8.0)

@@ -26,6 +26,10 @@ def test_render_llava_v1_and_unknown():
         "The assistant gives helpful, detailed, and polite answers to the human's questions. "
         "USER: Hi ASSISTANT:"
     )
+    assert (
+        prompts.render_prompt("<image>\nHi", "llava_hf")
+        == "USER: <image>\nHi ASSISTANT:"
+    )
     with pytest.raises(ValueError):
         prompts.render_prompt("Hi", "plain")
 
