@@ -92,8 +92,8 @@ def attention(q, k, v, *, causal: bool, segment_ids=None, kv_segment_ids=None,
     Returns:
       float[B, T, N, H]; rows that see no key are 0.
     """
-    b, t, n, h = q.shape
-    s, kh = k.shape[1], k.shape[2]
+    b, t, _, h = q.shape
+    s = k.shape[1]
     scale = h**-0.5 if scale is None else float(scale)
     interpret = jax.default_backend() == "cpu" if interpret is None else bool(interpret)
     q_seg, kv_seg = masks.fold_segments(segment_ids, kv_segment_ids, padding_mask, t=t, s=s)
@@ -114,7 +114,6 @@ def attention(q, k, v, *, causal: bool, segment_ids=None, kv_segment_ids=None,
         kv_seg = masks.pad_axis(kv_seg, sp, 1)
     ranges = _all_ranges(q_seg, kv_seg, cfg, b)
     out = _flash(q_p, k_p, v_p, q_seg, kv_seg, ranges, cfg)
-    del n, kh
     return out[:, :t, :, :h]
 
 
@@ -215,6 +214,12 @@ def _tile_mask(cfg: _Config, q_start, k_start, bq: int, bk: int, q_ids, k_ids):
     return mask
 
 
+def _q_block(grid_index, num_blocks):
+    # Query blocks run last-first: under a causal mask the late blocks have the most
+    # key tiles, and starting them first evens out the tail of the launch.
+    return num_blocks - 1 - grid_index
+
+
 def _precision(dtype):
     # float32 inputs get IEEE float32 products (no TF32), so they match the reference.
     return lax.Precision.HIGHEST if dtype == jnp.float32 else None
@@ -234,7 +239,7 @@ def _fwd_kernel(rng_ref, q_ref, k_ref, v_ref, *refs, cfg: _Config):
     else:
         o_ref, lse_ref = refs
     bq, bk = cfg.blocks.block_q, cfg.blocks.block_k
-    q_start = pl.program_id(0) * bq
+    q_start = _q_block(pl.program_id(0), pl.num_programs(0)) * bq
     q = q_ref[...]
     prec = _precision(q.dtype)
     q_ids = qseg_ref[...] if cfg.has_seg else None
@@ -271,7 +276,7 @@ def _dq_kernel(rng_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, 
     else:
         (dq_ref,) = refs
     bq, bk = cfg.blocks.block_q_dq, cfg.blocks.block_k_dq
-    q_start = pl.program_id(0) * bq
+    q_start = _q_block(pl.program_id(0), pl.num_programs(0)) * bq
     q, do = q_ref[...], do_ref[...]
     lse, delta = lse_ref[...], delta_ref[...]
     prec = _precision(q.dtype)
@@ -343,12 +348,16 @@ def _dkv_kernel(rng_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs,
 # pallas_call wrappers and the custom VJP.
 
 
-def _compiler_params(cfg: _Config, head_dim: int, tile: int):
+def _compiler_params(cfg: _Config, tile: int, accumulators: int):
+    """Triton launch parameters; `tile` and `accumulators` count float32 elements."""
     if cfg.interpret:
         return None
     from jax.experimental.pallas import triton as plgpu
 
-    warps = cfg.blocks.num_warps or (4 if head_dim <= 64 or tile <= 64 * 64 else 8)
+    # Eight warps once the logits tile or the float32 accumulators would not fit the
+    # registers of four (about 64 KiB for 128 threads) without spilling.
+    warps = cfg.blocks.num_warps or (8 if tile >= 128 * 64 or accumulators >= 2 * 64 * 128
+                                     else 4)
     return plgpu.CompilerParams(num_warps=warps, num_stages=cfg.blocks.num_stages)
 
 
@@ -358,26 +367,27 @@ def _forward(q, k, v, q_seg, kv_seg, rng, cfg: _Config):
     sp, kh = k.shape[1], k.shape[2]
     groups = n // kh
     bq = cfg.blocks.block_q
+    nq = tp // bq  # index maps mirror _q_block's reversed order
     in_specs = [
-        pl.BlockSpec((None, None, 4), lambda i, bi, ni: (bi, i, 0)),
-        pl.BlockSpec((None, bq, None, h), lambda i, bi, ni: (bi, i, ni, 0)),
+        pl.BlockSpec((None, None, 4), lambda i, bi, ni: (bi, nq - 1 - i, 0)),
+        pl.BlockSpec((None, bq, None, h), lambda i, bi, ni: (bi, nq - 1 - i, ni, 0)),
         pl.BlockSpec((None, sp, None, h), lambda i, bi, ni: (bi, 0, ni // groups, 0)),
         pl.BlockSpec((None, sp, None, h), lambda i, bi, ni: (bi, 0, ni // groups, 0)),
     ]
     args = [rng, q, k, v]
     if cfg.has_seg:
-        in_specs += [pl.BlockSpec((None, bq), lambda i, bi, ni: (bi, i)),
+        in_specs += [pl.BlockSpec((None, bq), lambda i, bi, ni: (bi, nq - 1 - i)),
                      pl.BlockSpec((None, sp), lambda i, bi, ni: (bi, 0))]
         args += [q_seg, kv_seg]
     return pl.pallas_call(
         functools.partial(_fwd_kernel, cfg=cfg),
-        grid=(tp // bq, b, n),
+        grid=(nq, b, n),
         in_specs=in_specs,
-        out_specs=[pl.BlockSpec((None, bq, None, h), lambda i, bi, ni: (bi, i, ni, 0)),
-                   pl.BlockSpec((None, None, bq), lambda i, bi, ni: (bi, ni, i))],
+        out_specs=[pl.BlockSpec((None, bq, None, h), lambda i, bi, ni: (bi, nq - 1 - i, ni, 0)),
+                   pl.BlockSpec((None, None, bq), lambda i, bi, ni: (bi, ni, nq - 1 - i))],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                    jax.ShapeDtypeStruct((b, n, tp), jnp.float32)],
-        compiler_params=_compiler_params(cfg, h, bq * cfg.blocks.block_k),
+        compiler_params=_compiler_params(cfg, bq * cfg.blocks.block_k, bq * h),
         interpret=cfg.interpret,
         name="flash_attention_fwd",
     )(*args)
@@ -394,27 +404,28 @@ def _backward(q, k, v, q_seg, kv_seg, rng_dq, rng_dkv, out, lse, do, cfg: _Confi
     bs = cfg.blocks
 
     bq, bk = bs.block_q_dq, bs.block_k_dq
+    nq = tp // bq
     in_specs = [
-        pl.BlockSpec((None, None, 4), lambda i, bi, ni: (bi, i, 0)),
-        pl.BlockSpec((None, bq, None, h), lambda i, bi, ni: (bi, i, ni, 0)),
+        pl.BlockSpec((None, None, 4), lambda i, bi, ni: (bi, nq - 1 - i, 0)),
+        pl.BlockSpec((None, bq, None, h), lambda i, bi, ni: (bi, nq - 1 - i, ni, 0)),
         pl.BlockSpec((None, sp, None, h), lambda i, bi, ni: (bi, 0, ni // groups, 0)),
         pl.BlockSpec((None, sp, None, h), lambda i, bi, ni: (bi, 0, ni // groups, 0)),
-        pl.BlockSpec((None, bq, None, h), lambda i, bi, ni: (bi, i, ni, 0)),
-        pl.BlockSpec((None, None, bq), lambda i, bi, ni: (bi, ni, i)),
-        pl.BlockSpec((None, None, bq), lambda i, bi, ni: (bi, ni, i)),
+        pl.BlockSpec((None, bq, None, h), lambda i, bi, ni: (bi, nq - 1 - i, ni, 0)),
+        pl.BlockSpec((None, None, bq), lambda i, bi, ni: (bi, ni, nq - 1 - i)),
+        pl.BlockSpec((None, None, bq), lambda i, bi, ni: (bi, ni, nq - 1 - i)),
     ]
     args = [rng_dq, q, k, v, do, lse, delta]
     if cfg.has_seg:
-        in_specs += [pl.BlockSpec((None, bq), lambda i, bi, ni: (bi, i)),
+        in_specs += [pl.BlockSpec((None, bq), lambda i, bi, ni: (bi, nq - 1 - i)),
                      pl.BlockSpec((None, sp), lambda i, bi, ni: (bi, 0))]
         args += [q_seg, kv_seg]
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, cfg=cfg),
-        grid=(tp // bq, b, n),
+        grid=(nq, b, n),
         in_specs=in_specs,
-        out_specs=pl.BlockSpec((None, bq, None, h), lambda i, bi, ni: (bi, i, ni, 0)),
+        out_specs=pl.BlockSpec((None, bq, None, h), lambda i, bi, ni: (bi, nq - 1 - i, ni, 0)),
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        compiler_params=_compiler_params(cfg, h, bq * bk),
+        compiler_params=_compiler_params(cfg, bq * bk, bq * h),
         interpret=cfg.interpret,
         name="flash_attention_dq",
     )(*args)
@@ -442,7 +453,7 @@ def _backward(q, k, v, q_seg, kv_seg, rng_dq, rng_dkv, out, lse, do, cfg: _Confi
         out_specs=[kv_spec, kv_spec],
         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype),
                    jax.ShapeDtypeStruct(v.shape, v.dtype)],
-        compiler_params=_compiler_params(cfg, h, bq * bk),
+        compiler_params=_compiler_params(cfg, bq * bk, 2 * bk * h),
         interpret=cfg.interpret,
         name="flash_attention_dkv",
     )(*args)
