@@ -1,0 +1,217 @@
+"""LLaVA-format samples of the synthetic task and the writer of a whole dataset.
+
+Every sample is drawn from its own `random.Random` seeded by `(seed, split,
+index)`: a sample does not depend on how many others are generated, the splits
+never share a stream, and the same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Sequence
+
+from PIL import Image
+
+from llava_jax.data.synthetic.language import (
+    CAPTION_INSTRUCTIONS,
+    DETAIL_INSTRUCTIONS,
+    QUESTION_TYPES,
+    caption,
+    describe,
+    make_question,
+    text_only_round,
+)
+from llava_jax.data.synthetic.scene import Scene, render_scene, sample_rng, sample_scene
+
+
+def _turns(pairs: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+    out = []
+    for question, answer in pairs:
+        out += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+    return out
+
+
+def _with_image(text: str, rng: random.Random) -> str:
+    # The real data has both placements; training moves `<image>` to the front anyway.
+    return f"<image>\n{text}" if rng.random() < 0.6 else f"{text}\n<image>"
+
+
+def caption_sample(
+    index: int, *, seed: int = 0, image_ext: str = "png"
+) -> tuple[dict, Scene]:
+    """Stage-1 sample `index`: `({"id", "image", "conversations"}, scene)`, LCS-558K layout."""
+    rng = sample_rng(seed, "stage1", index)
+    scene = sample_scene(rng)
+    sample_id = f"{index:09d}"
+    human = _with_image(rng.choice(CAPTION_INSTRUCTIONS), rng)
+    record = {
+        "id": sample_id,
+        "image": f"stage1/{sample_id}.{image_ext}",
+        "conversations": _turns([(human, caption(scene, rng))]),
+    }
+    return record, scene
+
+
+def instruct_sample(
+    index: int, *, seed: int = 0, text_only: bool = False, image_ext: str = "png"
+) -> tuple[dict, Scene | None]:
+    """Stage-2 sample `index`: `(record, scene)` in the mix665k layout; text-only records have no `"image"` and scene None.
+
+    An image sample has 1-3 rounds, each a question of a random type (60% short,
+    with `SHORT_ANSWER_SUFFIX`), sometimes a detailed description; `<image>` is
+    in the first human turn only.
+    """
+    rng = sample_rng(seed, "stage2", index)
+    if text_only:
+        pairs = [text_only_round(rng) for _ in range(rng.randint(1, 2))]
+        return {"id": f"text_{index:06d}", "conversations": _turns(pairs)}, None
+    scene = sample_scene(rng)
+    pairs = []
+    for _ in range(rng.randint(1, 3)):
+        if rng.random() < 0.15:
+            pairs.append((rng.choice(DETAIL_INSTRUCTIONS), describe(scene)))
+        else:
+            qtype = rng.choice(QUESTION_TYPES)
+            pairs.append(make_question(scene, qtype, rng, short=rng.random() < 0.6))
+    pairs[0] = (_with_image(pairs[0][0], rng), pairs[0][1])
+    sample_id = f"{index:012d}"
+    record = {
+        "id": sample_id,
+        "image": f"stage2/{sample_id}.{image_ext}",
+        "conversations": _turns(pairs),
+    }
+    return record, scene
+
+
+def eval_item(
+    index: int, *, seed: int = 0, image_ext: str = "png"
+) -> tuple[dict, Scene]:
+    """Held-out question `index`: `({"question_id", "image", "text", "category", "answer"}, scene)`.
+
+    `text` is a short question ending in `SHORT_ANSWER_SUFFIX` (as in LLaVA's
+    question files); `category` cycles through `QUESTION_TYPES` so the types
+    are balanced; `answer` is the ground truth.
+    """
+    rng = sample_rng(seed, "eval", index)
+    scene = sample_scene(rng)
+    qtype = QUESTION_TYPES[index % len(QUESTION_TYPES)]
+    question, answer = make_question(scene, qtype, rng, short=True)
+    record = {
+        "question_id": index,
+        "image": f"eval/{index:06d}.{image_ext}",
+        "text": question,
+        "category": qtype,
+        "answer": answer,
+    }
+    return record, scene
+
+
+def _is_text_only(index: int, fraction: float) -> bool:
+    # Evenly spaced, so any prefix of the split has its share of text-only samples.
+    return int((index + 1) * fraction) > int(index * fraction)
+
+
+_FORMATS = {"png": "PNG", "jpg": "JPEG"}
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _save_image(image: Image.Image, path: str, ext: str) -> None:
+    kwargs = {"quality": 95} if ext == "jpg" else {}
+    image.save(path, format=_FORMATS[ext], **kwargs)
+
+
+def write_synthetic_dataset(
+    out_dir: str | os.PathLike,
+    *,
+    num_captions: int = 2000,
+    num_qa: int = 4000,
+    num_eval: int = 500,
+    image_size: int = 84,
+    seed: int = 0,
+    text_only_fraction: float = 0.1,
+    image_format: str = "png",
+) -> dict[str, str]:
+    """Writes the task as LLaVA data files under `out_dir`; reuses a finished identical dataset.
+
+    Layout: `images/{stage1,stage2,eval}/*.{png,jpg}` (RGB, `image_size` square),
+    `stage1_captions.json` (list, LCS-558K layout), `stage2_instruct.json`
+    (list, mix665k layout, `text_only_fraction` of samples without image),
+    `eval_questions.jsonl` (LLaVA question file plus `category`/`answer`), and
+    `manifest.json` (the arguments; written last, so its presence marks a
+    complete dataset and a rerun with the same arguments writes nothing).
+
+    Returns:
+      `{"stage1", "stage2", "eval", "image_folder", "manifest"}` -> absolute
+      paths; JSON `image` fields are relative to `image_folder`.
+    """
+    if image_format not in _FORMATS:
+        raise ValueError(
+            f"image_format must be one of {sorted(_FORMATS)}, got {image_format!r}"
+        )
+    if not 0.0 <= text_only_fraction < 1.0:
+        raise ValueError(
+            f"text_only_fraction must be in [0, 1), got {text_only_fraction}"
+        )
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    paths = {
+        "stage1": os.path.join(out_dir, "stage1_captions.json"),
+        "stage2": os.path.join(out_dir, "stage2_instruct.json"),
+        "eval": os.path.join(out_dir, "eval_questions.jsonl"),
+        "image_folder": os.path.join(out_dir, "images"),
+        "manifest": os.path.join(out_dir, "manifest.json"),
+    }
+    manifest = {
+        "generator": "llava_jax.data.synthetic",
+        "version": 1,
+        "num_captions": num_captions,
+        "num_qa": num_qa,
+        "num_eval": num_eval,
+        "image_size": image_size,
+        "seed": seed,
+        "text_only_fraction": text_only_fraction,
+        "image_format": image_format,
+    }
+    if os.path.exists(paths["manifest"]):
+        with open(paths["manifest"]) as f:
+            if json.load(f) == manifest:
+                return paths
+        os.remove(paths["manifest"])  # different arguments: regenerate everything
+    for split in ("stage1", "stage2", "eval"):
+        os.makedirs(os.path.join(paths["image_folder"], split), exist_ok=True)
+
+    def save(record: dict, scene: Scene) -> None:
+        image_path = os.path.join(paths["image_folder"], record["image"])
+        _save_image(render_scene(scene, image_size), image_path, image_format)
+
+    stage1 = []
+    for i in range(num_captions):
+        record, scene = caption_sample(i, seed=seed, image_ext=image_format)
+        save(record, scene)
+        stage1.append(record)
+    stage2 = []
+    for i in range(num_qa):
+        text_only = _is_text_only(i, text_only_fraction)
+        record, scene = instruct_sample(
+            i, seed=seed, text_only=text_only, image_ext=image_format
+        )
+        if scene is not None:
+            save(record, scene)
+        stage2.append(record)
+    lines = []
+    for i in range(num_eval):
+        record, scene = eval_item(i, seed=seed, image_ext=image_format)
+        save(record, scene)
+        lines.append(json.dumps(record) + "\n")
+    _write_bytes(paths["stage1"], json.dumps(stage1, indent=2).encode())
+    _write_bytes(paths["stage2"], json.dumps(stage2, indent=2).encode())
+    _write_bytes(paths["eval"], "".join(lines).encode())
+    _write_bytes(paths["manifest"], json.dumps(manifest, indent=2).encode())
+    return paths
