@@ -31,9 +31,9 @@ def _files(root):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     paths = syn.write_synthetic_dataset(tmp_path_factory.mktemp("syn"), seed=3, **SIZES)
-    with open(paths["stage1"]) as f:
+    with open(paths["captions"]) as f:
         stage1 = json.load(f)
-    with open(paths["stage2"]) as f:
+    with open(paths["qa"]) as f:
         stage2 = json.load(f)
     return paths, stage1, stage2, syn.load_eval_items(paths["eval"])
 
@@ -48,32 +48,36 @@ def tokenizer():
 def test_same_seed_gives_byte_identical_files(data, tmp_path):
     paths = data[0]
     again = syn.write_synthetic_dataset(tmp_path / "again", seed=3, **SIZES)
-    first, second = _files(os.path.dirname(paths["stage1"])), _files(tmp_path / "again")
+    first, second = (
+        _files(os.path.dirname(paths["captions"])),
+        _files(tmp_path / "again"),
+    )
     assert sorted(first) == sorted(second)
     assert len(first) == 4 + SIZES["num_captions"] + SIZES["num_eval"] + sum(
         "image" in r for r in data[2]
     )
     assert first == second
     other = syn.write_synthetic_dataset(tmp_path / "other", seed=4, **SIZES)
-    with open(other["stage2"], "rb") as a, open(again["stage2"], "rb") as b:
+    with open(other["qa"], "rb") as a, open(again["qa"], "rb") as b:
         assert a.read() != b.read()
 
 
 def test_finished_dataset_is_reused_and_changed_arguments_regenerate(tmp_path):
     sizes = dict(SIZES, num_captions=2, num_qa=3, num_eval=2)
     paths = syn.write_synthetic_dataset(tmp_path, **sizes)
-    stamp = os.stat(paths["stage2"]).st_mtime_ns
+    stamp = os.stat(paths["qa"]).st_mtime_ns
     assert syn.write_synthetic_dataset(tmp_path, **sizes) == paths
-    assert os.stat(paths["stage2"]).st_mtime_ns == stamp
+    assert syn.synthetic_dataset_paths(tmp_path) == paths
+    assert os.stat(paths["qa"]).st_mtime_ns == stamp
     syn.write_synthetic_dataset(tmp_path, **dict(sizes, num_qa=5))
-    with open(paths["stage2"]) as f:
+    with open(paths["qa"]) as f:
         assert len(json.load(f)) == 5
     with open(paths["manifest"]) as f:
         assert json.load(f)["num_qa"] == 5
 
 
 def _image_ok(paths, record, size):
-    with Image.open(os.path.join(paths["image_folder"], record["image"])) as im:
+    with Image.open(os.path.join(paths["image_root"], record["image"])) as im:
         im.load()
         assert (im.mode, im.size) == ("RGB", (size, size))
 

@@ -128,6 +128,24 @@ def _save_image(image: Image.Image, path: str, ext: str) -> None:
     image.save(path, format=_FORMATS[ext], **kwargs)
 
 
+def synthetic_dataset_paths(out_dir: str | os.PathLike) -> dict[str, str]:
+    """Where `write_synthetic_dataset(out_dir)` puts its files (computed, nothing is read or written).
+
+    Returns:
+      absolute paths: `captions` (stage-1 JSON), `qa` (stage-2 JSON), `eval`
+      (held-out question JSONL), `image_root` (the folder the JSON `image`
+      fields are relative to) and `manifest`.
+    """
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    return {
+        "captions": os.path.join(out_dir, "stage1_captions.json"),
+        "qa": os.path.join(out_dir, "stage2_instruct.json"),
+        "eval": os.path.join(out_dir, "eval_questions.jsonl"),
+        "image_root": os.path.join(out_dir, "images"),
+        "manifest": os.path.join(out_dir, "manifest.json"),
+    }
+
+
 def write_synthetic_dataset(
     out_dir: str | os.PathLike,
     *,
@@ -149,8 +167,7 @@ def write_synthetic_dataset(
     complete dataset and a rerun with the same arguments writes nothing).
 
     Returns:
-      `{"stage1", "stage2", "eval", "image_folder", "manifest"}` -> absolute
-      paths; JSON `image` fields are relative to `image_folder`.
+      `synthetic_dataset_paths(out_dir)`.
     """
     if image_format not in _FORMATS:
         raise ValueError(
@@ -160,14 +177,7 @@ def write_synthetic_dataset(
         raise ValueError(
             f"text_only_fraction must be in [0, 1), got {text_only_fraction}"
         )
-    out_dir = os.path.abspath(os.fspath(out_dir))
-    paths = {
-        "stage1": os.path.join(out_dir, "stage1_captions.json"),
-        "stage2": os.path.join(out_dir, "stage2_instruct.json"),
-        "eval": os.path.join(out_dir, "eval_questions.jsonl"),
-        "image_folder": os.path.join(out_dir, "images"),
-        "manifest": os.path.join(out_dir, "manifest.json"),
-    }
+    paths = synthetic_dataset_paths(out_dir)
     manifest = {
         "generator": "llava_jax.data.synthetic",
         "version": 1,
@@ -185,10 +195,10 @@ def write_synthetic_dataset(
                 return paths
         os.remove(paths["manifest"])  # different arguments: regenerate everything
     for split in ("stage1", "stage2", "eval"):
-        os.makedirs(os.path.join(paths["image_folder"], split), exist_ok=True)
+        os.makedirs(os.path.join(paths["image_root"], split), exist_ok=True)
 
     def save(record: dict, scene: Scene) -> None:
-        image_path = os.path.join(paths["image_folder"], record["image"])
+        image_path = os.path.join(paths["image_root"], record["image"])
         _save_image(render_scene(scene, image_size), image_path, image_format)
 
     stage1 = []
@@ -210,8 +220,8 @@ def write_synthetic_dataset(
         record, scene = eval_item(i, seed=seed, image_ext=image_format)
         save(record, scene)
         lines.append(json.dumps(record) + "\n")
-    _write_bytes(paths["stage1"], json.dumps(stage1, indent=2).encode())
-    _write_bytes(paths["stage2"], json.dumps(stage2, indent=2).encode())
+    _write_bytes(paths["captions"], json.dumps(stage1, indent=2).encode())
+    _write_bytes(paths["qa"], json.dumps(stage2, indent=2).encode())
     _write_bytes(paths["eval"], "".join(lines).encode())
     _write_bytes(paths["manifest"], json.dumps(manifest, indent=2).encode())
     return paths
