@@ -60,17 +60,12 @@ def make_inputs(config, batch: int, seed: int = 0):
     return ids, pixels
 
 
-def time_jax(model, ids, pixels, repeats: int):
-    """[(ttft_s, decode_tok_s)] per repeat, after one compiling warm-up run."""
-    kw = {"max_new_tokens": NEW_TOKENS, "eos_token_id": ()}
-    model.generate(ids, pixels, **kw)
-    runs = []
-    for _ in range(repeats):
-        t = {}
-        out = model.generate(ids, pixels, timings=t, **kw)
-        assert out.shape == (ids.shape[0], NEW_TOKENS), out.shape
-        runs.append((t["prefill_s"], ids.shape[0] * (NEW_TOKENS - 1) / t["decode_s"]))
-    return runs
+def time_jax(model, ids, pixels, layout: str):
+    """(ttft_s, decode_tok_s) of one llava_jax generation (compiled beforehand by a warm-up)."""
+    t = {}
+    out = model.generate(ids, pixels, max_new_tokens=NEW_TOKENS, eos_token_id=(), layout=layout, timings=t)
+    assert out.shape == (ids.shape[0], NEW_TOKENS), out.shape
+    return t["prefill_s"], ids.shape[0] * (NEW_TOKENS - 1) / t["decode_s"]
 
 
 class _Clock:
@@ -86,23 +81,18 @@ class _Clock:
         self.times.append(time.perf_counter())
 
 
-def time_hf(hf, ids, pixels, repeats: int):
-    """[(ttft_s, decode_tok_s)] per repeat, after one warm-up run."""
+def time_hf(hf, ids, pixels):
+    """(ttft_s, decode_tok_s) of one transformers generation."""
     inputs = {"input_ids": torch.tensor(ids), "pixel_values": torch.tensor(pixels),
-                  "attention_mask": torch.ones(ids.shape, dtype=torch.long)}
-    kw = {"do_sample": False, "max_new_tokens": NEW_TOKENS, "min_new_tokens": None}
-    runs = []
+              "attention_mask": torch.ones(ids.shape, dtype=torch.long)}
+    clock = _Clock()
     with torch.inference_mode():
-        hf.generate(**inputs, **kw)
-        for _ in range(repeats):
-            clock = _Clock()
-            start = time.perf_counter()
-            out = hf.generate(**inputs, streamer=clock, **kw)
-            end = time.perf_counter()
-            assert out.shape[1] == ids.shape[1] + NEW_TOKENS, out.shape
-            first = clock.times[1]  # times[0]: the prompt; times[1]: the first new token
-            runs.append((first - start, ids.shape[0] * (NEW_TOKENS - 1) / (end - first)))
-    return runs
+        start = time.perf_counter()
+        out = hf.generate(**inputs, do_sample=False, max_new_tokens=NEW_TOKENS, streamer=clock)
+        end = time.perf_counter()
+    assert out.shape[1] == ids.shape[1] + NEW_TOKENS, out.shape
+    first = clock.times[1]  # times[0] is the prompt, times[1] the first new token
+    return first - start, ids.shape[0] * (NEW_TOKENS - 1) / (end - first)
 
 
 def main(argv=None) -> int:
@@ -110,24 +100,32 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    parser.add_argument("--layout", default="auto", choices=("auto", "scan", "unrolled"),
+                        help="llava_jax decoder layout (see llava_jax.infer.decode)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     hf, model = build_models()
     print(f"# bench-small generate: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} ({args.threads} threads), "
           f"prompt {model.config.image_seq_length}+{TEXT_TOKENS} tokens, {NEW_TOKENS} new, greedy, float32; "
-          f"median of {args.repeats}")
+          f"layout {args.layout}; median of {args.repeats} interleaved runs; load average {os.getloadavg()[0]:.1f}")
     print("| batch | llava_jax TTFT s | transformers TTFT s | TTFT speed-up | llava_jax decode tok/s | "
           "transformers decode tok/s | decode ratio |")
     print("|---|---|---|---|---|---|---|")
     for batch in args.batches:
         ids, pixels = make_inputs(model.config, batch)
-        ours = time_jax(model, ids, pixels, args.repeats)
-        theirs = time_hf(hf, ids, pixels, args.repeats)
+        time_jax(model, ids, pixels, args.layout)  # compiles
+        time_hf(hf, ids, pixels)  # warm-up
+        ours, theirs = [], []
+        # Interleaved, so that load from other processes on a shared machine hits both alike.
+        for _ in range(args.repeats):
+            ours.append(time_jax(model, ids, pixels, args.layout))
+            theirs.append(time_hf(hf, ids, pixels))
         o_ttft, o_tps = (statistics.median(x) for x in zip(*ours))
         t_ttft, t_tps = (statistics.median(x) for x in zip(*theirs))
         print(f"| {batch} | {o_ttft:.3f} | {t_ttft:.3f} | {t_ttft / o_ttft:.2f}x | {o_tps:.1f} | {t_tps:.1f} | "
               f"{o_tps / t_tps:.2f}x |", flush=True)
+    print(f"(load average after: {os.getloadavg()[0]:.1f})")
     return 0
 
 

@@ -160,3 +160,18 @@ def test_stop_token_ids(hf_pair):
     out = model.generate(ids, pixels, mask, max_new_tokens=8, eos_token_id=EOS, stop_token_ids=[int(free[0, 2])])
     assert out.shape == (1, 3)
     np.testing.assert_array_equal(out[0], free[0, :3])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_sharded_model_generates_the_same_tokens(hf_pair, tmp_path, layout):
+    """Parameters sharded over 8 simulated devices (data x fsdp x tensor): same tokens as one device."""
+    import llava_jax
+    from llava_jax.sharding import make_mesh
+    from tests.hf_fixtures import save
+
+    hf, model = hf_pair
+    sharded = llava_jax.load(save(hf, str(tmp_path / "hf")), mesh=make_mesh((2, 2, 2)))
+    ids, pixels, mask = left_padded_batch(hf.config, lengths=(14, 7, 10, 12), images=(1, 1, 0, 1), seed=8)
+    expected = model.generate(ids, pixels, mask, max_new_tokens=6, eos_token_id=(), layout=layout)
+    np.testing.assert_array_equal(sharded.generate(ids, pixels, mask, max_new_tokens=6, eos_token_id=(),
+                                                   layout=layout), expected)
