@@ -43,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     if only not in SUBCOMMANDS:
         only = None
     parser = build_parser(only)
-    args = parser.parse_args(argv)
+    # `--config.a.b=v` overrides pass through untouched (argparse would take them for `--config`).
+    overrides = [a for a in argv if a.startswith("--config.")]
+    args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
+    args.config_overrides = overrides
     return int(args._module.run(args) or 0)
 
 

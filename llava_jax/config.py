@@ -127,8 +127,13 @@ class LlamaConfig:
     param_dtype: str = "float32"
     attention_impl: str = "auto"
     remat_policy: str = "none"
+    lora_rank: int = 0  # > 0 adds LoRA adapters to every attention and MLP projection
+    lora_alpha: float = 0.0
+    lora_dropout: float = 0.0
 
     def __post_init__(self):
+        if self.lora_rank < 0 or (self.lora_rank and self.lora_alpha <= 0):
+            raise ConfigError(f"LoRA needs rank >= 0 and alpha > 0, got {self.lora_rank}, {self.lora_alpha}")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"num_heads {self.num_heads} not a multiple of num_kv_heads {self.num_kv_heads}")
         if self.attention_impl not in SUPPORTED_ATTENTION_IMPLS:
@@ -517,10 +522,11 @@ def bench_small(vocab_size: int = 32064) -> LlavaConfig:
                     projector_act="gelu", projector_bias=True, aspect="pad")
 
 
-def tiny(vocab_size: int = 256, image_token_index: int | None = None, num_kv_heads: int = 2) -> LlavaConfig:
-    """A tiny random-weight LLaVA for tests: 28-px images, 4 image tokens."""
+def tiny(vocab_size: int = 256, image_token_index: int | None = None, num_kv_heads: int = 2,
+         image_size: int = 28) -> LlavaConfig:
+    """A tiny random-weight LLaVA for tests: 28-px images (4 image tokens) by default."""
     vision = VisionConfig(
-        hidden_size=32, intermediate_size=64, num_layers=3, num_heads=4, image_size=28, patch_size=14
+        hidden_size=32, intermediate_size=64, num_layers=3, num_heads=4, image_size=image_size, patch_size=14
     )
     llm = LlamaConfig(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,

@@ -94,6 +94,9 @@ class Dense(nn.Module):
     dtype: str = "float32"
     param_dtype: str = "float32"
     kernel_init: Callable = nn.initializers.normal(0.02)
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
+    lora_dropout: float = 0.0
 
     @nn.compact
     def __call__(self, x):
@@ -106,8 +109,21 @@ class Dense(nn.Module):
         )
         compute = dtype_of(self.dtype)
         dims = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-        y = jax.lax.dot_general(x.astype(compute), kernel.astype(compute), (dims, ((), ())),
+        xc = x.astype(compute)
+        y = jax.lax.dot_general(xc, kernel.astype(compute), (dims, ((), ())),
                                 preferred_element_type=jnp.float32)
+        if self.lora_rank:
+            # LoRA (PEFT conventions): A Kaiming-uniform, B zero, so training starts at the base model.
+            a = self.param("lora_a", _param_init(nn.initializers.he_uniform(in_axis=tuple(range(n_in)), out_axis=-1),
+                                                 self.in_axes + (None,)),
+                           tuple(in_shape) + (self.lora_rank,), dtype_of(self.param_dtype))
+            b = self.param("lora_b", _param_init(nn.initializers.zeros, (None,) + self.out_axes),
+                           (self.lora_rank,) + tuple(self.out_shape), dtype_of(self.param_dtype))
+            # Dropout on the adapter input only, active when the caller passes a 'dropout' rng (training).
+            xa = nn.Dropout(self.lora_dropout, deterministic=not self.has_rng("dropout"))(xc)
+            h = jax.lax.dot_general(xa, a.astype(compute), (dims, ((), ())), preferred_element_type=jnp.float32)
+            y = y + (self.lora_alpha / self.lora_rank) * jnp.tensordot(
+                h.astype(compute), b.astype(compute), axes=1, preferred_element_type=jnp.float32)
         if self.use_bias:
             bias = self.param("bias", _param_init(nn.initializers.zeros, self.out_axes),
                               tuple(self.out_shape), dtype_of(self.param_dtype))

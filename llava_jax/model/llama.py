@@ -37,7 +37,8 @@ class LlamaAttention(nn.Module):
     def __call__(self, x, cos, sin, segment_ids, padding_mask, layer_cache, cache_index):
         """x: float[B, T, D] -> (float[B, T, D], updated (k, v) float[B, S, K, H] or None)."""
         c = self.config
-        kw = dict(use_bias=c.attention_bias, dtype=c.dtype, param_dtype=c.param_dtype)
+        kw = dict(use_bias=c.attention_bias, dtype=c.dtype, param_dtype=c.param_dtype,
+                  lora_rank=c.lora_rank, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout)
         q = Dense((c.num_heads, c.head_dim), (EMBED,), (HEADS, KV), name="q_proj", **kw)(x)
         k = Dense((c.num_kv_heads, c.head_dim), (EMBED,), (KV_HEADS, KV), name="k_proj", **kw)(x)
         v = Dense((c.num_kv_heads, c.head_dim), (EMBED,), (KV_HEADS, KV), name="v_proj", **kw)(x)
@@ -74,7 +75,8 @@ class LlamaMLP(nn.Module):
     def __call__(self, x):
         """x: float[B, T, D] -> float[B, T, D]."""
         c = self.config
-        kw = dict(use_bias=c.mlp_bias, dtype=c.dtype, param_dtype=c.param_dtype)
+        kw = dict(use_bias=c.mlp_bias, dtype=c.dtype, param_dtype=c.param_dtype,
+                  lora_rank=c.lora_rank, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout)
         gate = Dense((c.intermediate_size,), (EMBED,), (MLP,), name="gate_proj", **kw)(x)
         up = Dense((c.intermediate_size,), (EMBED,), (MLP,), name="up_proj", **kw)(x)
         return Dense((c.hidden_size,), (MLP,), (EMBED,), name="down_proj", **kw)(jax.nn.silu(gate) * up)
@@ -118,7 +120,7 @@ class LlamaModel(nn.Module):
         self.layers = nn.scan(
             block,
             variable_axes={"params": 0},
-            split_rngs={"params": True},
+            split_rngs={"params": True, "dropout": True},
             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
             length=c.num_layers,
             metadata_params={nn.PARTITION_NAME: LAYERS},

@@ -1,0 +1,18 @@
+"""LLaVA-1.5-7B stage 1 (paper recipe): projector only on LCS-558K, `plain`, `square`, lr 1e-3, batch 256.
+
+Paths follow the LLaVA repo's `playground/` layout; override them on the command line.
+"""
+
+from llava_jax.train import defaults
+
+
+def get_config():
+    c = defaults.stage1()
+    c.init.kind = "components"
+    c.init.vision_dir = "checkpoints/clip-vit-large-patch14-336"
+    c.init.llm_dir = "checkpoints/vicuna-7b-v1.5"
+    c.data.json = "playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json"
+    c.data.image_root = "playground/data/LLaVA-Pretrain/images"
+    c.mesh.fsdp = -1
+    c.checkpoint.every_steps = 500
+    return c

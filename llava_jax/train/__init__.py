@@ -1,0 +1,1 @@
+"""Training: the step, optimizer, loss, checkpoints, metrics and the loop behind `llava-jax train`."""

@@ -1,0 +1,85 @@
+"""Default experiment config (an `ml_collections.ConfigDict`) and the two LLaVA-1.5 stages.
+
+Files in `configs/` start from `stage1()` or `stage2()` and change what differs.
+Every field can be overridden on the command line (`--config.optim.lr=2e-5`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base() -> ml_collections.ConfigDict:
+    """Every field the trainer reads, with neutral defaults."""
+    c = ml_collections.ConfigDict()
+    c.stage = 2
+    c.seed = 0
+    # Initial weights: 'components' (HF CLIP + HF LLaMA dirs, fresh projector), 'llava' (any
+    # directory `llava_jax.load` reads, e.g. a stage-1 run's `final/`), or 'random' (a preset).
+    c.init = ml_collections.ConfigDict(dict(
+        kind="components", path="", vision_dir="", llm_dir="", preset="", vocab_size=0,
+        image_token_index=0, image_size=0, projector_from="",
+    ))
+    c.tokenizer = ""  # default: the init directory's (or the LLM directory's) tokenizer
+    c.model = ml_collections.ConfigDict(dict(
+        dtype="bfloat16", attention_impl="auto", remat_policy="full", freeze_vision=True,
+        frozen_dtype="bfloat16",
+    ))
+    c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=256.0, dropout=0.05, projector_lr=2e-5))
+    c.trainable = ["^projector/", "^llm/"]
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=2e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, warmup_ratio=0.03, clip_norm=1.0,
+    ))
+    c.data = ml_collections.ConfigDict(dict(
+        json="", image_root="", template="vicuna_v1", image_mode="pad", max_length=2048, batching="pad",
+        max_images_per_row=4, pack_window=512, pad_multiple=128, group_factor=1, num_epochs=1,
+        num_workers=2, on_error="skip",
+        synthetic=ml_collections.ConfigDict(dict(enabled=False, kind="qa", num_captions=2000, num_qa=4000,
+                                                 num_eval=500, image_size=84, seed=0, directory="")),
+    ))
+    c.batch_size = 128
+    c.micro_batches = 1
+    c.num_steps = 0  # 0: one pass over the data (num_epochs), estimated from the source
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3, async_save=True))
+    c.loss_chunk = 512
+    c.peak_tflops = 0.0  # per-device peak for MFU; 0 = known table for the device
+    c.export_hf = False
+    c.progress = True
+    return c
+
+
+def stage1() -> ml_collections.ConfigDict:
+    """LLaVA-1.5 pretraining: projector only, LCS-558K, `plain`, `square`, lr 1e-3, batch 256."""
+    c = base()
+    c.stage = 1
+    c.trainable = ["^projector/"]
+    c.optim.lr = 1e-3
+    c.batch_size = 256
+    c.data.template = "plain"
+    c.data.image_mode = "square"
+    return c
+
+
+def stage2() -> ml_collections.ConfigDict:
+    """LLaVA-1.5 instruction tuning: projector + LLM, 665K mix, `vicuna_v1`, `pad`, lr 2e-5, batch 128."""
+    c = base()
+    c.stage = 2
+    c.trainable = ["^projector/", "^llm/"]
+    c.optim.lr = 2e-5
+    c.batch_size = 128
+    c.data.template = "vicuna_v1"
+    c.data.image_mode = "pad"
+    c.init.kind = "llava"
+    return c
+
+
+def lora(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Stage 2 with LoRA (r 128, alpha 256, dropout 0.05) on all LLM projections, lr 2e-4, projector 2e-5."""
+    c.lora.rank = 128
+    c.lora.alpha = 256.0
+    c.lora.dropout = 0.05
+    c.lora.projector_lr = 2e-5
+    c.optim.lr = 2e-4
+    c.trainable = ["^projector/", "lora_[ab]$"]
+    return c

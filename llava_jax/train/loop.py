@@ -1,0 +1,321 @@
+"""`llava-jax train`: one LLaVA-1.5 stage from an experiment config, sharded, checkpointed, resumable.
+
+Resume order: this workdir's newest checkpoint, else the configured initial
+weights. A finished run leaves `WORKDIR/final/` (a llava_jax checkpoint with
+LoRA merged) and, with `export_hf`, `WORKDIR/hf/`; re-running a finished
+workdir does nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from llava_jax.api import Llava, load, load_components, load_tokenizer, random_model
+from llava_jax.config import PRESETS
+from llava_jax.model.lora import add_lora, merge_lora, with_lora
+from llava_jax.model.params import param_logical_axes
+from llava_jax.sharding import DEFAULT_RULES, MeshConfig, make_mesh, tree_shardings
+from llava_jax.train.checkpoint import Checkpointer
+from llava_jax.train.flops import peak_flops, train_step_flops
+from llava_jax.train.metrics import MetricsWriter
+from llava_jax.train.optim import OptimConfig, make_optimizer
+from llava_jax.train.partition import merge, split
+from llava_jax.train.step import BATCH_KEYS, TrainState, train_step
+
+log = logging.getLogger(__name__)
+FINAL_DIR = "final"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm stopped being finite."""
+
+
+def is_primary() -> bool:
+    return jax.process_index() == 0
+
+
+# ------------------------------------------------------------------------ model
+def initial_model(cfg: ml_collections.ConfigDict, mesh, rules=DEFAULT_RULES) -> Llava:
+    """Initial weights (float32, sharded on `mesh`) with the config's model overrides and LoRA applied."""
+    init = cfg.init
+    if init.kind == "random":
+        if init.preset not in PRESETS:
+            raise ValueError(f"init.preset {init.preset!r} not in {sorted(PRESETS)}")
+        kwargs = {k: init[k] for k in ("vocab_size", "image_token_index", "image_size") if init[k]}
+        model = random_model(PRESETS[init.preset](**kwargs), seed=cfg.seed, mesh=mesh, rules=rules)
+    elif init.kind == "llava":
+        model = load(init.path, dtype="float32", mesh=mesh, rules=rules)
+    elif init.kind == "components":
+        model = load_components(init.vision_dir, init.llm_dir, dtype="float32", mesh=mesh, rules=rules,
+                                seed=cfg.seed)
+    else:
+        raise ValueError(f"init.kind {init.kind!r} not in ('random', 'llava', 'components')")
+    if init.projector_from:
+        donor = load(init.projector_from, dtype="float32", mesh=mesh, rules=rules)
+        model.params["projector"] = donor.params["projector"]
+    m = cfg.model
+    config = model.config.with_attention(m.attention_impl)
+    config = dataclasses.replace(config, llm=dataclasses.replace(config.llm, remat_policy=m.remat_policy))
+    config = config.with_dtype(m.dtype, "float32")
+    params = model.params
+    if cfg.lora.rank:
+        config = with_lora(config, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout)
+        params = add_lora(params, config, jax.random.PRNGKey(cfg.seed + 1))
+        params = jax.device_put(params, tree_shardings(param_logical_axes(config), params, mesh, rules))
+    tokenizer = model.tokenizer
+    if cfg.tokenizer:
+        tokenizer = load_tokenizer(cfg.tokenizer)
+    if tokenizer is None:
+        raise ValueError("no tokenizer: set config.tokenizer or use an init directory that has one")
+    return Llava(config, params, tokenizer, mesh, rules)
+
+
+# ------------------------------------------------------------------------- data
+def data_paths(cfg, workdir: str) -> tuple[str, str]:
+    """(LLaVA JSON, image root), generating the synthetic set into the workdir when configured."""
+    syn = cfg.data.synthetic
+    if not syn.enabled:
+        return cfg.data.json, cfg.data.image_root
+    from llava_jax.data.synthetic import synthetic_dataset_paths, write_synthetic_dataset
+
+    out = os.path.join(workdir, "data") if not syn.directory else syn.directory
+    if is_primary():
+        write_synthetic_dataset(out, num_captions=syn.num_captions, num_qa=syn.num_qa, num_eval=syn.num_eval,
+                                image_size=syn.image_size, seed=syn.seed)
+    _barrier("synthetic-data")
+    paths = synthetic_dataset_paths(out)
+    if syn.kind not in ("captions", "qa"):
+        raise ValueError(f"data.synthetic.kind {syn.kind!r} not in ('captions', 'qa')")
+    return paths[syn.kind], paths["image_root"]
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def data_config(cfg, model: Llava):
+    """The pipeline's `DataConfig` for this experiment and model."""
+    from llava_jax.data.pipeline import DataConfig
+
+    d, c = cfg.data, model.config
+    pad_id = model.tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = model.tokenizer.unk_token_id or 0
+    return DataConfig(
+        template=d.template, image_mode=d.image_mode, image_size=c.vision.image_size,
+        image_seq_length=c.image_seq_length, image_token_index=c.image_token_index, max_length=d.max_length,
+        global_batch_size=cfg.batch_size, batching=d.batching, max_images_per_row=d.max_images_per_row,
+        pack_window=d.pack_window, pad_multiple=d.pad_multiple, group_factor=d.group_factor, seed=cfg.seed,
+        num_epochs=d.num_epochs if d.num_epochs else None, num_workers=d.num_workers, on_error=d.on_error,
+        pad_token_id=int(pad_id),
+    )
+
+
+def estimate_steps(cfg, source) -> int:
+    """Optimizer steps: `num_steps`, else one pass of `num_epochs` over the source (packing estimated)."""
+    if cfg.num_steps:
+        return int(cfg.num_steps)
+    epochs = cfg.data.num_epochs or 1
+    samples = len(source) * epochs
+    if cfg.data.batching == "pad":
+        return max(1, math.ceil(samples / cfg.batch_size))
+    from llava_jax.data.sources import compute_modality_lengths
+
+    lengths = np.abs(compute_modality_lengths(source)).astype(np.int64)
+    rows = math.ceil(int(lengths.sum()) * epochs / (cfg.data.max_length * 0.95))
+    return max(1, math.ceil(rows / cfg.batch_size))
+
+
+# ------------------------------------------------------------------------ state
+def _state_shardings(state: TrainState):
+    return jax.tree.map(lambda x: x.sharding, state)
+
+
+def build_state(cfg, model: Llava, optimizer) -> TrainState:
+    """Fresh train state: trainable float32 params, frozen ones cast to `model.frozen_dtype`."""
+    trainable, frozen = split(model.params, list(cfg.trainable))
+    frozen_dtype = jnp.dtype(cfg.model.frozen_dtype)
+    frozen = jax.tree.map(lambda x: x.astype(frozen_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                          frozen)
+    replicated = NamedSharding(model.mesh, PartitionSpec())
+    opt_state = jax.jit(optimizer.init)(trainable)
+    # Moments inherit their parameter's sharding; scalars (counts) land on one device: replicate them.
+    opt_state = jax.tree.map(
+        lambda x: x if len(x.sharding.device_set) == model.mesh.size else jax.device_put(x, replicated), opt_state)
+    return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=trainable,
+                      frozen=frozen, opt_state=opt_state,
+                      rng=jax.device_put(jax.random.PRNGKey(cfg.seed), replicated))
+
+
+def _checkpoint_tree(state: TrainState) -> dict:
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state, "rng": state.rng}
+
+
+def _describe_memory(compiled) -> str:
+    try:
+        mem = compiled.memory_analysis()
+    except Exception:  # not every backend reports it
+        return "memory analysis unavailable"
+    if mem is None:
+        return "memory analysis unavailable"
+    gib = lambda n: f"{n / 2**30:.3f} GiB"
+    return (f"arguments {gib(mem.argument_size_in_bytes)}, outputs {gib(mem.output_size_in_bytes)} "
+            f"(aliased {gib(mem.alias_size_in_bytes)}), temporaries {gib(mem.temp_size_in_bytes)} per device")
+
+
+# ------------------------------------------------------------------------- run
+def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Train one stage into `workdir`; returns a summary dict (steps, last loss, paths)."""
+    workdir = os.path.abspath(workdir)
+    final_dir = os.path.join(workdir, FINAL_DIR)
+    if os.path.exists(os.path.join(final_dir, "config.json")):
+        if is_primary():
+            print(f"{workdir}: already finished ({final_dir} exists); nothing to do")
+        return {"finished": True, "final": final_dir, "resumed": True, "steps": None}
+    os.makedirs(workdir, exist_ok=True)
+    if is_primary():
+        with open(os.path.join(workdir, "experiment.json"), "w") as f:
+            f.write(cfg.to_json_best_effort(indent=2))
+    mesh = make_mesh(MeshConfig(**cfg.mesh))
+    model = initial_model(cfg, mesh)
+    json_path, image_root = data_paths(cfg, workdir)
+    from llava_jax.data.pipeline import create_loader
+    from llava_jax.data.sources import open_source
+
+    source = open_source(json_path, image_root)
+    total_steps = estimate_steps(cfg, source)
+    part_lrs = ((r"^projector/", cfg.lora.projector_lr),) if cfg.lora.rank else ()
+    optim_cfg = OptimConfig(**{k: cfg.optim[k] for k in cfg.optim}, part_lrs=part_lrs)
+    trainable_init, _ = split(model.params, list(cfg.trainable))
+    optimizer, lr_fn = make_optimizer(optim_cfg, total_steps, trainable_init)
+    del trainable_init
+    state = build_state(cfg, model, optimizer)
+    loader = create_loader(data_config(cfg, model), source, model.tokenizer, mesh=mesh)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=cfg.checkpoint.every_steps,
+                        keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+    start = ckpt.latest_step()
+    if start is not None:
+        restored, data_state = ckpt.restore(start, _checkpoint_tree(state))
+        state = state.replace(**restored)
+        loader.set_state(data_state)
+        if is_primary():
+            print(f"resumed from {ckpt.directory} step {start}")
+    shardings = _state_shardings(state)
+    batch_sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+    step_fn = jax.jit(
+        functools.partial(train_step, config=model.config, optimizer=optimizer, lr_fn=lr_fn,
+                          micro_batches=cfg.micro_batches, freeze_vision=cfg.model.freeze_vision,
+                          loss_chunk=cfg.loss_chunk),
+        in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None), donate_argnums=0,
+    )
+    writer = MetricsWriter(workdir, enabled=is_primary())
+    peak = peak_flops(jax.devices()[0].device_kind, cfg.peak_tflops * 1e12 if cfg.peak_tflops else None)
+    compiled_cache: dict = {}
+    step = int(jax.device_get(state.step))
+    progress = _progress(total_steps, step, cfg.progress and is_primary())
+    last_loss = None
+    try:
+        with jax.set_mesh(mesh):
+            from flax import linen as nn
+
+            with nn.logical_axis_rules(model.rules):
+                while step < total_steps:
+                    try:
+                        batch = next(loader)
+                    except StopIteration:
+                        break
+                    inputs = {k: batch[k] for k in BATCH_KEYS if k in batch}
+                    key = tuple((k, v.shape) for k, v in inputs.items())
+                    if key not in compiled_cache:
+                        t0 = time.time()
+                        compiled_cache[key] = step_fn.lower(state, inputs).compile()
+                        if is_primary():
+                            print(f"compiled train step for {dict(key)} in {time.time() - t0:.1f}s: "
+                                  f"{_describe_memory(compiled_cache[key])}", flush=True)
+                    t0 = time.time()
+                    state, metrics = compiled_cache[key](state, inputs)
+                    metrics = jax.device_get(metrics)
+                    dt = time.time() - t0
+                    step += 1
+                    loss, gnorm = float(metrics["train/loss"]), float(metrics["train/grad_norm"])
+                    if not (math.isfinite(loss) and math.isfinite(gnorm)):
+                        raise TrainingDiverged(
+                            f"step {step}: non-finite loss ({loss}) or gradient norm ({gnorm}); stopping. "
+                            f"The last good checkpoint is in {ckpt.directory} (step {ckpt.latest_step()})")
+                    last_loss = loss
+                    host = _host_stats(batch)
+                    flops = train_step_flops(model.config, tokens=host["tokens"], images=host["images"],
+                                             seq_len=host["seq_len"], llm_trained=cfg.stage == 2 and not cfg.lora.rank)
+                    row = {k: float(v) for k, v in metrics.items()}
+                    row.update({"train/step_time": dt, "train/tokens_per_sec": host["tokens"] / dt,
+                                "train/skipped": int(sum(loader.skipped.values())),
+                                "train/mfu": flops / dt / (peak * jax.device_count()) if peak else None})
+                    writer.write(step, row)
+                    ckpt.save(step, _checkpoint_tree(state), loader.get_state())
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{loss:.4f}")
+        if ckpt.latest_step() != step:
+            ckpt.save(step, _checkpoint_tree(state), loader.get_state(), force=True)
+        ckpt.wait()
+    finally:
+        progress.close()
+        writer.close()
+        loader.close()
+        ckpt.close()
+    final = finish(state, model, final_dir, export_hf=cfg.export_hf, workdir=workdir)
+    return {"finished": True, "final": final, "steps": step, "last_loss": last_loss, "total_steps": total_steps}
+
+
+def _host_stats(batch) -> dict:
+    seg = batch["segment_ids"]
+    tokens = int(jax.device_get(jnp.sum(seg > 0))) if not isinstance(seg, np.ndarray) else int((seg > 0).sum())
+    mask = batch.get("image_mask")
+    images = 0 if mask is None else int(np.asarray(jax.device_get(mask)).sum())
+    return {"tokens": tokens, "images": images, "seq_len": int(seg.shape[1])}
+
+
+def finish(state: TrainState, model: Llava, final_dir: str, *, export_hf: bool, workdir: str) -> str:
+    """Write the trained model (LoRA merged) as a llava_jax checkpoint, and HF when asked."""
+    params = merge(state.params, state.frozen)
+    params, config = merge_lora(params, model.config)
+    params = jax.tree.map(lambda x: x.astype(jnp.float32), params)
+    config = config.with_dtype("float32")
+    final = Llava(config, params, model.tokenizer, model.mesh, model.rules)
+    final.save(final_dir)
+    if export_hf and is_primary():
+        final.export_hf(os.path.join(workdir, "hf"))
+    return final_dir
+
+
+class _NoProgress:
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **kw):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
