@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
 
 from llava_jax.kernels import masks
 
@@ -220,6 +221,11 @@ def _q_block(grid_index, num_blocks):
     return num_blocks - 1 - grid_index
 
 
+def _store(ref, value):
+    # A plain `ref[...] = value` lowers to a swap, which also loads the old contents.
+    plgpu.store(ref, value)
+
+
 def _precision(dtype):
     # float32 inputs get IEEE float32 products (no TF32), so they match the reference.
     return lax.Precision.HIGHEST if dtype == jnp.float32 else None
@@ -266,8 +272,8 @@ def _fwd_kernel(rng_ref, q_ref, k_ref, v_ref, *refs, cfg: _Config):
              jnp.zeros((bq,), jnp.float32))
     acc, m, l = _three_loops(rng_ref, body, carry)
     seen = l > 0
-    o_ref[...] = (acc / jnp.where(seen, l, 1.0)[:, None]).astype(o_ref.dtype)
-    lse_ref[...] = jnp.where(seen, m + jnp.log2(jnp.where(seen, l, 1.0)), _LSE_EMPTY)
+    _store(o_ref, (acc / jnp.where(seen, l, 1.0)[:, None]).astype(o_ref.dtype))
+    _store(lse_ref, jnp.where(seen, m + jnp.log2(jnp.where(seen, l, 1.0)), _LSE_EMPTY))
 
 
 def _dq_kernel(rng_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: _Config):
@@ -298,7 +304,7 @@ def _dq_kernel(rng_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, 
         return dq + pl.dot(ds.astype(k.dtype), k, precision=prec)
 
     dq = _three_loops(rng_ref, body, jnp.zeros(q.shape, jnp.float32))
-    dq_ref[...] = (dq * cfg.scale).astype(dq_ref.dtype)
+    _store(dq_ref, (dq * cfg.scale).astype(dq_ref.dtype))
 
 
 def _dkv_kernel(rng_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: _Config,
@@ -340,8 +346,8 @@ def _dkv_kernel(rng_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs,
 
     zeros = jnp.zeros(k.shape, jnp.float32)
     dk, dv = lax.fori_loop(0, groups, group, (zeros, zeros))
-    dk_ref[...] = (dk * cfg.scale).astype(dk_ref.dtype)
-    dv_ref[...] = dv.astype(dv_ref.dtype)
+    _store(dk_ref, (dk * cfg.scale).astype(dk_ref.dtype))
+    _store(dv_ref, dv.astype(dv_ref.dtype))
 
 
 # ----------------------------------------------------------------------------------------
@@ -352,8 +358,6 @@ def _compiler_params(cfg: _Config, tile: int, accumulators: int):
     """Triton launch parameters; `tile` and `accumulators` count float32 elements."""
     if cfg.interpret:
         return None
-    from jax.experimental.pallas import triton as plgpu
-
     # Eight warps once the logits tile or the float32 accumulators would not fit the
     # registers of four (about 64 KiB for 128 threads) without spilling.
     warps = cfg.blocks.num_warps or (8 if tile >= 128 * 64 or accumulators >= 2 * 64 * 128

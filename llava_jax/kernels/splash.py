@@ -96,8 +96,9 @@ def attention(q, k, v, *, causal: bool, segment_ids=None, kv_segment_ids=None,
         q_seg = masks.pad_axis(q_seg, tp, 1, sentinel)
         kv_seg = masks.pad_axis(kv_seg, sp, 1, sentinel)
 
-    # Splash has no scale argument; scaling q is exact for the usual power-of-two H.
-    qh = masks.pad_axis(jnp.swapaxes(q * jnp.asarray(scale, q.dtype), 1, 2), tp, 2)
+    # Splash has no scale argument: scale q in float32 and round once.
+    q_scaled = (q.astype(jnp.float32) * scale).astype(q.dtype)
+    qh = masks.pad_axis(jnp.swapaxes(q_scaled, 1, 2), tp, 2)
     kh = masks.pad_axis(jnp.swapaxes(k, 1, 2), sp, 2)
     vh = masks.pad_axis(jnp.swapaxes(v, 1, 2), sp, 2)
     kernel = _kernel(n, tp, sp, causal, s - t, interpret)

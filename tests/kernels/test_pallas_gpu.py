@@ -1,11 +1,12 @@
 """Pallas flash attention (interpret mode) vs the reference, and its tile-skipping ranges."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from llava_jax.kernels import pallas_gpu
-from tests.kernels.cases import FAST_CASES, SLOW_CASES, check_against_reference
+from tests.kernels.cases import FAST_CASES, SLOW_CASES, Case, check_against_reference
 
 
 @pytest.mark.parametrize("case", FAST_CASES, ids=str)
@@ -17,6 +18,12 @@ def test_matches_reference(case):
 @pytest.mark.parametrize("case", SLOW_CASES, ids=str)
 def test_matches_reference_long(case):
     check_against_reference("pallas_gpu", case)
+
+
+def test_causal_with_more_queries_than_keys():
+    """End-aligned causal: the first T - S query rows see no key and give 0 (splash refuses)."""
+    check_against_reference("pallas_gpu", Case("f32-causal-t40-s24", "float32", True, 40, s=24,
+                                                n=2, k=2))
 
 
 def _dense_visible(q_seg, kv_seg, t, s, tp, sp, causal):
@@ -43,7 +50,8 @@ def test_tile_ranges_cover_every_visible_pair(causal, t, s):
     kv_seg[1, 40:50] = -5
     cfg = pallas_gpu._Config(causal=causal, scale=1.0, t=t, s=s, tp=tp, sp=sp, has_seg=True,
                              blocks=blocks, interpret=True)
-    fwd, dq, dkv = pallas_gpu._all_ranges(jnp.asarray(q_seg), jnp.asarray(kv_seg), cfg, 2)
+    all_ranges = jax.jit(pallas_gpu._all_ranges, static_argnums=(2, 3))  # one compile, not 50
+    fwd, dq, dkv = all_ranges(jnp.asarray(q_seg), jnp.asarray(kv_seg), cfg, 2)
     vis = _dense_visible(q_seg, kv_seg, t, s, tp, sp, causal)
     for ranges, bq, bk, transpose in [(fwd, 32, 16, False), (dq, 16, 32, False),
                                       (dkv, 16, 16, True)]:
