@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from llava_jax.eval.records import model_name_from_path
-from llava_jax.eval.runner import Request
+from llava_jax.eval.runner import IMAGE_THREADS, Request
 
 
 def reference_pixels(image: Image.Image, *, mode: str, size: int) -> np.ndarray:
@@ -40,7 +41,7 @@ def reference_pixels(image: Image.Image, *, mode: str, size: int) -> np.ndarray:
             image = expand_to_square(image)
         except (TypeError, ValueError):
             image = expand_to_square(image.convert("RGB"))
-    rgb = image.convert("RGB")
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
     # An RGB PNG may still carry a tRNS colour key; 4.37 ignored it.
     rgb.info.pop("transparency", None)
     return preprocess_image(rgb, mode="square", size=size)
@@ -99,6 +100,8 @@ class ModelAnswerer:
         from llava_jax.infer.generate import default_stop_ids
 
         self.stop_ids = set(default_stop_ids(model))
+        # Resizing releases the GIL: preprocess a batch's images in parallel.
+        self._workers = ThreadPoolExecutor(max_workers=IMAGE_THREADS)
 
     @classmethod
     def from_path(
@@ -158,11 +161,12 @@ class ModelAnswerer:
             input_ids[i, length - len(x) :] = x
             mask[i, length - len(x) :] = 1
         size = self.config.vision.image_size
-        images = [
-            reference_pixels(r.image, mode=self.mode, size=size)
-            for r in rows
-            if r.image is not None
-        ]
+        with_image = [r.image for r in rows if r.image is not None]
+        images = list(
+            self._workers.map(
+                lambda im: reference_pixels(im, mode=self.mode, size=size), with_image
+            )
+        )
         pixels = np.stack(images).transpose(0, 3, 1, 2) if images else None
         return PreparedBatch(
             input_ids,
