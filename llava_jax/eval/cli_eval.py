@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
             answerer,
             data,
             args.out,
-            batch_size=args.batch_size,
+            # The answerer rounds the batch up to whole shards of the mesh.
+            batch_size=answerer.batch_size if answerer else args.batch_size,
             max_new_tokens=args.max_new_tokens,
             template=args.template,
             model_size=size,

@@ -30,7 +30,7 @@ def evaluate(
     """Run `benchmark` and return (and write to `out_dir/results.json`) every figure.
 
     With `answerer=None` nothing is generated: the answers already in
-    `out_dir/answers.jsonl` are scored (re-scoring a finished or foreign run).
+    `out_dir/answers.jsonl` are scored (re-scoring a finished run).
     """
     if benchmark not in BENCHMARKS:
         raise ValueError(
