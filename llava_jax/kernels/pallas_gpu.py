@@ -256,7 +256,7 @@ def _fwd_kernel(rng_ref, q_ref, k_ref, v_ref, *refs, cfg: _Config):
         k_start = pl.multiple_of(j * bk, bk)
         k = k_ref[pl.ds(k_start, bk), :]
         v = v_ref[pl.ds(k_start, bk), :]
-        logits = pl.dot(q, k, trans_b=True, precision=prec) * qk_scale
+        logits = plgpu.dot(q, k, trans_b=True, precision=prec) * qk_scale
         if masked:
             k_ids = kvseg_ref[pl.ds(k_start, bk)] if cfg.has_seg else None
             tile = _tile_mask(cfg, q_start, k_start, bq, bk, q_ids, k_ids)
@@ -265,7 +265,7 @@ def _fwd_kernel(rng_ref, q_ref, k_ref, v_ref, *refs, cfg: _Config):
         alpha = jnp.exp2(m - m_new)
         p = jnp.exp2(logits - m_new[:, None])
         l = l * alpha + p.sum(axis=1)
-        acc = acc * alpha[:, None] + pl.dot(p.astype(v.dtype), v, precision=prec)
+        acc = acc * alpha[:, None] + plgpu.dot(p.astype(v.dtype), v, precision=prec)
         return acc, m_new, l
 
     carry = (jnp.zeros(q.shape, jnp.float32), jnp.full((bq,), _M_FLOOR, jnp.float32),
@@ -293,15 +293,15 @@ def _dq_kernel(rng_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, 
         k_start = pl.multiple_of(j * bk, bk)
         k = k_ref[pl.ds(k_start, bk), :]
         v = v_ref[pl.ds(k_start, bk), :]
-        logits = pl.dot(q, k, trans_b=True, precision=prec) * qk_scale
+        logits = plgpu.dot(q, k, trans_b=True, precision=prec) * qk_scale
         if masked:
             k_ids = kvseg_ref[pl.ds(k_start, bk)] if cfg.has_seg else None
             tile = _tile_mask(cfg, q_start, k_start, bq, bk, q_ids, k_ids)
             logits = jnp.where(tile, logits, _MASK)
         p = jnp.exp2(logits - lse[:, None])
-        dp = pl.dot(do, v, trans_b=True, precision=prec)
+        dp = plgpu.dot(do, v, trans_b=True, precision=prec)
         ds = p * (dp - delta[:, None])
-        return dq + pl.dot(ds.astype(k.dtype), k, precision=prec)
+        return dq + plgpu.dot(ds.astype(k.dtype), k, precision=prec)
 
     dq = _three_loops(rng_ref, body, jnp.zeros(q.shape, jnp.float32))
     _store(dq_ref, (dq * cfg.scale).astype(dq_ref.dtype))
@@ -330,16 +330,16 @@ def _dkv_kernel(rng_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs,
             do = do_ref[pl.ds(q_start, bq), g, :]
             lse = lse_ref[g, pl.ds(q_start, bq)]
             delta = delta_ref[g, pl.ds(q_start, bq)]
-            logits = pl.dot(q, k, trans_b=True, precision=prec) * qk_scale
+            logits = plgpu.dot(q, k, trans_b=True, precision=prec) * qk_scale
             if masked:
                 q_ids = qseg_ref[pl.ds(q_start, bq)] if cfg.has_seg else None
                 tile = _tile_mask(cfg, q_start, k_start, bq, bk, q_ids, k_ids)
                 logits = jnp.where(tile, logits, _MASK)
             p = jnp.exp2(logits - lse[:, None])
-            dv = dv + pl.dot(p.astype(do.dtype), do, trans_a=True, precision=prec)
-            dp = pl.dot(do, v, trans_b=True, precision=prec)
+            dv = dv + plgpu.dot(p.astype(do.dtype), do, trans_a=True, precision=prec)
+            dp = plgpu.dot(do, v, trans_b=True, precision=prec)
             ds = p * (dp - delta[:, None])
-            dk = dk + pl.dot(ds.astype(q.dtype), q, trans_a=True, precision=prec)
+            dk = dk + plgpu.dot(ds.astype(q.dtype), q, trans_a=True, precision=prec)
             return dk, dv
 
         return _three_loops(rng_ref, body, carry)
