@@ -145,3 +145,39 @@ def test_xlsx_column_names():
         "ZZ",
         "AAA",
     ]
+
+
+def test_reference_pixels_follow_the_reference_pipeline():
+    import numpy as np
+    from PIL import Image
+
+    from llava_jax.data.image import preprocess_image
+    from llava_jax.eval.model_answerer import reference_pixels
+
+    rgb = Image.new("RGB", (28, 20), (200, 10, 50))
+    np.testing.assert_array_equal(
+        reference_pixels(rgb, mode="pad", size=28),
+        preprocess_image(rgb, mode="pad", size=28),
+    )
+    # Transparent pixels keep their colour (transformers 4.37 dropped alpha) ...
+    clear = Image.new("RGBA", (28, 28), (10, 20, 30, 0))
+    np.testing.assert_array_equal(
+        reference_pixels(clear, mode="pad", size=28),
+        preprocess_image(
+            Image.new("RGB", (28, 28), (10, 20, 30)), mode="square", size=28
+        ),
+    )
+    # ... and padding an RGBA image fills with the opaque mean colour.
+    wide = Image.new("RGBA", (28, 14), (10, 20, 30, 0))
+    expected = Image.new("RGB", (28, 28), (122, 116, 104))
+    expected.paste(Image.new("RGB", (28, 14), (10, 20, 30)), (0, 7))
+    np.testing.assert_array_equal(
+        reference_pixels(wide, mode="pad", size=28),
+        preprocess_image(expected, mode="square", size=28),
+    )
+    # Greyscale cannot be padded with an RGB colour in its own mode: RGB first.
+    grey = Image.new("L", (14, 28), 90)
+    np.testing.assert_array_equal(
+        reference_pixels(grey, mode="pad", size=28),
+        preprocess_image(grey.convert("RGB"), mode="pad", size=28),
+    )
