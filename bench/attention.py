@@ -187,7 +187,7 @@ def plan(args, backend: str):
         B = pallas_gpu.BlockSizes
         variants = {
             "pallas_gpu[q128k128]": B(block_q=128, block_k=128, num_warps=8),
-            "pallas_gpu[stages3]": B(num_stages=3, block_q_dkv=32, block_k_dkv=128),
+            "pallas_gpu[s3-dkv32x128]": B(num_stages=3, block_q_dkv=32, block_k_dkv=128),
         }
     return cases, timing, impls, variants
 
@@ -199,6 +199,7 @@ def main(argv=None) -> dict:
     p.add_argument("--seq", type=int, nargs="+", default=[2048, 4096])
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--budget-s", type=float, default=150.0, help="stop timing after this")
+    p.add_argument("--impls", nargs="+", default=None, help="restrict to these (and variants)")
     args = p.parse_args(argv)
     start = time.time()
     backend = jax.default_backend()
@@ -207,11 +208,21 @@ def main(argv=None) -> dict:
     repeats = args.repeats or (1 if backend == "cpu" else 10)
     warmup = 0 if backend == "cpu" else 2
     cases, timing, impls, variants = plan(args, backend)
+    if args.impls:
+        impls = tuple(i for i in impls if i in args.impls)
+        variants = {n: v for n, v in variants.items() if n in args.impls or "pallas_gpu" in impls}
     print(f"device: {kind} ({backend}), jax {jax.__version__}, python {platform.python_version()}",
           flush=True)
     result = {"device": kind, "backend": backend, "jax": jax.__version__,
               "flops_note": "visible pairs only: fwd 4*N*H per pair, bwd 2.5x fwd",
               "correctness": [], "timing": []}
+
+    def save():
+        # After every row, so a kernel that takes the process down leaves what came before.
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            result["elapsed_s"] = time.time() - start
+            (args.out / "attention.json").write_text(json.dumps(result, indent=1))
 
     for w in cases:
         tol = 2e-2 if w.dtype == "bfloat16" else 1e-4
@@ -227,6 +238,7 @@ def main(argv=None) -> dict:
             except Exception as e:  # noqa: BLE001  one kernel failing must not stop the others
                 row.update(error=short_error(e), traceback=traceback.format_exc(limit=4))
             result["correctness"].append(row)
+            save()
             print("correctness", w.t, w.dtype, impl,
                   row.get("errors", row.get("skipped", row.get("error"))), flush=True)
 
@@ -234,10 +246,9 @@ def main(argv=None) -> dict:
     peak = peak_tflops(kind)
     for w in timing:
         rows = [(impl, impl, None, w) for impl in impls]
-        rows += [(name, "pallas_gpu", v, w) for name, v in variants.items()]
         if "cudnn" in impls:  # cuDNN on the same shape without segments, marked *
-            plain = dataclasses.replace(w, packed=False)
-            rows.append(("cudnn*", "cudnn", None, plain))
+            rows.append(("cudnn*", "cudnn", None, dataclasses.replace(w, packed=False)))
+        rows += [(name, "pallas_gpu", v, w) for name, v in variants.items()]
         for name, impl, variant, wl in rows:
             row = {"t": w.t, "impl": name, "workload": dataclasses.asdict(wl)}
             if time.time() > deadline:
@@ -257,6 +268,7 @@ def main(argv=None) -> dict:
                 except Exception as e:  # noqa: BLE001  (as above)
                     row.update(error=short_error(e), traceback=traceback.format_exc(limit=4))
             result["timing"].append(row)
+            save()
             print("timing", w.t, name, {k: v for k, v in row.items()
                                         if k.endswith("ms") or k in ("skipped", "error")},
                   flush=True)
@@ -266,12 +278,11 @@ def main(argv=None) -> dict:
                 r["fwd_speedup"] = base["fwd_ms"] / r["fwd_ms"]
                 r["fwd_bwd_speedup"] = base["fwd_bwd_ms"] / r["fwd_bwd_ms"]
 
+    save()
     result["elapsed_s"] = time.time() - start
     text = tables(result)
     print("\n" + text)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "attention.json").write_text(json.dumps(result, indent=1))
         (args.out / "attention.md").write_text(text + "\n")
         print(f"wrote {args.out / 'attention.json'} and attention.md")
     return result
