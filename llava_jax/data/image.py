@@ -44,8 +44,6 @@ def _normalize_table(mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
 
 
 _TABLE = _normalize_table()
-_TABLE_FLAT = _TABLE.reshape(-1)
-_CHANNEL_OFFSET = np.arange(3, dtype=np.intp) * 256
 
 
 def load_image(source: str | os.PathLike | bytes) -> Image.Image:
@@ -158,7 +156,24 @@ def center_crop(array: np.ndarray, size: int) -> np.ndarray:
 
 def normalize(array: np.ndarray) -> np.ndarray:
     """uint8[..., 3] -> float32[..., 3]: rescale 1/255 and CLIP mean/std (HF arithmetic, bit-exact)."""
-    return np.take(_TABLE_FLAT, array.astype(np.intp) + _CHANNEL_OFFSET)
+    out = np.empty(array.shape, np.float32)
+    for c in range(3):
+        # A per-channel table indexed by the uint8 values: ~5x faster than the arithmetic.
+        out[..., c] = _TABLE[c][array[..., c]]
+    return out
+
+
+def prepare_pixels(
+    image: ImageInput, *, mode: str = "pad", size: int = 336
+) -> np.ndarray:
+    """`preprocess_image` before normalisation: uint8[size, size, 3] (4x smaller to ship between processes)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    pil = to_rgb(image)
+    if mode == "pad":
+        pil = expand_to_square(pil)
+    pil = resize_shortest_edge(pil, size)
+    return np.ascontiguousarray(center_crop(np.asarray(pil), size))
 
 
 def preprocess_image(
@@ -174,14 +189,7 @@ def preprocess_image(
     Returns:
       float32[size, size, 3], channels last.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    pil = to_rgb(image)
-    if mode == "pad":
-        pil = expand_to_square(pil)
-    pil = resize_shortest_edge(pil, size)
-    array = center_crop(np.asarray(pil), size)
-    return normalize(array)
+    return normalize(prepare_pixels(image, mode=mode, size=size))
 
 
 def preprocess_images(images, *, mode: str = "pad", size: int = 336) -> np.ndarray:

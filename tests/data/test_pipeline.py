@@ -9,6 +9,7 @@ import pytest
 
 from llava_jax.data.encode import IGNORE_INDEX
 from llava_jax.data.image import preprocess_image
+from llava_jax.data.packing import normalize_images
 from llava_jax.data.pipeline import (
     DataConfig,
     EncodeFn,
@@ -232,6 +233,8 @@ def test_global_arrays_on_a_mesh(source, tokenizer):
     config = dataclasses.replace(CONFIG, global_batch_size=8)
     local = next(iter(build_dataset(config, source, tokenizer)))
     local.pop("_skipped")
+    assert local["images"].dtype == np.uint8  # workers ship uint8
+    local = normalize_images(local)
     global_batch = make_global_batch(local, mesh)
     for key, value in global_batch.items():
         assert isinstance(value, jax.Array)
