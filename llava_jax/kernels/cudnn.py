@@ -16,6 +16,14 @@ import jax.numpy as jnp
 DTYPES = (jnp.bfloat16, jnp.float16)
 
 
+def _is_cuda() -> bool:
+    # backend "gpu" also covers ROCm, which has no cuDNN.
+    try:
+        return "rocm" not in str(jax.devices()[0].client.platform_version).lower()
+    except (AttributeError, IndexError, RuntimeError):
+        return True
+
+
 def _max_head_dim() -> int:
     # cuDNN flash attention takes H <= 256 from Hopper on, H <= 128 before.
     try:
@@ -30,6 +38,8 @@ def unsupported(q, k, v, *, causal: bool, segment_ids, kv_segment_ids, padding_m
     """Why cuDNN cannot run these inputs (None when it can)."""
     if backend != "gpu":
         return f"cuDNN attention needs a GPU, backend is {backend!r}"
+    if not _is_cuda():
+        return "cuDNN attention needs an NVIDIA GPU (this is ROCm)"
     if segment_ids is not None or kv_segment_ids is not None:
         return "segment ids would need a dense [B, N, T, S] mask through jax.nn"
     if padding_mask is not None:
