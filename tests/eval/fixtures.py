@@ -8,39 +8,25 @@ replies by hand.
 
 from __future__ import annotations
 
-import base64
-import io
-import json
 import os
 
-from PIL import Image
-
-SA = "Answer the question using a single word or phrase."
-MC = "Answer with the option's letter from the given choices directly."
-
-
-def _image(path: str, color=(200, 30, 30), size=(20, 14)) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.new("RGB", size, color).save(path)
-
-
-def _jsonl(path: str, records) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-
-
-def _json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(obj, f)
+from tests.eval.fixture_io import (  # noqa: F401  (re-exported for the tests)
+    SA,
+    read_json,
+    read_jsonl,
+    read_text,
+    write_image,
+    write_json,
+    write_jsonl,
+)
+from tests.eval.fixtures_choice import mmbench, mmbench_cn, scienceqa, seed
 
 
 def _loader_questions(d, folder, rows, category="default"):
     """rows: (question_id, image name, text, reply); returns {message: reply}."""
     records, table = [], {}
     for i, (qid, image, text, reply) in enumerate(rows):
-        _image(os.path.join(d, folder, image), color=(40 * i % 255, 90, 160))
+        write_image(os.path.join(d, folder, image), color=(40 * i % 255, 90, 160))
         records.append(
             {"question_id": qid, "image": image, "text": text, "category": category}
         )
@@ -55,14 +41,14 @@ def vqav2(d):
         (3, "COCO_test2015_000000000003.jpg", f"Which bus?\n{SA}", "The red one."),
     ]
     records, table = _loader_questions(d, "test2015", rows)
-    _jsonl(os.path.join(d, "llava_vqav2_mscoco_test-dev2015.jsonl"), records)
-    _jsonl(
+    write_jsonl(os.path.join(d, "llava_vqav2_mscoco_test-dev2015.jsonl"), records)
+    write_jsonl(
         os.path.join(d, "llava_vqav2_mscoco_test2015.jsonl"),
         records
         + [{"question_id": 4, "image": "x.jpg", "text": "?", "category": "default"}],
     )
     answers = {1: ["2"] * 10, 2: ["yes"] * 2 + ["no"] * 8, 3: ["red"] * 10}
-    _json(
+    write_json(
         os.path.join(d, "val_annotations.json"),
         {
             "annotations": [
@@ -93,8 +79,8 @@ def vizwiz(d):
         ),
     ]
     records, table = _loader_questions(d, "test", rows)
-    _jsonl(os.path.join(d, "llava_test.jsonl"), records)
-    _json(
+    write_jsonl(os.path.join(d, "llava_test.jsonl"), records)
+    write_json(
         os.path.join(d, "val.json"),
         [
             {
@@ -118,8 +104,8 @@ def gqa(d):
         ("203", "n3.jpg", f"What color is the cat?\n{SA}", "The black and white."),
     ]
     records, table = _loader_questions(d, "data/images", rows)
-    _jsonl(os.path.join(d, "llava_gqa_testdev_balanced.jsonl"), records)
-    _json(
+    write_jsonl(os.path.join(d, "llava_gqa_testdev_balanced.jsonl"), records)
+    write_json(
         os.path.join(d, "data", "testdev_balanced_questions.json"),
         {
             "201": {"answer": "yes", "isBalanced": True},
@@ -136,8 +122,8 @@ def textvqa(d):
     # Both questions are about one image: LLaVA's question_id is the image id.
     rows = [("img1", "img1.jpg", q1, "Dakota."), ("img1", "img1.jpg", q2, "2")]
     records, table = _loader_questions(d, "train_images", rows)
-    _jsonl(os.path.join(d, "llava_textvqa_val_v051_ocr.jsonl"), records)
-    _json(
+    write_jsonl(os.path.join(d, "llava_textvqa_val_v051_ocr.jsonl"), records)
+    write_json(
         os.path.join(d, "TextVQA_0.5.1_val.json"),
         {
             "data": [
@@ -171,7 +157,7 @@ def pope(d):
     records, table, labels = [], {}, {}
     for i, (category, obj, label, reply) in enumerate(spec):
         image = f"COCO_val2014_{i:012d}.jpg"
-        _image(os.path.join(d, "val2014", image))
+        write_image(os.path.join(d, "val2014", image))
         question = f"Is there a {obj} in the image?"
         text = f"{question}\n{SA}"
         records.append(
@@ -181,9 +167,9 @@ def pope(d):
             {"question_id": i, "image": image, "text": question, "label": label}
         )
         table[f"<image>\n{text}"] = reply
-    _jsonl(os.path.join(d, "llava_pope_test.jsonl"), records)
+    write_jsonl(os.path.join(d, "llava_pope_test.jsonl"), records)
     for category, rows in labels.items():
-        _jsonl(os.path.join(d, "coco", f"coco_pope_{category}.json"), rows)
+        write_jsonl(os.path.join(d, "coco", f"coco_pope_{category}.json"), rows)
     return table
 
 
@@ -240,7 +226,7 @@ def mme(d):
             qa_dir = os.path.join(
                 release, category, "questions_answers_YN" if nested else ""
             )
-            _image(os.path.join(img_dir, image))
+            write_image(os.path.join(img_dir, image))
             lines = []
             for question, gt, reply in qas:
                 # MME writes one Leonardo question with two spaces before the instruction.
@@ -262,275 +248,7 @@ def mme(d):
                 os.path.join(qa_dir, os.path.splitext(image)[0] + ".txt"), "w"
             ) as f:
                 f.writelines(lines)
-    _jsonl(os.path.join(d, "llava_mme.jsonl"), records)
-    return table
-
-
-def _b64_image(color) -> str:
-    buf = io.BytesIO()
-    Image.new("RGB", (18, 12), color).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-MMBENCH_HEADER = [
-    "index",
-    "question",
-    "hint",
-    "A",
-    "B",
-    "C",
-    "D",
-    "answer",
-    "category",
-    "image",
-    "source",
-    "l2-category",
-    "comment",
-    "split",
-]
-
-
-def _tsv(path, rows):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\t".join(MMBENCH_HEADER) + "\n")
-        f.writelines(
-            "\t".join(str(row.get(c, "")) for c in MMBENCH_HEADER) + "\n"
-            for row in rows
-        )
-
-
-def mmbench(d):
-    img = _b64_image((10, 120, 200))
-    base = {
-        "image": img,
-        "source": "s",
-        "l2-category": "l2",
-        "comment": "nan",
-        "split": "dev",
-    }
-    rows = [
-        {
-            "index": 0,
-            "question": "What color is the sky?",
-            "hint": "nan",
-            "A": "blue",
-            "B": "red",
-            "C": "green",
-            "D": "",
-            "answer": "A",
-            "category": "color",
-            **base,
-        },
-        {
-            "index": 1000000,
-            "question": "What color is the sky?",
-            "hint": "nan",
-            "A": "red",
-            "B": "green",
-            "C": "blue",
-            "D": "",
-            "answer": "C",
-            "category": "color",
-            **base,
-        },
-        {
-            "index": 1,
-            "question": "How many dogs?",
-            "hint": "Look closely.",
-            "A": "1",
-            "B": "2",
-            "C": "None",
-            "D": "4",
-            "answer": "B",
-            "category": "count",
-            **base,
-        },
-        {
-            "index": 1000001,
-            "question": "How many dogs?",
-            "hint": "Look closely.",
-            "A": "2",
-            "B": "1",
-            "C": "None",
-            "D": "4",
-            "answer": "A",
-            "category": "count",
-            **base,
-        },
-    ]
-    _tsv(os.path.join(d, "mmbench_dev_20230712.tsv"), rows)
-    sky = "<image>\nWhat color is the sky?\n{}\n" + MC
-    dogs = "<image>\nLook closely.\nHow many dogs?\n{}\n" + MC
-    # Rows and their --all-rounds rotations share prompts; blue is always right.
-    return {
-        sky.format("A. blue\nB. red\nC. green"): "A",
-        sky.format("A. red\nB. green\nC. blue"): "C.",
-        sky.format("A. green\nB. blue\nC. red"): "B",
-        dogs.format("A. 1\nB. 2"): "The answer is B",
-        dogs.format("A. 2\nB. 1"): "B",
-    }
-
-
-def mmbench_cn(d):
-    img = _b64_image((200, 120, 10))
-    _tsv(
-        os.path.join(d, "mmbench_dev_cn_20231003.tsv"),
-        [
-            {
-                "index": 5,
-                "question": "天空是什么颜色？",
-                "hint": "nan",
-                "A": "蓝色",
-                "B": "红色",
-                "C": "",
-                "D": "",
-                "answer": "A",
-                "category": "颜色",
-                "image": img,
-                "source": "s",
-                "l2-category": "l2",
-                "comment": "nan",
-                "split": "dev",
-            }
-        ],
-    )
-    return {"<image>\n天空是什么颜色？\nA. 蓝色\nB. 红色\n请直接回答选项字母。": "A"}
-
-
-def scienceqa(d):
-    problems = {
-        "1": {
-            "image": "image.png",
-            "question": "Which is hot?",
-            "hint": "",
-            "choices": ["ice", "fire"],
-            "answer": 1,
-            "split": "test",
-        },
-        "2": {
-            "image": None,
-            "question": "Which is a mammal?",
-            "hint": "Animals  vary.",
-            "choices": ["shark", "whale", "frog"],
-            "answer": 1,
-            "split": "test",
-        },
-        "3": {
-            "image": "image.png",
-            "question": "Pick B",
-            "hint": "Look at the picture.",
-            "choices": ["x", "y"],
-            "answer": 0,
-            "split": "test",
-        },
-    }
-    _json(os.path.join(d, "problems.json"), problems)
-    _json(os.path.join(d, "pid_splits.json"), {"test": ["1", "2", "3"]})
-    for pid in ("1", "3"):
-        _image(os.path.join(d, "images", "test", pid, "image.png"))
-    questions = [
-        {
-            "id": "1",
-            "image": "1/image.png",
-            "conversations": [
-                {
-                    "from": "human",
-                    "value": "Context: N/A\nQuestion: Which is hot?\nOptions: (A) ice (B) fire\n<image>",
-                },
-                {"from": "gpt", "value": "The answer is B."},
-            ],
-        },
-        {
-            "id": "2",
-            "conversations": [
-                {
-                    "from": "human",
-                    "value": "Context: Animals vary.\nQuestion: Which is a mammal?\n"
-                    "Options: (A) shark (B) whale (C) frog",
-                },
-                {"from": "gpt", "value": "The answer is B."},
-            ],
-        },
-        {
-            "id": "3",
-            "image": "3/image.png",
-            "conversations": [
-                {
-                    "from": "human",
-                    "value": "Context: Look at the picture.\nQuestion: Pick B\n"
-                    "Options: (A) x (B) y\n<image>",
-                },
-                {"from": "gpt", "value": "The answer is A."},
-            ],
-        },
-    ]
-    _json(os.path.join(d, "llava_test_CQM-A.json"), questions)
-    return {
-        f"<image>\nContext: N/A\nQuestion: Which is hot?\nOptions: (A) ice (B) fire\n{MC}": "B",
-        f"Context: Animals vary.\nQuestion: Which is a mammal?\nOptions: (A) shark (B) whale (C) frog\n{MC}": "The answer is B.",
-        f"<image>\nContext: Look at the picture.\nQuestion: Pick B\nOptions: (A) x (B) y\n{MC}": "C",
-    }
-
-
-def seed(d):
-    def text(q, choices):
-        return (
-            q
-            + "".join(f"\n{letter}. {c}" for letter, c in zip("ABCD", choices))
-            + f"\n{MC}"
-        )
-
-    spec = [
-        (101, "image", 1, "SEED-Bench-image/a.jpg", "Where is this?", "A", "A"),
-        (102, "image", 3, "SEED-Bench-image/b.jpg", "How many towels?", "C", "C"),
-        (103, "image", 3, "SEED-Bench-image/c.jpg", "How many cups?", "B", "B."),
-        (
-            104,
-            "video",
-            10,
-            "SEED-Bench-video-image/v1.png",
-            "What is he doing?",
-            "D",
-            "D",
-        ),
-    ]
-    records, questions, table = [], [], {}
-    for qid, data_type, type_id, image, q, answer, reply in spec:
-        _image(os.path.join(d, image))
-        choices = ["one", "two", "three", "four"]
-        records.append(
-            {
-                "image": image,
-                "text": text(q, choices),
-                "category": "x",
-                "question_id": qid,
-            }
-        )
-        questions.append(
-            {
-                "question_id": str(qid),
-                "data_type": data_type,
-                "question_type_id": type_id,
-                "answer": answer,
-                "question": q,
-                "data_id": os.path.basename(image),
-                **{f"choice_{c}": v for c, v in zip("abcd", choices)},
-            }
-        )
-        table[f"<image>\n{text(q, choices)}"] = reply
-    _jsonl(os.path.join(d, "llava-seed-bench.jsonl"), records)
-    _json(
-        os.path.join(d, "SEED-Bench.json"),
-        {
-            "questions": questions,
-            "question_type": {
-                "Scene Understanding": 1,
-                "Instances Counting": 3,
-                "Action Recognition": 10,
-            },
-        },
-    )
+    write_jsonl(os.path.join(d, "llava_mme.jsonl"), records)
     return table
 
 
@@ -540,7 +258,7 @@ def llava_bench(d):
         (1, "002.jpg", "Describe the image in detail.", "A red square.\nNothing else."),
     ]
     records, table = _loader_questions(d, "images", rows, category="conv")
-    _jsonl(os.path.join(d, "questions.jsonl"), records)
+    write_jsonl(os.path.join(d, "questions.jsonl"), records)
     return table
 
 
@@ -550,7 +268,7 @@ def mmvet(d):
         (1, "v1_1.png", "What is written on the sign?", "STOP"),
     ]
     records, table = _loader_questions(d, "images", rows)
-    _jsonl(os.path.join(d, "llava-mm-vet.jsonl"), records)
+    write_jsonl(os.path.join(d, "llava-mm-vet.jsonl"), records)
     return table
 
 
@@ -615,21 +333,3 @@ class Scripted:
             )
             out.append(self.table[message])
         return out
-
-
-def read_json(path: str):
-    """A JSON file's content."""
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def read_jsonl(path: str) -> list:
-    """A JSON-lines file's records."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def read_text(path: str, mode: str = "r"):
-    """A file's whole content (bytes with mode "rb")."""
-    with open(path, mode) as f:
-        return f.read()
