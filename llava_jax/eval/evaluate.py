@@ -20,7 +20,7 @@ def evaluate(
     data: DataConfig,
     out_dir: str,
     *,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     max_new_tokens: int | None = None,
     template: str = "vicuna_v1",
     model_size: str | None = None,
@@ -29,6 +29,7 @@ def evaluate(
 ) -> dict:
     """Run `benchmark` and return (and write to `out_dir/results.json`) every figure.
 
+    `batch_size` defaults to the answerer's own (`ModelAnswerer.batch_size`), else 8.
     With `answerer=None` nothing is generated: the answers already in
     `out_dir/answers.jsonl` are scored (re-scoring a finished run).
     """
@@ -37,6 +38,8 @@ def evaluate(
             f"unknown benchmark {benchmark!r}; known: {sorted(BENCHMARKS)}"
         )
     bench = BENCHMARKS[benchmark]
+    if batch_size is None:
+        batch_size = getattr(answerer, "batch_size", None) or 8
     os.makedirs(out_dir, exist_ok=True)
     items = bench.load(data)
     answers_path = os.path.join(out_dir, ANSWERS_FILE)
