@@ -15,7 +15,7 @@ the paper's Table 7; rounds and tokens per round are estimates, see
 `STAGE2_MIX`) and on LCS-558K captions for stage 1. Also measured on the real
 pipeline output of the synthetic throughput set.
 
-Run: `.venv/bin/python bench/data.py [--examples 120] [--workers 0 1 2]`.
+Run: `.venv/bin/python bench/data.py [--examples 120] [--workers 0 1 2] [--repeats 2]`.
 """
 
 from __future__ import annotations
@@ -242,6 +242,12 @@ def main(argv=None) -> int:
         "--batches", type=int, default=30, help="timed batches per setting"
     )
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="runs per setting; the best is reported (the machine is shared)",
+    )
     args = parser.parse_args(argv)
 
     import transformers
@@ -279,16 +285,21 @@ def main(argv=None) -> int:
     print("| workers | start-up s | examples/s | images/s | non-pad | supervised |")
     print("|---|---|---|---|---|---|")
     for workers in args.workers:
-        startup, ex_s, img_s, (real, sup) = throughput(
-            source,
-            tokenizer,
-            dataclasses.replace(config, num_workers=workers),
-            args.batches,
-        )
+        runs = [
+            throughput(
+                source,
+                tokenizer,
+                dataclasses.replace(config, num_workers=workers),
+                args.batches,
+            )
+            for _ in range(args.repeats)
+        ]
+        startup, ex_s, img_s, (real, sup) = max(runs, key=lambda r: r[2])
         print(
             f"| {workers} | {startup:.1f} | {ex_s:.1f} | {img_s:.1f} | {real:.1%} | {sup:.1%} |",
             flush=True,
         )
+    print(f"\nload average after: {os.getloadavg()[0]:.1f}")
     return 0
 
 

@@ -17,6 +17,8 @@ tokenizations disagree; the sample is dropped with reason
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,8 @@ from llava_jax.data.conversation import (
     move_image_to_front,
     training_segments,
 )
+
+log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
@@ -271,3 +275,56 @@ def encode_example(
         "labels": np.asarray(labels, np.int32),
         "image": example.get("image") if has_image else None,
     }
+
+
+def is_skip(element: dict) -> bool:
+    """Whether an element is the marker of a dropped sample (`{"id", "_skip": reason}`)."""
+    return "_skip" in element
+
+
+def skip_marker(error: DataError) -> dict:
+    """The element standing for a dropped sample, so counts travel with the data through workers."""
+    return {"id": error.sample_id, "_skip": error.reason}
+
+
+class EncodeFn:
+    """Raw example -> encoded sample, or a skip marker (or `DataError` in strict mode).
+
+    Also rejects image references that are certainly unreadable (missing or
+    empty file, empty bytes) before packing, so packed rows rarely need blanking.
+    """
+
+    def __init__(self, tokenizer, config):
+        # `config`: anything with the `DataConfig` fields used below.
+        self.tokenizer, self.config = tokenizer, config
+
+    def __call__(self, example: dict) -> dict:
+        c = self.config
+        try:
+            out = encode_example(
+                example,
+                self.tokenizer,
+                template=c.template,
+                image_seq_length=c.image_seq_length,
+                max_length=c.max_length,
+                image_token_index=c.image_token_index,
+            )
+            _check_image_ref(out["id"], out["image"])
+        except DataError as error:
+            if c.on_error == "strict":
+                raise
+            log.warning("skipping %s", error)
+            return skip_marker(error)
+        return out
+
+
+def _check_image_ref(sample_id: str, ref) -> None:
+    if ref is None:
+        return
+    if isinstance(ref, (str, os.PathLike)):
+        if not os.path.isfile(ref):
+            raise DataError(sample_id, "missing_image", os.fspath(ref))
+        if os.path.getsize(ref) == 0:
+            raise DataError(sample_id, "corrupt_image", f"empty file {os.fspath(ref)}")
+    elif isinstance(ref, (bytes, bytearray, memoryview)) and len(ref) == 0:
+        raise DataError(sample_id, "corrupt_image", "empty image bytes")

@@ -24,22 +24,12 @@ from typing import Any
 import numpy as np
 from grain._src.python.dataset import dataset as grain_dataset
 
-from llava_jax.data.encode import IGNORE_INDEX, DataError
+from llava_jax.data.encode import IGNORE_INDEX, DataError, is_skip
 from llava_jax.data.image import normalize, prepare_pixels
 
 log = logging.getLogger(__name__)
 
 ROW_KEYS = ("input_ids", "labels", "positions", "segment_ids")
-
-
-def is_skip(element: dict) -> bool:
-    """Whether an element is the marker of a dropped sample (`{"id", "_skip": reason}`)."""
-    return "_skip" in element
-
-
-def skip_marker(error: DataError) -> dict:
-    """The element standing for a dropped sample, so counts travel with the data through workers."""
-    return {"id": error.sample_id, "_skip": error.reason}
 
 
 def plan_rows(

@@ -26,7 +26,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import os
 
 import grain
 import jax
@@ -34,14 +33,13 @@ import numpy as np
 from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec
 
-from llava_jax.data.encode import IGNORE_INDEX, DataError, encode_example
+from llava_jax.data.encode import IGNORE_INDEX, EncodeFn
 from llava_jax.data.packing import (
     DecodeImages,
     PackIterDataset,
     PadCollate,
     grouped_order,
     normalize_images,
-    skip_marker,
     stack_rows,
 )
 
@@ -101,6 +99,12 @@ class DataConfig:
             raise ValueError(
                 "image_seq_length exceeds max_length: no image sample could fit"
             )
+        if self.image_mode not in ("pad", "square"):
+            raise ValueError(
+                f"image_mode must be 'pad' or 'square', got {self.image_mode!r}"
+            )
+        if self.max_images_per_row < 1:
+            raise ValueError("max_images_per_row must be at least 1")
         if self.pack_length is not None and self.pack_length < self.max_length:
             raise ValueError(
                 "pack_length must be at least max_length (a sample must fit)"
@@ -145,48 +149,6 @@ def stage2_config(**overrides) -> DataConfig:
         max_images_per_row=8,
     )
     return dataclasses.replace(base, **overrides)
-
-
-class EncodeFn:
-    """Raw example -> encoded sample, or a skip marker (or `DataError` in strict mode).
-
-    Also rejects image references that are certainly unreadable (missing or
-    empty file, empty bytes) before packing, so packed rows rarely need blanking.
-    """
-
-    def __init__(self, tokenizer, config: DataConfig):
-        self.tokenizer, self.config = tokenizer, config
-
-    def __call__(self, example: dict) -> dict:
-        c = self.config
-        try:
-            out = encode_example(
-                example,
-                self.tokenizer,
-                template=c.template,
-                image_seq_length=c.image_seq_length,
-                max_length=c.max_length,
-                image_token_index=c.image_token_index,
-            )
-            _check_image_ref(out["id"], out["image"])
-        except DataError as error:
-            if c.on_error == "strict":
-                raise
-            log.warning("skipping %s", error)
-            return skip_marker(error)
-        return out
-
-
-def _check_image_ref(sample_id: str, ref) -> None:
-    if ref is None:
-        return
-    if isinstance(ref, (str, os.PathLike)):
-        if not os.path.isfile(ref):
-            raise DataError(sample_id, "missing_image", os.fspath(ref))
-        if os.path.getsize(ref) == 0:
-            raise DataError(sample_id, "corrupt_image", f"empty file {os.fspath(ref)}")
-    elif isinstance(ref, (bytes, bytearray, memoryview)) and len(ref) == 0:
-        raise DataError(sample_id, "corrupt_image", "empty image bytes")
 
 
 class _GroupedRead:
@@ -357,14 +319,21 @@ def pad_batch_to(batch: dict, length: int, pad_token_id: int = 0) -> dict:
 
 
 def make_global_batch(
-    batch: dict, mesh, batch_axes=("data", "fsdp"), *, pad_token_id: int = 0
+    batch: dict,
+    mesh,
+    batch_axes=("data", "fsdp"),
+    *,
+    pad_token_id: int = 0,
+    agree_length: bool = True,
 ) -> dict:
     """Process-local numpy batch -> global `jax.Array`s sharded over `batch_axes` of `mesh`.
 
-    With several processes whose rows have different lengths (padding mode),
-    all agree on the longest first. Every array is split along its first axis.
+    Every array is split along its first axis (global rows = local rows x
+    processes). With several processes and `agree_length` (padding mode, where
+    each process pads to its own longest row) all first pad to the longest
+    length of any process: one small host all-gather per batch.
     """
-    if jax.process_count() > 1:
+    if agree_length and jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         lengths = multihost_utils.process_allgather(
@@ -392,6 +361,7 @@ class Loader:
       dataset: from `build_dataset`.
       mesh: if given, batches become global `jax.Array`s sharded over `batch_axes`;
         otherwise they stay process-local numpy.
+      agree_length: processes agree on the row length per batch (padding mode).
     """
 
     def __init__(
@@ -401,8 +371,10 @@ class Loader:
         mesh=None,
         batch_axes=("data", "fsdp"),
         pad_token_id: int = 0,
+        agree_length: bool = True,
     ):
         self._dataset = dataset
+        self.agree_length = agree_length
         self._it = iter(dataset)
         self.mesh, self.batch_axes, self.pad_token_id = (
             mesh,
@@ -423,7 +395,11 @@ class Loader:
         batch = normalize_images(batch)
         if self.mesh is not None:
             batch = make_global_batch(
-                batch, self.mesh, self.batch_axes, pad_token_id=self.pad_token_id
+                batch,
+                self.mesh,
+                self.batch_axes,
+                pad_token_id=self.pad_token_id,
+                agree_length=self.agree_length,
             )
         return batch
 
@@ -461,7 +437,12 @@ def create_loader(
         process_count=process_count,
     )
     return Loader(
-        dataset, mesh=mesh, batch_axes=batch_axes, pad_token_id=config.pad_token_id
+        dataset,
+        mesh=mesh,
+        batch_axes=batch_axes,
+        pad_token_id=config.pad_token_id,
+        # Packed rows all have `row_length` tokens: no need to agree per batch.
+        agree_length=config.batching == "pad",
     )
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llava_jax.data.encode import DataError
-from llava_jax.data.pipeline import DataConfig, EncodeFn, create_loader
+from llava_jax.data.encode import DataError, EncodeFn
+from llava_jax.data.pipeline import DataConfig, create_loader
 from llava_jax.data.sources import JsonSource
 from tests.data.helpers import photos
 from tests.data.test_pipeline import check_layout, segments

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llava_jax.data.encode import IGNORE_INDEX
-from llava_jax.data.pipeline import DataConfig, EncodeFn, create_loader
+from llava_jax.data.encode import IGNORE_INDEX, EncodeFn
+from llava_jax.data.pipeline import DataConfig, create_loader
 from llava_jax.data.sources import JsonSource
 from llava_jax.kernels.attention import reference_attention
 

@@ -7,12 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from llava_jax.data.encode import IGNORE_INDEX
+from llava_jax.data.encode import IGNORE_INDEX, EncodeFn
 from llava_jax.data.image import preprocess_image
 from llava_jax.data.packing import normalize_images
 from llava_jax.data.pipeline import (
     DataConfig,
-    EncodeFn,
     Loader,
     batch_stats,
     build_dataset,
