@@ -40,6 +40,7 @@ from llava_jax.data.packing import (
     PadCollate,
     grouped_order,
     normalize_images,
+    plan_rows,
     stack_rows,
 )
 
@@ -444,6 +445,40 @@ def create_loader(
         # Packed rows all have `row_length` tokens: no need to agree per batch.
         agree_length=config.batching == "pad",
     )
+
+
+def estimate_rows(
+    config: DataConfig, source, tokenizer, *, sample: int = 2000, seed: int = 0
+) -> int:
+    """Rows one epoch yields (packing: from a packed sample of encoded lengths; padding: exact).
+
+    Encodes up to `sample` random examples (text only: no image is read) and
+    packs them as the pipeline does; the rows per sample scale to the source.
+    Use it to size the learning-rate schedule for packed training.
+    """
+    n = len(source)
+    if config.batching == "pad" or n == 0:
+        return n
+    encode = EncodeFn(tokenizer, config)
+    picks = np.random.default_rng(seed).permutation(n)[:sample]
+    lengths, images = [], []
+    for i in picks:
+        out = encode(source[int(i)])
+        if "input_ids" in out:
+            lengths.append(len(out["input_ids"]))
+            images.append(int(out["image"] is not None))
+    rows = 0
+    for s in range(0, len(lengths), config.pack_window):
+        window = slice(s, s + config.pack_window)
+        rows += len(
+            plan_rows(
+                lengths[window],
+                images[window],
+                config.row_length,
+                config.max_images_per_row,
+            )
+        )
+    return max(1, round(rows * n / max(1, len(picks))))
 
 
 def batch_stats(batch: dict) -> dict:

@@ -16,6 +16,7 @@ from llava_jax.data.pipeline import (
     batch_stats,
     build_dataset,
     create_loader,
+    estimate_rows,
     make_global_batch,
     pad_batch_to,
 )
@@ -255,6 +256,20 @@ def test_loader_state_keeps_skip_counts(source, tokenizer):
     other = Loader(build_dataset(CONFIG, source, tokenizer))
     other.set_state(state)
     assert other.skipped == {"empty_turn": 3}
+
+
+def test_estimate_rows(source, tokenizer):
+    rows = sum(
+        b["input_ids"].shape[0]
+        for b in create_loader(
+            dataclasses.replace(CONFIG, global_batch_size=1), source, tokenizer
+        )
+    )
+    estimate = estimate_rows(CONFIG, source, tokenizer)
+    assert abs(estimate - rows) <= 0.2 * rows
+    assert estimate_rows(
+        dataclasses.replace(CONFIG, batching="pad"), source, tokenizer
+    ) == len(source)
 
 
 def test_config_validation():
