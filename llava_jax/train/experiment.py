@@ -27,7 +27,10 @@ def _parse_value(text: str, current):
         except (ValueError, SyntaxError):
             return text
         return value if current is None else (text if not isinstance(value, str) else value)
-    value = ast.literal_eval(text)
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ValueError(f"expected {type(current).__name__}, got {text!r}") from None
     if isinstance(current, float) and isinstance(value, int):
         return float(value)
     if isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)):

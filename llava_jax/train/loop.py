@@ -191,7 +191,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     if is_primary():
         with open(os.path.join(workdir, "experiment.json"), "w") as f:
             f.write(cfg.to_json_best_effort(indent=2))
-    mesh = make_mesh(MeshConfig(**cfg.mesh))
+    mesh_cfg = {k: cfg.mesh[k] for k in ("data", "fsdp", "tensor")}
+    devices = jax.devices()[:cfg.mesh.num_devices] if cfg.mesh.get("num_devices") else None
+    mesh = make_mesh(MeshConfig(**mesh_cfg), devices)
     model = initial_model(cfg, mesh)
     json_path, image_root = data_paths(cfg, workdir)
     from llava_jax.data.pipeline import create_loader

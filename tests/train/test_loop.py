@@ -1,0 +1,169 @@
+"""End-to-end training runs of the tiny config: both stages, sharding equivalence, kill + resume, NaN stop."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import llava_jax
+from llava_jax.train.experiment import load_config
+from llava_jax.train.loop import TrainingDiverged, run
+from llava_jax.train.metrics import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = os.path.join(ROOT, "configs", "tiny.py")
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("synthetic"))
+
+
+def _config(synthetic_dir, *overrides, stage="pretrain"):
+    base = [f"--config.data.synthetic.directory={synthetic_dir}", "--config.data.synthetic.num_captions=96",
+            "--config.data.synthetic.num_qa=96", "--config.data.synthetic.num_eval=8", "--config.progress=False",
+            "--config.batch_size=8", "--config.checkpoint.every_steps=2"]
+    return load_config(f"{TINY}:{stage}", base + list(overrides))
+
+
+def _losses(workdir):
+    return [row["train/loss"] for row in read_metrics(workdir)]
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def _same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(_leaves(a), _leaves(b)))
+
+
+@pytest.mark.slow
+def test_both_stages_learn_and_train_only_their_parameters(synthetic_dir, tmp_path):
+    from llava_jax.config import tiny
+    from llava_jax.data.synthetic import synthetic_tokenizer
+
+    # Stage 1 trains the projector against a frozen LLM. A random tiny LLM's head gives near-uniform
+    # logits that no input can sharpen, so give the frozen LLM a pretrained model's logit scale.
+    init = llava_jax.random_model(tiny(vocab_size=832, image_token_index=768, image_size=56),
+                                  tokenizer=synthetic_tokenizer())
+    init.params["llm"]["lm_head"]["kernel"] = init.params["llm"]["lm_head"]["kernel"] * 30.0
+    init.save(str(tmp_path / "init"))
+    stage1 = _config(synthetic_dir, "--config.init.kind=llava", f"--config.init.path={tmp_path / 'init'}",
+                     "--config.optim.lr=1e-2", "--config.num_steps=24")
+    run(stage1, str(tmp_path / "s1"))
+    losses = _losses(tmp_path / "s1")
+    assert len(losses) == 24
+    assert np.mean(losses[-4:]) < losses[0] - 3.0, losses
+    before, after = llava_jax.load(str(tmp_path / "init")), llava_jax.load(str(tmp_path / "s1" / "final"))
+    assert _same(before.params["vision"], after.params["vision"])
+    assert _same(before.params["llm"], after.params["llm"])
+    assert not _same(before.params["projector"], after.params["projector"])
+
+    stage2 = _config(synthetic_dir, f"--config.init.path={tmp_path / 's1' / 'final'}", "--config.num_steps=24",
+                     "--config.optim.lr=2e-3", stage="finetune")
+    run(stage2, str(tmp_path / "s2"))
+    losses = _losses(tmp_path / "s2")
+    assert np.mean(losses[-4:]) < losses[0] - 1.0, losses
+    final = llava_jax.load(str(tmp_path / "s2" / "final"))
+    assert _same(after.params["vision"], final.params["vision"])
+    assert not _same(after.params["llm"], final.params["llm"])
+    assert not _same(after.params["projector"], final.params["projector"])
+    # A finished workdir is not trained again.
+    assert run(stage2, str(tmp_path / "s2"))["steps"] is None
+
+
+@pytest.mark.slow
+def test_same_losses_on_every_mesh(synthetic_dir, tmp_path):
+    results = {}
+    for name, mesh in {"single": (1, 1, 1, 1), "data": (8, 1, 1, 0), "fsdp": (1, 8, 1, 0),
+                       "mixed": (2, 2, 2, 0)}.items():
+        cfg = _config(synthetic_dir, "--config.num_steps=3", f"--config.mesh.data={mesh[0]}",
+                      f"--config.mesh.fsdp={mesh[1]}", f"--config.mesh.tensor={mesh[2]}",
+                      f"--config.mesh.num_devices={mesh[3]}", "--config.checkpoint.async_save=False")
+        run(cfg, str(tmp_path / name))
+        results[name] = _losses(tmp_path / name)
+    for name, losses in results.items():
+        np.testing.assert_allclose(losses, results["single"], rtol=1e-5, err_msg=name)
+
+
+def _train_cmd(workdir, synthetic_dir, steps):
+    return [sys.executable, "-m", "llava_jax.cli", "train", "--config", TINY, "--workdir", str(workdir),
+            f"--config.num_steps={steps}", f"--config.data.synthetic.directory={synthetic_dir}",
+            "--config.data.synthetic.num_captions=96", "--config.data.synthetic.num_qa=96",
+            "--config.data.synthetic.num_eval=8", "--config.progress=False", "--config.batch_size=8",
+            "--config.checkpoint.every_steps=2"]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_continues_exactly(synthetic_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    subprocess.run(_train_cmd(tmp_path / "full", synthetic_dir, 10), check=True, env=env, capture_output=True)
+    expected = _losses(tmp_path / "full")
+    proc = subprocess.Popen(_train_cmd(tmp_path / "cut", synthetic_dir, 10), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and len(read_metrics(tmp_path / "cut")) < 5:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = len(read_metrics(tmp_path / "cut"))
+    assert 5 <= killed_at < 10, killed_at
+    out = subprocess.run(_train_cmd(tmp_path / "cut", synthetic_dir, 10), env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    resumed = int(out.stdout.split("resumed from")[1].split("step")[1].split()[0])
+    assert 2 <= resumed <= killed_at
+    rows = read_metrics(tmp_path / "cut")
+    np.testing.assert_allclose([r["train/loss"] for r in rows], expected, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_dir, tmp_path):
+    cfg = _config(synthetic_dir, "--config.num_steps=6", "--config.optim.lr=1e30", "--config.optim.warmup_ratio=0.0",
+                  "--config.checkpoint.every_steps=1", "--config.checkpoint.async_save=False")
+    with pytest.raises(TrainingDiverged, match=r"step 2: non-finite loss"):
+        run(cfg, str(tmp_path / "nan"))
+    steps = sorted(int(d) for d in os.listdir(tmp_path / "nan" / "checkpoints") if d.isdigit())
+    assert steps == [1]
+    assert not os.path.exists(tmp_path / "nan" / "final")
+
+
+def test_config_overrides():
+    from llava_jax.train.experiment import apply_overrides
+    from llava_jax.train.defaults import stage2
+
+    c = apply_overrides(stage2(), ["--config.optim.lr=3e-5", "--config.model.freeze_vision=false",
+                                   "--config.trainable=['^projector/']", "--config.data.template=plain",
+                                   "--config.batch_size=64"])
+    assert (c.optim.lr, c.model.freeze_vision, list(c.trainable), c.data.template, c.batch_size) == (
+        3e-5, False, ["^projector/"], "plain", 64)
+    with pytest.raises(KeyError, match="unknown config field 'optim.nope'"):
+        apply_overrides(stage2(), ["--config.optim.nope=1"])
+    with pytest.raises(ValueError, match="expected int"):
+        apply_overrides(stage2(), ["--config.batch_size=abc"])
+
+
+def test_tensorboard_reads_the_event_file(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from llava_jax.train.metrics import MetricsWriter
+
+    writer = MetricsWriter(str(tmp_path))
+    for step in (1, 2, 3):
+        writer.write(step, {"train/loss": 1.0 / step, "train/lr": 1e-3, "note": "text"})
+    writer.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    values = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    assert [s for s, _ in values] == [1, 2, 3]
+    np.testing.assert_allclose([v for _, v in values], [1.0, 0.5, 1 / 3], rtol=1e-6)
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert rows[0] == {"step": 1, "train/loss": 1.0, "train/lr": 1e-3, "note": "text"}
