@@ -21,8 +21,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import grain
 import numpy as np
-from grain._src.python.dataset import dataset as grain_dataset
 
 from llava_jax.data.encode import IGNORE_INDEX, DataError, is_skip
 from llava_jax.data.image import normalize, prepare_pixels
@@ -281,7 +281,7 @@ def grouped_order(
     return batches[rng.permutation(len(batches))]
 
 
-class PackIterDataset(grain_dataset.IterDataset):
+class PackIterDataset(grain.IterDataset):
     """Packs encoded samples (and skip markers) into rows; see the module docstring.
 
     Args:
@@ -314,7 +314,7 @@ class PackIterDataset(grain_dataset.IterDataset):
         return f"PackIterDataset(max_length={self.max_length}, max_images={self.max_images})"
 
 
-class _PackIterator(grain_dataset.DatasetIterator):
+class _PackIterator(grain.DatasetIterator):
     def __init__(self, parent, config: PackIterDataset):
         super().__init__(parent)
         self._cfg = config

@@ -147,6 +147,8 @@ def test_pack_cli_roundtrip(tmp_path, capsys):
 
 def test_tfds_builder(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
+    # tfds needs it for builders inside packages but does not declare it.
+    pytest.importorskip("importlib_resources")
     from llava_jax.data.tfds_builder import LlavaJson, tfds_source
 
     manual = tmp_path / "manual"
