@@ -258,7 +258,7 @@ def activation_bytes(cfg, config: LlavaConfig, mesh_shape, *, platform: str = "c
 
     Counts what the backward pass keeps for the config's remat policy (scan carries
     always; per-layer intermediates for `none`, matmul outputs for `dots*`), plus
-    the largest transient: one layer's backward (recomputed forward and its
+    the largest transient (they do not overlap): one layer's backward (recomputed forward and its
     gradients, with that layer's weights gathered over fsdp and its float32
     gradient before the reduce-scatter), one loss chunk's logits, the frozen
     tower's forward. Elementwise temporaries that fuse away are not counted.
@@ -275,23 +275,29 @@ def activation_bytes(cfg, config: LlavaConfig, mesh_shape, *, platform: str = "c
     scores = rows * heads * t * t * 4 if xla else rows * heads * t * 4 * 2
     # q, k, v, attention out; gate, up, silu(gate), product; two norms, o_proj, residual.
     inner = tok * a * ((2 * n + 2 * k) * h / tp + 4 * f / tp + 4 * d)
-    layer_all = inner + 2 * scores
+    forward = inner + 2 * scores  # one layer's intermediates (scores and probabilities)
+    backward = inner + 2 * scores  # their gradients, live while that layer's backward runs
     policy = llm.remat_policy
     saved_per_layer = {
-        "none": layer_all,
+        "none": forward,
         "dots": tok * a * ((2 * n + 2 * k) * h / tp + 2 * f / tp + 2 * d) + scores,
         "dots_with_no_batch_dims": tok * a * ((n + 2 * k) * h / tp + 2 * f / tp + 2 * d),
         "full": 0,
     }[policy]
     carry = tok * a * d
     llm_saved = llm.num_layers * (carry + saved_per_layer)
-    layer_params = _layer_param_count(config)
-    trainable_llm = any(re.search(p, "llm/layers/mlp/up_proj/kernel") for p in cfg.trainable)
-    gathered = layer_params / tp * a + (layer_params / tp * 4 if trainable_llm else 0)
-    llm_transient = layer_all * (1 if policy == "none" else 2) + gathered
-    # Loss: one chunk's float32 logits, their softmax and gradient; final hidden states and their gradient.
+    frozen_bytes = jnp.dtype(cfg.model.frozen_dtype).itemsize
+    trained = lambda path: any(re.search(pattern, path) for pattern in cfg.trainable)
+    layer_params = _layer_param_count(config) / tp
+    layer_trained = trained("llm/layers/mlp/up_proj/kernel")
+    # One layer's weights gathered over fsdp (and, when trained, their float32 gradient before the reduce-scatter).
+    gathered = layer_params * (8 if layer_trained else frozen_bytes)
+    llm_transient = (forward - saved_per_layer) + backward + gathered
+    # Loss: one chunk's float32 logits, their softmax and gradient, next to the gathered LM head.
     chunk = min(cfg.loss_chunk, t - 1)
-    loss = rows * chunk * llm.vocab_size / tp * 4 * 3 + 2 * tok * d * a
+    head_trained = trained("llm/lm_head/kernel")
+    head = llm.vocab_size * d / tp * (8 if head_trained else frozen_bytes)
+    loss = rows * chunk * llm.vocab_size / tp * 4 * 3 + head
     # Vision: frozen -> forward only, one layer live; trained -> every layer saved.
     images = rows * (1 if cfg.data.batching == "pad" else cfg.data.max_images_per_row)
     p = vis.num_patches + 1
@@ -299,18 +305,14 @@ def activation_bytes(cfg, config: LlavaConfig, mesh_shape, *, platform: str = "c
     v_scores = images * v_heads * p * p * 4 if xla else images * v_heads * p * 4 * 2
     v_layer = images * p * jnp.dtype(vis.dtype).itemsize * (4 * vis.hidden_size + 2 * vis.intermediate_size / tp) \
         + 2 * v_scores
-    vision_trained = not cfg.model.freeze_vision and any(re.search(p_, "vision/layers/mlp/fc1/kernel")
-                                                         for p_ in cfg.trainable)
+    vision_trained = not cfg.model.freeze_vision and trained("vision/layers/mlp/fc1/kernel")
     vision = v_layer * (config.vision_layers_used if vision_trained else 1)
     projector = images * p * a * (config.projector.in_features + 2 * d)
-    embeds = 2 * tok * d * a
-    parts = {
-        "llm_saved": llm_saved,
-        "llm_layer_backward": llm_transient,
-        "loss_chunk": loss,
-        "vision": vision + projector,
-        "embeddings": embeds,
-    }
+    embeds = 2 * tok * d * a  # the merged input embeddings and their gradient
+    transients = {"layer backward": llm_transient, "loss chunk": loss, "vision tower": vision + projector}
+    peak_name = max(transients, key=transients.get)
+    parts = {"saved for backward": llm_saved, "input embeddings": embeds,
+             f"largest transient: {peak_name}": transients[peak_name]}
     return {name: int(v) for name, v in parts.items()}
 
 
@@ -408,18 +410,19 @@ def parse_mesh(text: str | None, devices: int) -> tuple[int, int, int]:
 
 def format_plan(plan: MemoryPlan) -> str:
     """A table of the plan in GiB."""
-    g = lambda n: f"{n / GIB:10.3f} GiB"
+    g = lambda n: f"{n / GIB:9.3f} GiB"
     head = (f"model: {plan.model}; mesh data={plan.mesh[0]} fsdp={plan.mesh[1]} tensor={plan.mesh[2]}; "
             f"attention: {plan.attention}")
+    row = lambda label, n: f"{label:<38}{g(n)}"
     lines = [head,
-             f"  parameters, trainable (float32)  {g(plan.params_trainable)}",
-             f"  parameters, frozen               {g(plan.params_frozen)}",
-             f"  optimizer state                  {g(plan.optimizer)}",
-             f"  gradients (float32)              {g(plan.gradients)}",
-             f"  batch                            {g(plan.batch)}",
-             f"  activations (estimate)           {g(plan.activation_total)}"]
-    lines += [f"    {name:<31}{g(v)}" for name, v in plan.activations.items()]
-    lines.append(f"  total per device                 {g(plan.total)}")
+             row("  parameters, trainable (float32)", plan.params_trainable),
+             row("  parameters, frozen", plan.params_frozen),
+             row("  optimizer state", plan.optimizer),
+             row("  gradients (float32)", plan.gradients),
+             row("  batch", plan.batch),
+             row("  activations (estimate)", plan.activation_total)]
+    lines += [row(f"    {name}", v) for name, v in plan.activations.items()]
+    lines.append(row("  total per device", plan.total))
     if plan.hbm_bytes is not None:
         verdict = "fits" if plan.fits else "does NOT fit"
         lines.append(f"  {verdict} in {plan.hbm_bytes / GIB:.1f} GiB (with 10% headroom)")
