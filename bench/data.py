@@ -202,7 +202,10 @@ def write_throughput_set(directory: str, n: int, seed: int = 0):
 
 def _cpu_seconds() -> tuple[float, float]:
     """CPU seconds used so far by this process and by its live children (grain workers)."""
-    import psutil
+    try:
+        import psutil  # comes with the `tfds` extra; optional here
+    except ImportError:
+        return float("nan"), float("nan")
 
     me = psutil.Process()
     main = sum(me.cpu_times()[:2])
