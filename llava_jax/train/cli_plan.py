@@ -92,8 +92,9 @@ def run(args: argparse.Namespace) -> int:
     print(planning.format_plan(plan))
     if hbm is not None:
         if best is None:
-            print(f"no fsdp size fits {hbm:.1f} GiB on {devices} devices with tensor={shape[2]}: "
-                  "add devices or tensor parallelism, lower the batch, or use remat_policy=full / micro_batches")
+            hint = "" if cfg.model.remat_policy == "full" else ", --config.model.remat_policy=full"
+            print(f"no fsdp size fits {hbm:.1f} GiB on {devices} devices with tensor={shape[2]}: try "
+                  f"--config.micro_batches={2 * cfg.micro_batches}{hint}, more devices or tensor parallelism")
         else:
             print(f"smallest fsdp that fits: --mesh {best.mesh[0]},{best.mesh[1]},{best.mesh[2]} "
                   f"({best.total / planning.GIB:.2f} GiB per device)")
