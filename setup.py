@@ -25,6 +25,8 @@ EXTRAS = {
         "pytest-xdist",
         "ruff",
         "tensorboard",
+        "tensorflow-datasets==4.9.10",
+        "importlib_resources",
         "torch==2.13.0",
         "nbclient",
         "nbformat",
@@ -32,7 +34,7 @@ EXTRAS = {
         "scikit-learn",
         "matplotlib",
     ],
-    "tfds": ["tensorflow-datasets==4.9.10"],
+    "tfds": ["tensorflow-datasets==4.9.10", "importlib_resources"],
 }
 
 setup(

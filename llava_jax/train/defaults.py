@@ -32,7 +32,7 @@ def base() -> ml_collections.ConfigDict:
     ))
     c.data = ml_collections.ConfigDict(dict(
         json="", image_root="", template="vicuna_v1", image_mode="pad", max_length=2048, batching="pad",
-        max_images_per_row=4, pack_window=512, pad_multiple=128, group_factor=1, num_epochs=1,
+        max_images_per_row=4, pack_length=0, pack_window=512, pad_multiple=128, group_factor=1, num_epochs=1,
         num_workers=2, on_error="skip",
         synthetic=ml_collections.ConfigDict(dict(enabled=False, kind="qa", num_captions=2000, num_qa=4000,
                                                  num_eval=500, image_size=84, seed=0, directory="")),

@@ -120,24 +120,24 @@ def data_config(cfg, model: Llava):
         template=d.template, image_mode=d.image_mode, image_size=c.vision.image_size,
         image_seq_length=c.image_seq_length, image_token_index=c.image_token_index, max_length=d.max_length,
         global_batch_size=cfg.batch_size, batching=d.batching, max_images_per_row=d.max_images_per_row,
-        pack_window=d.pack_window, pad_multiple=d.pad_multiple, group_factor=d.group_factor, seed=cfg.seed,
+        pack_length=d.pack_length or None, pack_window=d.pack_window, pad_multiple=d.pad_multiple, group_factor=d.group_factor, seed=cfg.seed,
         num_epochs=d.num_epochs if d.num_epochs else None, num_workers=d.num_workers, on_error=d.on_error,
         pad_token_id=int(pad_id),
     )
 
 
-def estimate_steps(cfg, source) -> int:
-    """Optimizer steps: `num_steps`, else one pass of `num_epochs` over the source (packing estimated)."""
+def estimate_steps(cfg, source, data_cfg, tokenizer) -> int:
+    """Optimizer steps: `num_steps`, else one pass of `num_epochs` over the source.
+
+    Padding: samples / batch. Packing: rows estimated by encoding a sample of the
+    source and packing it as the pipeline does (`estimate_rows`).
+    """
     if cfg.num_steps:
         return int(cfg.num_steps)
-    epochs = cfg.data.num_epochs or 1
-    samples = len(source) * epochs
-    if cfg.data.batching == "pad":
-        return max(1, math.ceil(samples / cfg.batch_size))
-    from llava_jax.data.sources import compute_modality_lengths
+    from llava_jax.data.pipeline import estimate_rows
 
-    lengths = np.abs(compute_modality_lengths(source)).astype(np.int64)
-    rows = math.ceil(int(lengths.sum()) * epochs / (cfg.data.max_length * 0.95))
+    epochs = cfg.data.num_epochs or 1
+    rows = estimate_rows(data_cfg, source, tokenizer, seed=cfg.seed) * epochs
     return max(1, math.ceil(rows / cfg.batch_size))
 
 
@@ -200,14 +200,15 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     from llava_jax.data.sources import open_source
 
     source = open_source(json_path, image_root)
-    total_steps = estimate_steps(cfg, source)
+    data_cfg = data_config(cfg, model)
+    total_steps = estimate_steps(cfg, source, data_cfg, model.tokenizer)
     part_lrs = ((r"^projector/", cfg.lora.projector_lr),) if cfg.lora.rank else ()
     optim_cfg = OptimConfig(**{k: cfg.optim[k] for k in cfg.optim}, part_lrs=part_lrs)
     trainable_init, _ = split(model.params, list(cfg.trainable))
     optimizer, lr_fn = make_optimizer(optim_cfg, total_steps, trainable_init)
     del trainable_init
     state = build_state(cfg, model, optimizer)
-    loader = create_loader(data_config(cfg, model), source, model.tokenizer, mesh=mesh)
+    loader = create_loader(data_cfg, source, model.tokenizer, mesh=mesh)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=cfg.checkpoint.every_steps,
                         keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     start = ckpt.latest_step()
