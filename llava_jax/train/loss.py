@@ -42,7 +42,6 @@ def chunked_cross_entropy(hidden, targets, head_fn, chunk: int = 512):
     hs = hidden.reshape(b, n, chunk, d).swapaxes(0, 1)
     ts = targets.reshape(b, n, chunk).swapaxes(0, 1)
 
-    @jax.checkpoint
     def chunk_nll(h, tgt):
         logits = head_fn(h).astype(jnp.float32)
         valid = tgt != IGNORE_INDEX
@@ -50,6 +49,10 @@ def chunked_cross_entropy(hidden, targets, head_fn, chunk: int = 512):
         picked = jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
         nll = jax.nn.logsumexp(logits, axis=-1) - picked
         return jnp.sum(jnp.where(valid, nll, 0.0))
+
+    if n == 1:  # one chunk: nothing to save by rematerialising the logits
+        return chunk_nll(hs[0], ts[0]), jnp.sum(targets != IGNORE_INDEX).astype(jnp.int32)
+    chunk_nll = jax.checkpoint(chunk_nll)
 
     def body(total, xs):
         return total + chunk_nll(*xs), None
