@@ -40,4 +40,5 @@ def get_config(stage: str = "pretrain"):
     c.model.frozen_dtype = "float32"
     c.model.remat_policy = "none"
     c.checkpoint.every_steps = 10
+    c.export_hf = False
     return c

@@ -18,7 +18,7 @@ import numpy as np
 
 from llava_jax.config import LlavaConfig
 from llava_jax.convert.keymap import TensorSpec, canonical_key, hf_save_key, tensor_specs, torch_shape
-from llava_jax.convert.tensors import CheckpointError, open_weights, weight_files, write_safetensors
+from llava_jax.convert.tensors import CheckpointError, open_weights, write_safetensors
 from llava_jax.model.params import abstract_params, param_shardings
 from llava_jax.sharding import DEFAULT_RULES, Rules
 
@@ -113,7 +113,7 @@ def iter_params(config: LlavaConfig, sources: Mapping[str, tuple[object, str]], 
         if shardings is None:
             value = jax.device_put(full)
         else:
-            value = jax.make_array_from_callback(shape, _get_in(shardings, spec.path), lambda idx: full[idx])
+            value = jax.make_array_from_callback(shape, _get_in(shardings, spec.path), lambda idx, a=full: a[idx])
         del full
         yield spec.path, value
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import math
 import os
@@ -141,6 +140,20 @@ def estimate_steps(cfg, source, data_cfg, tokenizer) -> int:
     return max(1, math.ceil(rows / cfg.batch_size))
 
 
+def build_mesh(cfg):
+    """The (data, fsdp, tensor) mesh of `cfg.mesh`: a named preset or explicit sizes."""
+    from llava_jax.sharding import MESH_PRESETS
+
+    if cfg.mesh.get("preset"):
+        if cfg.mesh.preset not in MESH_PRESETS:
+            raise ValueError(f"mesh.preset {cfg.mesh.preset!r} not in {sorted(MESH_PRESETS)}")
+        mesh_cfg = MESH_PRESETS[cfg.mesh.preset]
+    else:
+        mesh_cfg = MeshConfig(**{k: cfg.mesh[k] for k in ("data", "fsdp", "tensor")})
+    devices = jax.devices()[:cfg.mesh.num_devices] if cfg.mesh.get("num_devices") else None
+    return make_mesh(mesh_cfg, devices)
+
+
 # ------------------------------------------------------------------------ state
 def _state_shardings(state: TrainState):
     return jax.tree.map(lambda x: x.sharding, state)
@@ -191,9 +204,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     if is_primary():
         with open(os.path.join(workdir, "experiment.json"), "w") as f:
             f.write(cfg.to_json_best_effort(indent=2))
-    mesh_cfg = {k: cfg.mesh[k] for k in ("data", "fsdp", "tensor")}
-    devices = jax.devices()[:cfg.mesh.num_devices] if cfg.mesh.get("num_devices") else None
-    mesh = make_mesh(MeshConfig(**mesh_cfg), devices)
+    mesh = build_mesh(cfg)
     model = initial_model(cfg, mesh)
     json_path, image_root = data_paths(cfg, workdir)
     from llava_jax.data.pipeline import create_loader
@@ -288,7 +299,10 @@ def _host_stats(batch) -> dict:
     seg = batch["segment_ids"]
     tokens = int(jax.device_get(jnp.sum(seg > 0))) if not isinstance(seg, np.ndarray) else int((seg > 0).sum())
     mask = batch.get("image_mask")
-    images = 0 if mask is None else int(np.asarray(jax.device_get(mask)).sum())
+    if mask is None:
+        images = 0
+    else:  # a global array spans other processes' devices: reduce on device, fetch the replicated sum
+        images = int(mask.sum()) if isinstance(mask, np.ndarray) else int(jax.device_get(jnp.sum(mask)))
     return {"tokens": tokens, "images": images, "seq_len": int(seg.shape[1])}
 
 
