@@ -1,0 +1,164 @@
+"""Multi-host code paths on one machine: `launch/local.sh` with 2 processes x 4 CPU devices (gloo).
+
+One set of runs of the tiny config (one compiled shape), shared by the tests:
+  R  one process, 8 devices, in this pytest process: the reference losses;
+  A  2 processes; once 3 steps are logged, process 1 is SIGKILLed;
+  B  both processes restarted on A's workdir: resumes from A's last checkpoint;
+  C  one process, 8 devices, on a copy of that checkpoint.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LOCAL = REPO / "launch" / "local.sh"
+STEPS = 12
+OVERRIDES = [
+    f"--config.num_steps={STEPS}", "--config.checkpoint.every_steps=2", "--config.progress=False",
+    "--config.data.synthetic.num_captions=96", "--config.data.synthetic.num_qa=16",
+    "--config.data.synthetic.num_eval=8",
+]
+RTOL = 1e-5
+PEER_LOSS_LIMIT_S = 90
+
+
+def _train_args(workdir: Path) -> list[str]:
+    return ["--config", str(REPO / "configs" / "tiny.py"), "--workdir", str(workdir), *OVERRIDES]
+
+
+def _losses(workdir: Path) -> dict[int, float]:
+    """step -> loss from metrics.jsonl; a step logged twice (re-run after a restart) keeps its last value."""
+    out = {}
+    with open(workdir / "metrics.jsonl") as f:
+        for line in f:
+            row = json.loads(line)
+            out[row["step"]] = row["train/loss"]
+    return out
+
+
+def _committed_steps(workdir: Path) -> list[int]:
+    ckpt = workdir / "checkpoints"
+    return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.exists() else []
+
+
+def _local(n: int, workdir: Path, logdir: Path, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    cmd = ["bash", str(LOCAL), "--logdir", str(logdir), *extra, str(n), *_train_args(workdir)]
+    return subprocess.run(cmd, cwd=REPO, check=False, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _kill_run(workdir: Path, logdir: Path) -> dict:
+    """Run A: start 2 processes, SIGKILL process 1 after 3 logged steps, time the survivor's exit."""
+    cmd = ["bash", str(LOCAL), "--logdir", str(logdir), "2", *_train_args(workdir)]
+    with open(logdir.parent / "a_launcher.log", "w") as out:
+        launcher = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 600
+        while time.time() < deadline and launcher.poll() is None:
+            if (workdir / "metrics.jsonl").exists() and len(_losses(workdir)) >= 3:
+                break
+            time.sleep(0.1)
+        assert launcher.poll() is None, f"run A ended before the kill: {(logdir / 'process_0.log').read_text()[-3000:]}"
+        assert len(_losses(workdir)) < STEPS, "run A finished before the kill"
+        victim = int((logdir / "process_1.pid").read_text())
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.time()
+        status_file = logdir / "process_0.status"
+        while not status_file.exists() and time.time() - killed_at < 300:
+            time.sleep(0.1)
+        survivor_s = time.time() - killed_at
+        launcher_rc = launcher.wait(timeout=300)
+    return {"survivor_s": survivor_s, "launcher_rc": launcher_rc,
+            "survivor_status": int(status_file.read_text()) if status_file.exists() else None,
+            "survivor_log": (logdir / "process_0.log").read_text(), "checkpoints": _committed_steps(workdir),
+            "losses": _losses(workdir)}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    import jax
+
+    from llava_jax.train.experiment import load_config
+    from llava_jax.train.loop import run
+
+    assert jax.device_count() == 8 and jax.process_count() == 1
+    root = tmp_path_factory.mktemp("multiprocess")
+    # R: the reference, one process with 8 devices.
+    run(load_config(str(REPO / "configs" / "tiny.py"), OVERRIDES), str(root / "r"))
+    out = {"r": _losses(root / "r")}
+    # A: 2 processes, one killed.
+    (root / "a_logs").mkdir()
+    out["a"] = _kill_run(root / "a", root / "a_logs")
+    last = out["a"]["checkpoints"][-1] if out["a"]["checkpoints"] else None
+    out["last_checkpoint"] = last
+    # C's checkpoint is copied before B writes newer ones (and drops old ones).
+    if last is not None:
+        shutil.copytree(root / "a" / "checkpoints" / str(last), root / "c" / "checkpoints" / str(last))
+    # B: both restarted on A's workdir.
+    out["b_proc"] = _local(2, root / "a", root / "b_logs")
+    out["b_log"] = (root / "b_logs" / "process_0.log").read_text()
+    out["b"] = _losses(root / "a")
+    # C: one process, 8 devices, from the 2-process checkpoint.
+    if last is not None:
+        out["c_proc"] = _local(1, root / "c", root / "c_logs", "--devices", "8")
+        out["c_log"] = (root / "c_logs" / "process_0.log").read_text()
+        out["c"] = _losses(root / "c")
+    return out
+
+
+def _assert_same(got: dict, want: dict, steps):
+    for step in steps:
+        assert got[step] == pytest.approx(want[step], rel=RTOL), (step, got[step], want[step])
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(runs):
+    """Steps 1-3 on 2 processes x 4 devices equal 1 process x 8 devices."""
+    assert len(runs["r"]) == STEPS
+    _assert_same(runs["a"]["losses"], runs["r"], range(1, 4))
+
+
+@pytest.mark.slow
+def test_killed_peer_stops_the_survivor_with_a_clear_error(runs):
+    a = runs["a"]
+    assert a["survivor_s"] < PEER_LOSS_LIMIT_S, a["survivor_log"][-3000:]
+    assert a["survivor_status"] not in (None, 0)
+    assert a["launcher_rc"] != 0
+    assert "lost a peer process" in a["survivor_log"] or "another task died" in a["survivor_log"], \
+        a["survivor_log"][-3000:]
+
+
+@pytest.mark.slow
+def test_restarting_both_resumes_from_the_last_checkpoint(runs):
+    last = runs["last_checkpoint"]
+    assert last is not None, "run A committed no checkpoint before the kill"
+    proc = runs["b_proc"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"step {last}" in runs["b_log"] and "resumed from" in runs["b_log"]
+    _assert_same(runs["b"], runs["r"], range(last + 1, STEPS + 1))
+
+
+@pytest.mark.slow
+def test_one_process_restores_the_two_process_checkpoint(runs):
+    last = runs["last_checkpoint"]
+    assert last is not None
+    proc = runs["c_proc"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resumed from" in runs["c_log"] and f"step {last}" in runs["c_log"]
+    assert sorted(runs["c"]) == list(range(last + 1, STEPS + 1))
+    _assert_same(runs["c"], runs["r"], range(last + 1, STEPS + 1))
+
+
+def test_local_sh_usage_errors():
+    """Not slow: argument checking happens before any Python starts."""
+    proc = subprocess.run(["bash", str(LOCAL)], check=False, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "number of processes" in proc.stderr
+    proc = subprocess.run(["bash", str(LOCAL), "--bogus", "2"], check=False, capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 2 and "unknown option" in proc.stderr
