@@ -1,4 +1,4 @@
-"""Device side of generation: prefill, and the jitted decode loop.
+"""Device side of generation: prefill, the first token, and the jitted decode loop.
 
 Letters: B batch rows, T prompt length, S cache length, N max new tokens,
 V vocab, L layers, K key/value heads, H head dim.
@@ -67,17 +67,17 @@ def _step_key(seed_key, step):
     return jax.random.fold_in(seed_key, step)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "cache_len", "num_new", "mode", "keep_logits", "unrolled"))
-def prefill(params, input_ids, images, mask, seed_key, temperature, top_p, stop_ids, pad_id, *,
-            config: LlavaConfig, cache_len: int, num_new: int, mode: SamplingMode, keep_logits: bool,
-            unrolled: bool):
-    """Run the prompt and choose token 0.
+@functools.partial(jax.jit, static_argnames=("config", "cache_len", "unrolled"))
+def prefill(params, input_ids, images, mask, *, config: LlavaConfig, cache_len: int, unrolled: bool):
+    """Run the prompt once, filling cache slots [0, T).
+
+    Independent of the sampling settings, so it compiles once per prompt shape.
 
     Args:
       input_ids: int32[B, T] left-padded prompts; images: float[B, M, S, S, 3] or None.
-      mask: bool[B, T] real tokens. stop_ids: int32[K] ids ending a row. pad_id: int32[].
+      mask: bool[B, T] real tokens.
     Returns:
-      The decode state (module docstring) with `step` = 1.
+      (float32[B, V] logits of the last position, cache, int32[B] position of the next token).
     """
     b = input_ids.shape[0]
     positions = jnp.where(mask, jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
@@ -89,9 +89,22 @@ def prefill(params, input_ids, images, mask, seed_key, temperature, top_p, stop_
         cache = {name: tuple(c[i] for i in range(c.shape[0])) for name, c in cache.items()}
     # Left padding puts every row's last real token in the last column: project only that one.
     logits = model.apply({"params": params}, hidden[:, -1:], method=LlavaModel.logits_from_hidden)[:, 0]
+    return logits, cache, positions[:, -1] + 1
+
+
+@functools.partial(jax.jit, static_argnames=("num_new", "mode", "keep_logits"), donate_argnames=("cache",))
+def first_token(logits, cache, position, seed_key, temperature, top_p, stop_ids, pad_id, *, num_new: int,
+          mode: SamplingMode, keep_logits: bool):
+    """Choose token 0 from the prefill logits; returns the decode state with `step` = 1.
+
+    Args:
+      logits: float32[B, V]; cache, position: from `prefill`.
+      stop_ids: int32[K] ids that end a row; pad_id: int32[] filler after a row ends.
+    """
+    b = logits.shape[0]
     token = sample_tokens(logits, _step_key(seed_key, 0), temperature, top_p, mode)
-    state = {"cache": cache, "token": token, "position": positions[:, -1] + 1, "done": jnp.isin(token, stop_ids),
-                 "out": jnp.full((b, num_new), pad_id, jnp.int32).at[:, 0].set(token), "step": jnp.int32(1)}
+    state = {"cache": cache, "token": token, "position": position, "done": jnp.isin(token, stop_ids),
+             "out": jnp.full((b, num_new), pad_id, jnp.int32).at[:, 0].set(token), "step": jnp.int32(1)}
     if keep_logits:
         state["logits"] = jnp.zeros((b, num_new, logits.shape[-1]), jnp.float32).at[:, 0].set(logits)
     return state
@@ -133,7 +146,7 @@ def decode(params, layers, state, limit, prompt_mask, seed_key, temperature, top
 
     Args:
       layers: `layer_params(model)` for the unrolled layout, None for the scanned one.
-      state: from `prefill` or an earlier `decode` (donated).
+      state: from `first_token` or an earlier `decode` (donated).
       limit: int32[] step to stop at (traced: chunked calls share one compilation).
       prompt_mask: bool[B, T] real prompt tokens.
     """

@@ -31,7 +31,13 @@ import numpy as np
 
 from llava_jax.api import _context, images_per_row
 from llava_jax.config import LlavaConfig
-from llava_jax.infer.decode import decode, layer_params, prefill, resolve_layout
+from llava_jax.infer.decode import (
+    decode,
+    first_token,
+    layer_params,
+    prefill,
+    resolve_layout,
+)
 from llava_jax.infer.sampling import SamplingMode
 
 StreamCallback = Callable[[list], None]
@@ -160,7 +166,8 @@ def generate(model, input_ids, pixel_values=None, attention_mask=None, *, max_ne
       max_len: KV cache length S (default T + max_new_tokens); too small raises.
       pad_to_multiple: left-pad T to a multiple of this, so varying prompts share compiled shapes.
       stream: called with a list of B text deltas as tokens arrive (needs the tokenizer).
-      chunk_size: tokens per jitted loop call when streaming or checking stop strings (default 1 / 8).
+      chunk_size: tokens per jitted loop call when streaming or checking stop strings (default 1 / 8);
+        given alone, decodes in chunks anyway (same tokens, for tests).
       layout: decoder weight/cache layout, `scan`, `unrolled` or `auto`; see `llava_jax.infer.decode`.
       return_logits: also return the logits that chose each token.
       timings: a dict to fill with `prefill_s` (to the first token, on the host), `decode_s`, `steps`.
@@ -222,14 +229,16 @@ def generate(model, input_ids, pixel_values=None, attention_mask=None, *, max_ne
     start = time.perf_counter()
     with _context(model.mesh, model.rules):
         layers = layer_params(model) if unrolled else None
-        state = prefill(model.params, ids, images, mask, **consts, config=config, cache_len=cache_len,
-                        num_new=max_new_tokens, mode=mode, keep_logits=return_logits, unrolled=unrolled)
+        logits, cache, position = prefill(model.params, ids, images, mask, config=config, cache_len=cache_len,
+                                          unrolled=unrolled)
+        state = first_token(logits, cache, position, **consts, num_new=max_new_tokens, mode=mode,
+                            keep_logits=return_logits)
         if timings is not None:
             jax.block_until_ready(state["token"])
             timings["prefill_s"] = time.perf_counter() - start
         run = functools.partial(decode, model.params, layers, prompt_mask=jnp.asarray(mask), **consts,
                                 config=config, mode=mode)
-        if stream is None and not stop_strings:
+        if stream is None and not stop_strings and chunk_size is None:
             state = run(state, jnp.int32(max_new_tokens))
             watcher = None
         else:

@@ -41,19 +41,18 @@ def left_padded_batch(config, lengths=(14, 9, 11), images=(1, 1, 0), seed=0):
 
 
 @pytest.fixture(scope="session")
-def tokenizer_dir(tmp_path_factory):
-    from tests.data.helpers import write_tokenizer
+def chat_model():
+    """A tiny random `Llava` with the project's small SentencePiece tokenizer (the shipped asset).
 
-    return write_tokenizer(str(tmp_path_factory.mktemp("tokenizer")))
-
-
-@pytest.fixture(scope="session")
-def chat_model(tokenizer_dir):
-    """A tiny random `Llava` with a 512-piece SentencePiece tokenizer (image token id 512, past the vocab)."""
-    import transformers
-
+    The LLM's vocabulary is the SentencePiece pieces; the image id (the tokenizer's `<image>`,
+    right after them) lies past it, so answers never contain it.
+    """
     import llava_jax
     from llava_jax.config import tiny
+    from llava_jax.data.synthetic.tokenizer import synthetic_tokenizer
 
-    tok = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
-    return llava_jax.random_model(tiny(vocab_size=512, image_token_index=512), seed=3, tokenizer=tok)
+    tok = synthetic_tokenizer()
+    image_id = tok.convert_tokens_to_ids("<image>")
+    assert image_id == tok.vocab_size
+    return llava_jax.random_model(tiny(vocab_size=tok.vocab_size, image_token_index=image_id), seed=3,
+                                  tokenizer=tok)

@@ -40,13 +40,13 @@ def test_one_shot_prompt_prints_the_answer(chat_model, model_dir, image_path, ca
 
 def test_interactive_session_keeps_the_conversation(chat_model, model_dir, image_path):
     out = io.StringIO()
-    args = _args("--model", model_dir, "--image", image_path, "--temperature", "0", "--max-new-tokens", "6")
+    args = _args("--model", model_dir, "--image", image_path, "--temperature", "0", "--max-new-tokens", "8")
     assert cli_chat.run(args, stdin=io.StringIO("What is this?\nAnd the colour?\n"), stdout=out) == 0
     text = out.getvalue()
     assert text.count("USER: ") == 3 and text.count("ASSISTANT: ") == 2
-    first = chat(chat_model, image_path, "What is this?", max_new_tokens=6)[0]
+    first = chat(chat_model, image_path, "What is this?", max_new_tokens=8)[0]
     turns = [("user", "What is this?"), ("assistant", first), ("user", "And the colour?")]
-    second = chat(chat_model, image_path, [turns], max_new_tokens=6)[0]
+    second = chat(chat_model, image_path, [turns], max_new_tokens=8)[0]
     assert f"ASSISTANT: {first}" in text and f"ASSISTANT: {second}" in text
 
 
