@@ -20,7 +20,7 @@ import os
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `llava-jax plan` (config overrides pass through as `--config.x=y`)."""
     parser.add_argument("--config", required=True, help="experiment file exposing get_config(), e.g. configs/finetune_13b.py")
-    parser.add_argument("--mesh", default=None, help="data,fsdp,tensor (one may be -1); default: the config's mesh")
+    parser.add_argument("--mesh", default=None, help="data,fsdp,tensor, one may be -1 (write --mesh=-1,8,1); default: the config's mesh")
     parser.add_argument("--devices", type=int, default=None,
                         help="number of devices (default: the mesh's product, else this machine's device count)")
     parser.add_argument("--hbm-gib", type=float, default=None,
@@ -91,13 +91,18 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(planning.format_plan(plan))
     if hbm is not None:
-        if best is None:
+        shards = [devices // (shape[2] * f) * f for f in planning.fsdp_candidates(devices, shape[2])]
+        if best is None and all(cfg.batch_size % n for n in shards):
+            print(f"no mesh with tensor={shape[2]} fits the batch: the global batch ({cfg.batch_size}) must be a "
+                  f"multiple of data*fsdp = {devices // shape[2]}; raise tensor or --config.batch_size")
+        elif best is None:
             hint = "" if cfg.model.remat_policy == "full" else ", --config.model.remat_policy=full"
             print(f"no fsdp size fits {hbm:.1f} GiB on {devices} devices with tensor={shape[2]}: try "
                   f"--config.micro_batches={2 * cfg.micro_batches}{hint}, more devices or tensor parallelism")
         else:
-            print(f"smallest fsdp that fits: --mesh {best.mesh[0]},{best.mesh[1]},{best.mesh[2]} "
-                  f"({best.total / planning.GIB:.2f} GiB per device)")
+            d, f, t = best.mesh
+            print(f"smallest fsdp that fits: --mesh {d},{f},{t} ({best.total / planning.GIB:.2f} GiB per device); "
+                  f"train with --config.mesh.data={d} --config.mesh.fsdp={f} --config.mesh.tensor={t}")
     return 0
 
 
