@@ -7,7 +7,6 @@ F MLP width, L layers.
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from llava_jax.config import VisionConfig
