@@ -168,7 +168,8 @@ def generate(model, input_ids, pixel_values=None, attention_mask=None, *, max_ne
       stream: called with a list of B text deltas as tokens arrive (needs the tokenizer).
       chunk_size: tokens per jitted loop call when streaming or checking stop strings (default 1 / 8);
         given alone, decodes in chunks anyway (same tokens, for tests).
-      layout: decoder weight/cache layout, `scan`, `unrolled` or `auto`; see `llava_jax.infer.decode`.
+      layout: decoder weight/cache layout, `scan`, `unrolled` or `auto` (unrolled when its weight
+        copy fits); see `llava_jax.infer.decode`.
       return_logits: also return the logits that chose each token.
       timings: a dict to fill with `prefill_s` (to the first token, on the host), `decode_s`, `steps`.
     Returns:
@@ -222,7 +223,7 @@ def generate(model, input_ids, pixel_values=None, attention_mask=None, *, max_ne
     b, t = ids.shape
     cache_len = t + max_new_tokens if max_len is None else max_len
     mode = SamplingMode.of(temperature, top_k, top_p)
-    unrolled = resolve_layout(layout) == "unrolled"
+    unrolled = resolve_layout(layout, model) == "unrolled"
     consts = {"seed_key": jax.random.PRNGKey(seed), "temperature": jnp.float32(temperature or 1.0),
                   "top_p": jnp.float32(top_p), "stop_ids": jnp.asarray(stop_ids or (-1,), jnp.int32),
                   "pad_id": jnp.int32(pad_token_id)}

@@ -179,3 +179,13 @@ def test_sharded_model_generates_the_same_tokens(hf_pair, tmp_path, layout):
     ids, pixels, mask = left_padded_batch(hf.config, lengths=(14, 7, 10, 12), images=(1, 1, 0, 1), seed=8)
     kw = {"max_new_tokens": N, "eos_token_id": (), "layout": layout}
     np.testing.assert_array_equal(sharded.generate(ids, pixels, mask, **kw), model.generate(ids, pixels, mask, **kw))
+
+
+def test_layout_choice(hf_pair):
+    from llava_jax.infer.decode import resolve_layout
+
+    _, model = hf_pair
+    assert resolve_layout("auto", model) == "unrolled"  # CPU devices report no memory limit
+    assert resolve_layout("scan", model) == "scan"
+    with pytest.raises(ValueError, match="layout 'fast' not in"):
+        resolve_layout("fast", model)
