@@ -6,7 +6,8 @@ every run makes exactly 64 tokens. Reports time to first token (prefill,
 image encoding included) and decode tokens/s (tokens after the first, all
 rows) for batch 1 and 8, and the llava_jax / transformers ratios.
 
-Run: `.venv/bin/python bench/generate.py [--batches 1 8] [--repeats 3]`.
+Run: `.venv/bin/python bench/generate.py [--batches 1 8] [--repeats 3] [--layout auto|scan|unrolled]`;
+llava_jax alone on a GPU: `JAX_PLATFORMS=cuda python bench/generate.py --no-hf --layout scan`.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    parser.add_argument("--no-hf", action="store_true", help="llava_jax only (e.g. on a GPU, with JAX_PLATFORMS)")
     parser.add_argument("--layout", default="auto", choices=("auto", "scan", "unrolled"),
                         help="llava_jax decoder layout (see llava_jax.infer.decode)")
     args = parser.parse_args(argv)
@@ -115,8 +117,13 @@ def main(argv=None) -> int:
     for batch in args.batches:
         ids, pixels = make_inputs(model.config, batch)
         time_jax(model, ids, pixels, args.layout)  # compiles
-        time_hf(hf, ids, pixels)  # warm-up
         ours, theirs = [], []
+        if args.no_hf:
+            ours = [time_jax(model, ids, pixels, args.layout) for _ in range(args.repeats)]
+            o_ttft, o_tps = (statistics.median(x) for x in zip(*ours))
+            print(f"| {batch} | {o_ttft:.4f} | - | - | {o_tps:.1f} | - | - |", flush=True)
+            continue
+        time_hf(hf, ids, pixels)  # warm-up
         # Interleaved, so that load from other processes on a shared machine hits both alike.
         for _ in range(args.repeats):
             ours.append(time_jax(model, ids, pixels, args.layout))
