@@ -30,17 +30,16 @@ class SamplingMode:
 def filter_top_p(logits, top_p):
     """Mask float32[B, C] logits outside the smallest set whose probability exceeds `top_p`.
 
-    As HF's `TopPLogitsWarper`: a token is removed when the probability mass of
-    the tokens ranked above it already reaches `top_p`, so the top token stays.
+    HF's `TopPLogitsWarper` rule, in its arithmetic (ascending sort, cumulative
+    sum, drop while it stays <= 1 - top_p): the most likely token always stays.
     """
-    order = jnp.argsort(-logits, axis=-1)
-    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    keep_sorted = mass_before < top_p
+    order = jnp.argsort(logits, axis=-1)
+    probs = jax.nn.softmax(jnp.take_along_axis(logits, order, axis=-1), axis=-1)
+    drop_sorted = jnp.cumsum(probs, axis=-1) <= 1 - top_p
+    drop_sorted = drop_sorted.at[:, -1].set(False)
     rows = jnp.arange(logits.shape[0])[:, None]
-    keep = jnp.zeros_like(keep_sorted).at[rows, order].set(keep_sorted)
-    return jnp.where(keep, logits, -jnp.inf)
+    drop = jnp.zeros_like(drop_sorted).at[rows, order].set(drop_sorted)
+    return jnp.where(drop, -jnp.inf, logits)
 
 
 def sample_tokens(logits, key, temperature, top_p, mode: SamplingMode):
