@@ -1,7 +1,7 @@
 """Multi-host code paths on one machine: `launch/local.sh` with 2 processes x 4 CPU devices (gloo).
 
 One set of runs of the tiny config (one compiled shape), shared by the tests:
-  R  one process, 8 devices, in this pytest process: the reference losses;
+  R  one process, 8 devices: the reference losses;
   A  2 processes; once 3 steps are logged, process 1 is SIGKILLed;
   B  both processes restarted on A's workdir: resumes from A's last checkpoint;
   C  one process, 8 devices, on a copy of that checkpoint.
@@ -48,9 +48,14 @@ def _committed_steps(workdir: Path) -> list[int]:
     return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.exists() else []
 
 
-def _local(n: int, workdir: Path, logdir: Path, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    cmd = ["bash", str(LOCAL), "--logdir", str(logdir), *extra, str(n), *_train_args(workdir)]
-    return subprocess.run(cmd, cwd=REPO, check=False, capture_output=True, text=True,
+def _env(root: Path) -> dict:
+    # Runs with the same device layout (R and C; A and B) share compiled executables: half the compile time.
+    return dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"))
+
+
+def _local(n: int, workdir: Path, logdir: Path, *, options=(), train=(), timeout: float = 600):
+    cmd = ["bash", str(LOCAL), "--logdir", str(logdir), *options, str(n), *_train_args(workdir), *train]
+    return subprocess.run(cmd, cwd=REPO, env=_env(workdir.parent), check=False, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -58,7 +63,7 @@ def _kill_run(workdir: Path, logdir: Path) -> dict:
     """Run A: start 2 processes, SIGKILL process 1 after 3 logged steps, time the survivor's exit."""
     cmd = ["bash", str(LOCAL), "--logdir", str(logdir), "2", *_train_args(workdir)]
     with open(logdir.parent / "a_launcher.log", "w") as out:
-        launcher = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        launcher = subprocess.Popen(cmd, cwd=REPO, env=_env(workdir.parent), stdout=out, stderr=subprocess.STDOUT)
         deadline = time.time() + 600
         while time.time() < deadline and launcher.poll() is None:
             if (workdir / "metrics.jsonl").exists() and len(_losses(workdir)) >= 3:
@@ -82,15 +87,10 @@ def _kill_run(workdir: Path, logdir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    import jax
-
-    from llava_jax.train.experiment import load_config
-    from llava_jax.train.loop import run
-
-    assert jax.device_count() == 8 and jax.process_count() == 1
     root = tmp_path_factory.mktemp("multiprocess")
     # R: the reference, one process with 8 devices.
-    run(load_config(str(REPO / "configs" / "tiny.py"), OVERRIDES), str(root / "r"))
+    proc = _local(1, root / "r", root / "r_logs", options=["--devices", "8"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = {"r": _losses(root / "r")}
     # A: 2 processes, one killed.
     (root / "a_logs").mkdir()
@@ -101,12 +101,13 @@ def runs(tmp_path_factory):
     if last is not None:
         shutil.copytree(root / "a" / "checkpoints" / str(last), root / "c" / "checkpoints" / str(last))
     # B: both restarted on A's workdir.
-    out["b_proc"] = _local(2, root / "a", root / "b_logs")
+    # B also asks for the HF export (the default of real configs), which a multi-process run defers.
+    out["b_proc"] = _local(2, root / "a", root / "b_logs", train=["--config.export_hf=True"])
     out["b_log"] = (root / "b_logs" / "process_0.log").read_text()
     out["b"] = _losses(root / "a")
     # C: one process, 8 devices, from the 2-process checkpoint.
     if last is not None:
-        out["c_proc"] = _local(1, root / "c", root / "c_logs", "--devices", "8")
+        out["c_proc"] = _local(1, root / "c", root / "c_logs", options=["--devices", "8"])
         out["c_log"] = (root / "c_logs" / "process_0.log").read_text()
         out["c"] = _losses(root / "c")
     return out
@@ -141,6 +142,7 @@ def test_restarting_both_resumes_from_the_last_checkpoint(runs):
     proc = runs["b_proc"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"step {last}" in runs["b_log"] and "resumed from" in runs["b_log"]
+    assert "llava-jax export" in runs["b_log"]
     _assert_same(runs["b"], runs["r"], range(last + 1, STEPS + 1))
 
 
