@@ -1,0 +1,260 @@
+"""`llava-jax demo`: train a small LLaVA end to end on the synthetic shapes task, evaluate it, chat with it.
+
+  llava-jax demo [--workdir DIR] [--quick]
+
+Steps, each skipped when its output already exists (so a rerun resumes):
+
+  data     `write_synthetic_dataset` -> DIR/data (captions, QA, held-out questions)
+  stage0a  tower pretraining (not LLaVA; stands in for CLIP): the random vision
+           tower trained as a scene classifier on the stage-1 images -> DIR/stage0a
+  stage0b  LLM pretraining (not LLaVA; stands in for Vicuna): projector + LLM on
+           the captions with images and the conversations as text only -> DIR/stage0b
+  towers   stage 0's tower and LLM with a fresh projector -> DIR/towers
+  stage1   LLaVA stage 1: projector only, captions, `plain` -> DIR/stage1
+  stage2   LLaVA stage 2: projector + LLM, QA, `vicuna_v1` -> DIR/stage2
+  export   stage 2's model as an HF LLaVA directory -> DIR/hf
+  eval     greedy answers to the held-out questions, exact match per type beside
+           chance -> DIR/eval/predictions.jsonl, DIR/results.json
+  plot     the stages' loss curves -> DIR/loss.png
+  chat     answers about a freshly generated image -> DIR/chat/
+
+Stages 0b, 1 and 2 go through `llava_jax.train.loop.run` (the `llava-jax
+train` path: grain pipeline, orbax checkpoints, the sharded step) with the
+experiment configs of `configs/demo.py`; an interrupted stage resumes from its
+last checkpoint. An output that exists is reused unless an earlier step ran
+again (then it is rebuilt). Step times land in DIR/timings.json;
+`results.json["minutes"]` is their total over the runs that built the workdir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+
+DEFAULT_WORKDIR = "workdir_demo"
+STAGES = (
+    ("stage0b", "LLM pretraining (projector + LLM; captions with images, conversations as text)"),
+    ("stage1", "LLaVA stage 1 (projector; captions, plain)"),
+    ("stage2", "LLaVA stage 2 (projector + LLM; QA, vicuna_v1)"),
+)
+
+
+def default_config_path() -> str:
+    """`configs/demo.py` of the source tree this package runs from."""
+    import llava_jax
+
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(llava_jax.__file__))), "configs",
+                        "demo.py")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `llava-jax demo`."""
+    parser.add_argument("--workdir", default=DEFAULT_WORKDIR,
+                        help=f"where data, checkpoints and results go (default {DEFAULT_WORKDIR}); "
+                             "rerunning with the same directory reuses finished steps")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few steps per stage on a few samples (checks the machinery, learns nothing)")
+    parser.add_argument("--config", default=None,
+                        help="experiment file with stage0/stage1/stage2 configs (default: configs/demo.py)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the fresh chat image (default: a new one each run)")
+    parser.add_argument("--eval-batch-size", type=int, default=128, help="held-out questions answered per batch")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+class Timings:
+    """Seconds per demo step, persisted in `DIR/timings.json`, so a rerun reports what building the workdir took.
+
+    A step that runs again replaces its entry, except that the runs of an
+    interrupted step (`finished=False`) add up until it finishes; a reused step
+    keeps its recorded time.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.steps: dict[str, float] = {}
+        self.unfinished: set[str] = set()
+        self.reused: set[str] = set()
+        if os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            self.steps = {k: float(v) for k, v in saved.get("seconds", {}).items()}
+            self.unfinished = set(saved.get("unfinished", ()))
+
+    def record(self, name: str, seconds: float, *, reused: bool = False, finished: bool = True) -> None:
+        """Note that step `name` took `seconds` (or was reused) and save."""
+        if reused:
+            self.reused.add(name)
+            self.steps.setdefault(name, 0.0)
+        else:
+            self.reused.discard(name)
+            before = self.steps.get(name, 0.0) if name in self.unfinished else 0.0
+            self.steps[name] = before + seconds
+            (self.unfinished.discard if finished else self.unfinished.add)(name)
+        with open(self.path, "w") as f:
+            json.dump({"seconds": self.steps, "unfinished": sorted(self.unfinished)}, f, indent=2)
+
+    @property
+    def total_minutes(self) -> float:
+        return sum(self.steps.values()) / 60.0
+
+
+def _log(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def _stage_config(config_path: str, stage: str, quick: bool, *, data_dir: str, init_path: str | None,
+                  progress: bool):
+    from llava_jax.train.experiment import load_config
+
+    cfg = load_config(f"{config_path}:{stage}{'_quick' if quick else ''}")
+    cfg.data.synthetic.directory = data_dir
+    cfg.progress = progress
+    if init_path is not None:
+        cfg.init.path = init_path
+    return cfg
+
+
+def _finished(model_dir: str) -> bool:
+    return os.path.exists(os.path.join(model_dir, "config.json"))
+
+
+def export_hf(final_dir: str, out_dir: str) -> None:
+    """The final model as an HF LLaVA directory, written under `out_dir.partial` and renamed when complete."""
+    import shutil
+
+    from llava_jax.api import load
+
+    staging = out_dir.rstrip("/") + ".partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    load(final_dir).export_hf(staging)
+    os.replace(staging, out_dir)
+
+
+def _enable_compilation_cache(workdir: str) -> None:
+    import jax
+
+    try:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    except (AttributeError, KeyError, ValueError) as e:  # a jax without these options: compile every time
+        _log(f"no persistent compilation cache ({type(e).__name__}: {e})")
+
+
+class _Steps:
+    """Runs demo steps in order: a step whose output exists is reused unless an earlier step ran again."""
+
+    def __init__(self, timings: Timings):
+        self.timings = timings
+        self.rerun_below = False  # an earlier step produced new output: later outputs are stale
+
+    def __call__(self, name: str, output: str, action, *, done: bool | None = None, message: str = "") -> bool:
+        """Run `action()` unless `output` (a file or directory) is complete; True when it ran."""
+        import shutil
+
+        done = os.path.exists(output) if done is None else done
+        if done and not self.rerun_below:
+            _log(f"{name}: {message}{' - ' if message else ''}reused {output}")
+            self.timings.record(name, 0.0, reused=True)
+            return False
+        if done:  # stale: built from outputs that were just replaced
+            shutil.rmtree(output, ignore_errors=True) if os.path.isdir(output) else os.remove(output)
+        _log(f"{name}: {message}")
+        t0 = time.time()
+        finished = False
+        try:
+            action()
+            finished = True
+        finally:
+            self.timings.record(name, time.time() - t0, finished=finished)
+        self.rerun_below = True
+        return True
+
+
+def run(args: argparse.Namespace) -> int:
+    """Every demo step in order (see the module docstring); prints a summary; 0 on success."""
+    t_start = time.time()
+    workdir = os.path.abspath(args.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    config_path = os.path.abspath(args.config or default_config_path())
+    if not os.path.exists(config_path):
+        print(f"llava-jax demo: experiment file {config_path} not found (pass --config)", file=sys.stderr)
+        return 2
+    _enable_compilation_cache(workdir)
+    from llava_jax.demo_preset import register
+
+    register()
+    from llava_jax import demo_report as report
+    from llava_jax import demo_towers
+    from llava_jax.api import load
+    from llava_jax.data.synthetic import (
+        synthetic_dataset_paths,
+        synthetic_tokenizer_path,
+        write_synthetic_dataset,
+    )
+    from llava_jax.train.experiment import load_config
+    from llava_jax.train.loop import run as train
+
+    progress = not args.no_progress
+    suffix = "_quick" if args.quick else ""
+    timings = Timings(os.path.join(workdir, "timings.json"))
+    step = _Steps(timings)
+    data_dir = os.path.join(workdir, "data")
+    dirs = {name: os.path.join(workdir, name) for name in ("stage0a", "stage0b", "stage1", "stage2")}
+    towers_dir, hf_dir = os.path.join(workdir, "towers"), os.path.join(workdir, "hf")
+    final_dir = os.path.join(dirs["stage2"], "final")
+    _log(f"workdir {workdir}{' (quick variant)' if args.quick else ''}")
+
+    tower_cfg = load_config(f"{config_path}:stage0a{suffix}")
+    syn = tower_cfg.synthetic
+    paths = synthetic_dataset_paths(data_dir)
+    step("data", paths["manifest"], lambda: write_synthetic_dataset(
+        data_dir, num_captions=syn.num_captions, num_qa=syn.num_qa, num_eval=syn.num_eval,
+        image_size=syn.image_size, seed=syn.seed),
+        message=f"{syn.num_captions} captions, {syn.num_qa} conversations, {syn.num_eval} held-out questions, "
+                f"{syn.image_size} px")
+    tower_init = os.path.join(dirs["stage0a"], "init")
+    step("stage0a", dirs["stage0a"], lambda: demo_towers.run_tower_stage(
+        tower_cfg, dirs["stage0a"], synthetic_tokenizer_path(), progress=progress),
+        done=_finished(tower_init), message="tower pretraining (the vision tower as a scene classifier)")
+
+    inits = {"stage0b": tower_init, "stage1": towers_dir, "stage2": os.path.join(dirs["stage1"], "final")}
+    for name, title in STAGES:
+        final = os.path.join(dirs[name], "final")
+        cfg = _stage_config(config_path, name, args.quick, data_dir=data_dir, init_path=inits[name],
+                            progress=progress)
+        if name == "stage0b":
+            cfg.data.json = os.path.join(workdir, "stage0b_language.json")
+            cfg.data.image_root = paths["image_root"]
+            if not os.path.exists(cfg.data.json) or step.rerun_below:
+                demo_towers.write_language_mix(paths["captions"], paths["qa"], cfg.data.json)
+        step(name, dirs[name], functools.partial(train, cfg, dirs[name]), done=_finished(final), message=title)
+        if name == "stage0b":
+            step("towers", towers_dir, functools.partial(demo_towers.make_towers, final, towers_dir),
+                 done=_finished(towers_dir), message="stage 0's tower and LLM with a fresh projector")
+    step("export", hf_dir, lambda: export_hf(final_dir, hf_dir), done=_finished(hf_dir),
+         message="HF LLaVA directory")
+
+    model = load(final_dir)
+    predictions = os.path.join(workdir, "eval", "predictions.jsonl")
+    scores: dict = {}
+    ran = step("eval", predictions, lambda: scores.update(report.evaluate(
+        model, paths["eval"], paths["image_root"], predictions, batch_size=args.eval_batch_size,
+        progress=progress)), message="greedy answers to the held-out questions")
+    if not ran:  # scored from the saved answers
+        scores = report.evaluate(model, paths["eval"], paths["image_root"], predictions)
+
+    t0 = time.time()
+    curves = report.plot_losses(dirs, os.path.join(workdir, "loss.png"))
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    chat = report.chat_about_fresh_image(model, seed, os.path.join(workdir, "chat"))
+    timings.record("plot+chat", time.time() - t0)
+    results = report.write_results(os.path.join(workdir, "results.json"), scores, timings, curves,
+                                   model=model, quick=args.quick,
+                                   tower_accuracy=report.read_json(os.path.join(dirs["stage0a"], "accuracy.json")))
+    report.print_summary(results, timings, curves, chat, workdir=workdir, this_run_s=time.time() - t_start)
+    return 0
