@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, getattr(args, "config_overrides", []))
     sizes, devices = _mesh_sizes(args, cfg)
-    if args.compile and devices and not os.environ.get("JAX_PLATFORMS"):
+    if args.compile and devices:
         _simulate_cpu_devices(devices)  # harmless on accelerators: the flag affects the host platform only
     import jax
 
