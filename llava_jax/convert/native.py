@@ -49,8 +49,13 @@ def save_native(directory: str, params, config: LlavaConfig, tokenizer=None) -> 
     if os.path.exists(os.path.join(directory, PARAMS_DIR)):
         raise CheckpointError(f"{directory}: already holds a checkpoint ({PARAMS_DIR}/ exists)")
     staging = directory.rstrip("/") + ".partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
+    # Several processes (multi-host training) write one directory: orbax's partial saves are
+    # collective; the rest is done once, by process 0, between barriers.
+    primary = jax.process_index() == 0
+    if primary:
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
+    _sync_processes("llava_jax_save_native_start")
     target = os.path.join(staging, PARAMS_DIR)
     pairs = _leaves_with_paths(params) if isinstance(params, dict) else params
     for path, value in pairs:
@@ -62,13 +67,22 @@ def save_native(directory: str, params, config: LlavaConfig, tokenizer=None) -> 
         ocp.partial.save(target, tree)
         del value, tree, node
     ocp.partial.finalize(target)
-    config.save(staging)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(staging)
-    os.makedirs(directory, exist_ok=True)
-    for name in os.listdir(staging):
-        os.replace(os.path.join(staging, name), os.path.join(directory, name))
-    os.rmdir(staging)
+    if primary:
+        config.save(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        os.makedirs(directory, exist_ok=True)
+        for name in os.listdir(staging):
+            os.replace(os.path.join(staging, name), os.path.join(directory, name))
+        os.rmdir(staging)
+    _sync_processes("llava_jax_save_native_done")
+
+
+def _sync_processes(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def load_native(directory: str, *, dtype=None, mesh=None, rules: Rules = DEFAULT_RULES):

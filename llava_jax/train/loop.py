@@ -314,7 +314,12 @@ def finish(state: TrainState, model: Llava, final_dir: str, *, export_hf: bool, 
     config = config.with_dtype("float32")
     final = Llava(config, params, model.tokenizer, model.mesh, model.rules)
     final.save(final_dir)
-    if export_hf and is_primary():
+    if export_hf and jax.process_count() > 1:
+        # Each process holds only its shards and the export reads whole tensors: a separate one-process step.
+        if is_primary():
+            print(f"multi-process run: write the HF directory with `llava-jax export {final_dir} "
+                  f"{os.path.join(workdir, 'hf')}` (one process, any host)")
+    elif export_hf:
         final.export_hf(os.path.join(workdir, "hf"))
     return final_dir
 
