@@ -2,18 +2,42 @@
 
 Orbax writes each step into a temporary directory and renames it when
 complete, so a run killed mid-save never leaves a checkpoint that restores.
+The data position is stored twice: every process's own iterator state (grain's
+per-process files, exact on the same topology) and process 0's as JSON (the
+fallback when the number of processes changed).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 
+log = logging.getLogger(__name__)
+
+
+class _LoaderState:
+    """Adapts a pipeline `Loader` (dict state) to grain's per-process checkpoint handler (bytes state)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def get_state(self) -> bytes:
+        return json.dumps(self.loader.get_state()).encode()
+
+    def set_state(self, state: bytes) -> None:
+        self.loader.set_state(json.loads(state))
+
+    def start_prefetch(self) -> None:
+        pass
+
 
 class Checkpointer:
-    """Saves and restores {'state': train state tree, 'data': JSON iterator state} per step."""
+    """Saves and restores {'state': train state tree, 'data': iterator positions} per step."""
 
     def __init__(self, directory: str, *, every_steps: int, keep: int = 3, async_save: bool = True):
         self.directory = os.path.abspath(directory)
@@ -21,24 +45,35 @@ class Checkpointer:
             save_interval_steps=max(1, every_steps), max_to_keep=keep,
             enable_async_checkpointing=async_save, create=True,
         )
-        self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+        self._mgr = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("state", "data", "data_per_process"))
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
         return self._mgr.latest_step()
 
-    def save(self, step: int, state_tree, data_state: dict, *, force: bool = False) -> bool:
+    def save(self, step: int, state_tree, loader, *, force: bool = False) -> bool:
         """Save when `step` is on the interval (or `force`); returns whether a save started."""
-        return self._mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state_tree),
-                                                             data=ocp.args.JsonSave(data_state)), force=force)
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state_tree),
+                                  data=ocp.args.JsonSave(loader.get_state()),
+                                  data_per_process=grain.checkpoint.CheckpointSave(_LoaderState(loader)))
+        return self._mgr.save(step, args=args, force=force)
 
-    def restore(self, step: int, abstract_state) -> tuple:
-        """(state tree shaped and sharded like `abstract_state`, data iterator state) at `step`."""
+    def restore(self, step: int, abstract_state, loader):
+        """State tree shaped and sharded like `abstract_state` at `step`; `loader` is repositioned."""
         target = jax.tree.map(lambda x: ocp.utils.to_shape_dtype_struct(x) if hasattr(x, "shape") else x,
                               abstract_state)
         out = self._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                                data=ocp.args.JsonRestore()))
-        return out.state, out.data
+        try:
+            self._mgr.restore(step, args=ocp.args.Composite(
+                data_per_process=grain.checkpoint.CheckpointRestore(_LoaderState(loader))))
+        except (ValueError, FileNotFoundError, KeyError) as e:
+            # Another process count wrote it: continue from process 0's position (exact for padded batches).
+            log.warning("no data position for process %d of %d at step %d (%s); using process 0's",
+                        jax.process_index(), jax.process_count(), step, e)
+            loader.set_state(out.data)
+        return out.state
 
     def wait(self) -> None:
         """Block until pending async saves are on disk."""

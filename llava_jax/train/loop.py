@@ -224,9 +224,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                         keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     start = ckpt.latest_step()
     if start is not None:
-        restored, data_state = ckpt.restore(start, _checkpoint_tree(state))
-        state = state.replace(**restored)
-        loader.set_state(data_state)
+        state = state.replace(**ckpt.restore(start, _checkpoint_tree(state), loader))
         if is_primary():
             print(f"resumed from {ckpt.directory} step {start}")
     shardings = _state_shardings(state)
@@ -280,11 +278,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                                 "train/skipped": int(sum(loader.skipped.values())),
                                 "train/mfu": flops / dt / (peak * jax.device_count()) if peak else None})
                     writer.write(step, row)
-                    ckpt.save(step, _checkpoint_tree(state), loader.get_state())
+                    ckpt.save(step, _checkpoint_tree(state), loader)
                     progress.update(1)
                     progress.set_postfix(loss=f"{loss:.4f}")
         if ckpt.latest_step() != step:
-            ckpt.save(step, _checkpoint_tree(state), loader.get_state(), force=True)
+            ckpt.save(step, _checkpoint_tree(state), loader, force=True)
         ckpt.wait()
     finally:
         progress.close()
