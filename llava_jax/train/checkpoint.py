@@ -40,7 +40,8 @@ class Checkpointer:
     """Saves and restores {'state': train state tree, 'data': iterator positions} per step."""
 
     def __init__(self, directory: str, *, every_steps: int, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        # Remote paths (gs://...) go to orbax untouched; local ones are made absolute.
+        self.directory = directory if "://" in directory else os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=max(1, every_steps), max_to_keep=keep,
             enable_async_checkpointing=async_save, create=True,

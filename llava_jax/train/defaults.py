@@ -42,7 +42,8 @@ def base() -> ml_collections.ConfigDict:
     c.num_steps = 0  # 0: one pass over the data (num_epochs), estimated from the source
     # preset: '' (use the sizes), 'fsdp', 'fsdp_tensor' or 'data' (llava_jax.sharding.MESH_PRESETS).
     c.mesh = ml_collections.ConfigDict(dict(preset="", data=1, fsdp=-1, tensor=1, num_devices=0))  # 0: all
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3, async_save=True))
+    # directory: '' = WORKDIR/checkpoints; any path orbax accepts, e.g. gs://bucket/run/checkpoints.
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3, async_save=True, directory=""))
     c.loss_chunk = 512
     c.peak_tflops = 0.0  # per-device peak for MFU; 0 = known table for the device
     c.export_hf = True  # also write WORKDIR/hf (HF transformers LLaVA) at the end

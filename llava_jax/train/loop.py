@@ -220,7 +220,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     del trainable_init
     state = build_state(cfg, model, optimizer)
     loader = create_loader(data_cfg, source, model.tokenizer, mesh=mesh)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=cfg.checkpoint.every_steps,
+    ckpt = Checkpointer(cfg.checkpoint.get("directory") or os.path.join(workdir, "checkpoints"),
+                        every_steps=cfg.checkpoint.every_steps,
                         keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     start = ckpt.latest_step()
     if start is not None:
