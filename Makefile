@@ -22,7 +22,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/llava-jax demo --workdir workdir_demo
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check llava_jax tests bench && $(BIN)/ruff check llava_jax tests bench
+	$(BIN)/ruff format --check llava_jax tests bench configs && $(BIN)/ruff check llava_jax tests bench configs
 
 clean:
 	rm -rf $(VENV) *.egg-info

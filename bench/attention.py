@@ -38,8 +38,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 # Dense bf16 tensor-core peaks (TFLOP/s) by device-kind substring, most specific first.
-PEAK_BF16 = [("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("H800", 989.0),
-             ("A100", 312.0), ("L40S", 362.0), ("B200", 2250.0)]
+PEAK_BF16 = [
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("H200", 989.0),
+    ("H800", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("B200", 2250.0),
+]
 SEGMENT_CUTS = (0.31, 0.52, 0.83)  # 4 packed segments, boundaries off the tile grid
 
 
@@ -144,8 +151,10 @@ def max_errors(impl: str, w: Workload):
         f32 = [x.astype(jnp.float32) for x in (q, k, v, do)]
         ref_out, ref_grads = ref(*f32[:3], kw, f32[3])
     got, want = [out, *grads], [ref_out, *ref_grads]
-    return [float(jnp.max(jnp.abs(a.astype(jnp.float32) - b)) / jnp.maximum(1.0, jnp.max(jnp.abs(b))))
-            for a, b in zip(got, want)]
+    return [
+        float(jnp.max(jnp.abs(a.astype(jnp.float32) - b)) / jnp.maximum(1.0, jnp.max(jnp.abs(b))))
+        for a, b in zip(got, want)
+    ]
 
 
 def timeit(fn, args, repeats: int, warmup: int) -> float:
@@ -211,11 +220,15 @@ def main(argv=None) -> dict:
     if args.impls:
         impls = tuple(i for i in impls if i in args.impls)
         variants = {n: v for n, v in variants.items() if n in args.impls or "pallas_gpu" in impls}
-    print(f"device: {kind} ({backend}), jax {jax.__version__}, python {platform.python_version()}",
-          flush=True)
-    result = {"device": kind, "backend": backend, "jax": jax.__version__,
-              "flops_note": "visible pairs only: fwd 4*N*H per pair, bwd 2.5x fwd",
-              "correctness": [], "timing": []}
+    print(f"device: {kind} ({backend}), jax {jax.__version__}, python {platform.python_version()}", flush=True)
+    result = {
+        "device": kind,
+        "backend": backend,
+        "jax": jax.__version__,
+        "flops_note": "visible pairs only: fwd 4*N*H per pair, bwd 2.5x fwd",
+        "correctness": [],
+        "timing": [],
+    }
 
     def save():
         # After every row, so a kernel that takes the process down leaves what came before.
@@ -239,8 +252,9 @@ def main(argv=None) -> dict:
                 row.update(error=short_error(e), traceback=traceback.format_exc(limit=4))
             result["correctness"].append(row)
             save()
-            print("correctness", w.t, w.dtype, impl,
-                  row.get("errors", row.get("skipped", row.get("error"))), flush=True)
+            print(
+                "correctness", w.t, w.dtype, impl, row.get("errors", row.get("skipped", row.get("error"))), flush=True
+            )
 
     deadline = start + args.budget_s
     peak = peak_tflops(kind)
@@ -269,9 +283,13 @@ def main(argv=None) -> dict:
                     row.update(error=short_error(e), traceback=traceback.format_exc(limit=4))
             result["timing"].append(row)
             save()
-            print("timing", w.t, name, {k: v for k, v in row.items()
-                                        if k.endswith("ms") or k in ("skipped", "error")},
-                  flush=True)
+            print(
+                "timing",
+                w.t,
+                name,
+                {k: v for k, v in row.items() if k.endswith("ms") or k in ("skipped", "error")},
+                flush=True,
+            )
         base = next((r for r in result["timing"] if r["t"] == w.t and r["impl"] == "xla"), {})
         for r in result["timing"]:
             if r["t"] == w.t and "fwd_ms" in r and "fwd_ms" in base:
@@ -290,23 +308,35 @@ def main(argv=None) -> dict:
 
 def tables(result: dict) -> str:
     """Markdown tables of correctness and timing."""
-    lines = [f"Device: {result['device']} ({result['backend']}), jax {result['jax']}", "",
-             "| case | impl | err out / dq / dk / dv (max abs / max(1, max abs ref)) | status |", "|---|---|---|---|"]
+    lines = [
+        f"Device: {result['device']} ({result['backend']}), jax {result['jax']}",
+        "",
+        "| case | impl | err out / dq / dk / dv (max abs / max(1, max abs ref)) | status |",
+        "|---|---|---|---|",
+    ]
     for r in result["correctness"]:
         c = r["case"]
-        name = (f"{c['dtype']} B={c['batch']} T={c['t']} N={c['n']} K={c['k']} H={c['h']}"
-                f"{' causal' if c['causal'] else ''}{' packed' if c['packed'] else ''}"
-                f"{' padded' if c['padding'] else ''}")
+        name = (
+            f"{c['dtype']} B={c['batch']} T={c['t']} N={c['n']} K={c['k']} H={c['h']}"
+            f"{' causal' if c['causal'] else ''}{' packed' if c['packed'] else ''}"
+            f"{' padded' if c['padding'] else ''}"
+        )
         if "errors" in r:
             errs = " / ".join(f"{e:.1e}" for e in r["errors"])
             status = "ok" if r["ok"] else f"FAIL (tol {r['tolerance']:.0e})"
         else:
             errs, status = "-", r.get("skipped") or r.get("error", "")
         lines.append(f"| {name} | {r['impl']} | {errs} | {status[:90]} |")
-    lines += ["", f"Timing ({result['flops_note']}); * = causal without segments.", "",
-              ("| T | impl | fwd ms | fwd TFLOP/s | fwd x xla | fwd % peak | fwd+bwd ms "
-               "| fwd+bwd TFLOP/s | fwd+bwd x xla | note |"),
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"Timing ({result['flops_note']}); * = causal without segments.",
+        "",
+        (
+            "| T | impl | fwd ms | fwd TFLOP/s | fwd x xla | fwd % peak | fwd+bwd ms "
+            "| fwd+bwd TFLOP/s | fwd+bwd x xla | note |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
 
     def fmt(r, key, spec):
         return format(r[key], spec) if key in r else "-"
@@ -314,10 +344,12 @@ def tables(result: dict) -> str:
     for r in result["timing"]:
         note = (r.get("skipped") or r.get("error") or "")[:60]
         peak = f"{100 * r['fwd_peak_frac']:.0f}%" if "fwd_peak_frac" in r else "-"
-        lines.append(f"| {r['t']} | {r['impl']} | {fmt(r, 'fwd_ms', '.2f')} "
-                     f"| {fmt(r, 'fwd_tflops', '.1f')} | {fmt(r, 'fwd_speedup', '.2f')} | {peak} "
-                     f"| {fmt(r, 'fwd_bwd_ms', '.2f')} | {fmt(r, 'fwd_bwd_tflops', '.1f')} "
-                     f"| {fmt(r, 'fwd_bwd_speedup', '.2f')} | {note} |")
+        lines.append(
+            f"| {r['t']} | {r['impl']} | {fmt(r, 'fwd_ms', '.2f')} "
+            f"| {fmt(r, 'fwd_tflops', '.1f')} | {fmt(r, 'fwd_speedup', '.2f')} | {peak} "
+            f"| {fmt(r, 'fwd_bwd_ms', '.2f')} | {fmt(r, 'fwd_bwd_tflops', '.1f')} "
+            f"| {fmt(r, 'fwd_bwd_speedup', '.2f')} | {note} |"
+        )
     lines.append(f"\n({result['elapsed_s']:.0f} s)")
     return "\n".join(lines)
 

@@ -31,12 +31,28 @@ from llava_jax.model.params import abstract_params, count_params  # noqa: E402
 
 def synthetic_config():
     """~1.3B parameters: a ViT-B-sized tower and a 20-layer 2048-wide LLaMA."""
-    vision = VisionConfig(hidden_size=768, intermediate_size=3072, num_layers=12, num_heads=12,
-                          image_size=336, patch_size=14)
-    llm = LlamaConfig(vocab_size=32064, hidden_size=2048, intermediate_size=5504, num_layers=20,
-                      num_heads=16, num_kv_heads=16, head_dim=128)
-    return _compose(vision, llm, feature_layer=-2, strategy="default", image_token_index=32000,
-                    projector_act="gelu", projector_bias=True, aspect="pad")
+    vision = VisionConfig(
+        hidden_size=768, intermediate_size=3072, num_layers=12, num_heads=12, image_size=336, patch_size=14
+    )
+    llm = LlamaConfig(
+        vocab_size=32064,
+        hidden_size=2048,
+        intermediate_size=5504,
+        num_layers=20,
+        num_heads=16,
+        num_kv_heads=16,
+        head_dim=128,
+    )
+    return _compose(
+        vision,
+        llm,
+        feature_layer=-2,
+        strategy="default",
+        image_token_index=32000,
+        projector_act="gelu",
+        projector_bias=True,
+        aspect="pad",
+    )
 
 
 class _LazyRandom:

@@ -64,9 +64,7 @@ def stage2_lengths(scale: float = 0.1, seed: int = 0):
         n = int(n * scale)
         rounds = rng.integers(lo, hi + 1, n)
         text = np.array([rng.lognormal(np.log(median), sigma, r).sum() for r in rounds])
-        total = np.minimum(
-            SYSTEM_TOKENS + text + (IMAGE_TOKENS if image else 0), 2048
-        ).astype(int)
+        total = np.minimum(SYSTEM_TOKENS + text + (IMAGE_TOKENS if image else 0), 2048).astype(int)
         tokens.append(total)
         supervised.append(np.minimum((text * frac).astype(int), total - SYSTEM_TOKENS))
         images.append(np.full(n, image))
@@ -107,9 +105,7 @@ def pad_efficiency(
     return tokens[used].sum() / total, supervised[used].sum() / total
 
 
-def pack_efficiency(
-    tokens, supervised, images, *, length: int, max_images: int, window: int = 512
-):
+def pack_efficiency(tokens, supervised, images, *, length: int, max_images: int, window: int = 512):
     """(non-pad, supervised, samples per row) of packed rows (the pipeline's window best-fit)."""
     rows = 0
     for s in range(0, len(tokens), window):
@@ -157,8 +153,7 @@ def efficiency_report() -> list[str]:
         for length, m in packs:
             real, sup, per_row = pack_efficiency(*data, length=length, max_images=m)
             lines.append(
-                f"| {stage} | pack, rows of {length}, <= {m} images | {real:.1%} | {sup:.1%} "
-                f"| {per_row:.2f} |"
+                f"| {stage} | pack, rows of {length}, <= {m} images | {real:.1%} | {sup:.1%} | {per_row:.2f} |"
             )
     return lines
 
@@ -178,7 +173,7 @@ def write_throughput_set(directory: str, n: int, seed: int = 0):
     for i in range(n):
         ex = {"id": f"b{i}"}
         rounds = []
-        for r in range(rng.randint(1, 4)):
+        for _ in range(rng.randint(1, 4)):
             q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 20))) + "?"
             a = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 60))) + "."
             rounds += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
@@ -186,9 +181,7 @@ def write_throughput_set(directory: str, n: int, seed: int = 0):
             w, h = ((500, 375), (375, 500), (640, 480))[i % 3]
             photo = base[i % 2]
             top, left = rng.randint(0, 40), rng.randint(0, 100)
-            crop = Image.fromarray(photo[top : top + 380, left : left + 500]).resize(
-                (w, h)
-            )
+            crop = Image.fromarray(photo[top : top + 380, left : left + 500]).resize((w, h))
             crop.save(os.path.join(directory, "images", f"{i}.jpg"), quality=90)
             ex["image"] = f"{i}.jpg"
             rounds[0]["value"] = "<image>\n" + rounds[0]["value"]
@@ -261,12 +254,8 @@ def throughput(source, tokenizer, config, batches: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--examples", type=int, default=120, help="examples in the JPEG set"
-    )
-    parser.add_argument(
-        "--batches", type=int, default=30, help="timed batches per setting"
-    )
+    parser.add_argument("--examples", type=int, default=120, help="examples in the JPEG set")
+    parser.add_argument("--batches", type=int, default=30, help="timed batches per setting")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--repeats",
@@ -282,16 +271,12 @@ def main(argv=None) -> int:
     from llava_jax.data.sources import JsonSource
     from tests.data.helpers import write_tokenizer
 
-    print(
-        f"# machine: {platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
-    )
+    print(f"# machine: {platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     print("\n## Padding efficiency (modelled length distributions)\n")
     print("\n".join(efficiency_report()))
 
     tmp = tempfile.mkdtemp()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(
-        write_tokenizer(os.path.join(tmp, "tok"), vocab_size=800)
-    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(write_tokenizer(os.path.join(tmp, "tok"), vocab_size=800))
     source = JsonSource(*write_throughput_set(os.path.join(tmp, "set"), args.examples))
     config = DataConfig(
         template="vicuna_v1",
@@ -305,9 +290,7 @@ def main(argv=None) -> int:
         num_epochs=None,
         pack_window=64,
     )
-    print(
-        "\n## Throughput: stage 2 (pad + 336 px + vicuna_v1 + pack 4096), batches of 4 rows\n"
-    )
+    print("\n## Throughput: stage 2 (pad + 336 px + vicuna_v1 + pack 4096), batches of 4 rows\n")
     print(
         "| workers | start-up s | examples/s | images/s | main CPU ms/image "
         "| worker CPU ms/image | non-pad | supervised |"

@@ -64,9 +64,7 @@ def write_questions(directory: str, n: int, seed: int = 0) -> str:
         for i in range(n):
             name = f"COCO_val2014_{i:012d}.jpg"
             pixels = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(
-                os.path.join(directory, "val2014", name), quality=90
-            )
+            Image.fromarray(pixels).save(os.path.join(directory, "val2014", name), quality=90)
             text = (
                 f"Is there a {OBJECTS[i % len(OBJECTS)]} in the image?\n"
                 "Answer the question using a single word or phrase."
@@ -85,9 +83,7 @@ def write_questions(directory: str, n: int, seed: int = 0) -> str:
     os.makedirs(os.path.join(directory, "coco"), exist_ok=True)
     with open(os.path.join(directory, "coco", "coco_pope_random.json"), "w") as f:
         for i in range(n):
-            f.write(
-                json.dumps({"question_id": i, "label": "yes" if i % 2 else "no"}) + "\n"
-            )
+            f.write(json.dumps({"question_id": i, "label": "yes" if i % 2 else "no"}) + "\n")
     return directory
 
 
@@ -106,13 +102,9 @@ def host_rate(answerer: ModelAnswerer, data_dir: str, questions: int) -> float:
     return len(items) / (time.perf_counter() - start)
 
 
-def measure(
-    model, data_dir: str, out_root: str, batch: int, questions: int, new_tokens: int
-) -> dict:
+def measure(model, data_dir: str, out_root: str, batch: int, questions: int, new_tokens: int) -> dict:
     """Untimed warm-up (one batch), then the timed run over `questions`."""
-    answerer = ModelAnswerer(
-        model, model_id="bench-small", batch_size=batch, length_multiple=64
-    )
+    answerer = ModelAnswerer(model, model_id="bench-small", batch_size=batch, length_multiple=64)
     evaluate(
         "pope",
         answerer,

@@ -55,7 +55,7 @@ def make_inputs(config, batch: int, seed: int = 0):
     per = config.image_seq_length
     ids = rng.integers(3, 32000, size=(batch, 1 + per + TEXT_TOKENS - 1))
     ids[:, 0] = 1
-    ids[:, 1:1 + per] = config.image_token_index
+    ids[:, 1 : 1 + per] = config.image_token_index
     s = config.vision.image_size
     pixels = rng.standard_normal((batch, 3, s, s)).astype(np.float32)
     return ids, pixels
@@ -84,8 +84,11 @@ class _Clock:
 
 def time_hf(hf, ids, pixels):
     """(ttft_s, decode_tok_s) of one transformers generation."""
-    inputs = {"input_ids": torch.tensor(ids), "pixel_values": torch.tensor(pixels),
-              "attention_mask": torch.ones(ids.shape, dtype=torch.long)}
+    inputs = {
+        "input_ids": torch.tensor(ids),
+        "pixel_values": torch.tensor(pixels),
+        "attention_mask": torch.ones(ids.shape, dtype=torch.long),
+    }
     clock = _Clock()
     with torch.inference_mode():
         start = time.perf_counter()
@@ -102,17 +105,25 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument("--no-hf", action="store_true", help="llava_jax only (e.g. on a GPU, with JAX_PLATFORMS)")
-    parser.add_argument("--layout", default="auto", choices=("auto", "scan", "unrolled"),
-                        help="llava_jax decoder layout (see llava_jax.infer.decode)")
+    parser.add_argument(
+        "--layout",
+        default="auto",
+        choices=("auto", "scan", "unrolled"),
+        help="llava_jax decoder layout (see llava_jax.infer.decode)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     hf, model = build_models()
-    print(f"# bench-small generate: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} ({args.threads} threads), "
-          f"prompt {model.config.image_seq_length}+{TEXT_TOKENS} tokens, {NEW_TOKENS} new, greedy, float32; "
-          f"layout {args.layout}; median of {args.repeats} interleaved runs; load average {os.getloadavg()[0]:.1f}")
-    print("| batch | llava_jax TTFT s | transformers TTFT s | TTFT speed-up | llava_jax decode tok/s | "
-          "transformers decode tok/s | decode ratio |")
+    print(
+        f"# bench-small generate: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} ({args.threads} threads), "
+        f"prompt {model.config.image_seq_length}+{TEXT_TOKENS} tokens, {NEW_TOKENS} new, greedy, float32; "
+        f"layout {args.layout}; median of {args.repeats} interleaved runs; load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        "| batch | llava_jax TTFT s | transformers TTFT s | TTFT speed-up | llava_jax decode tok/s | "
+        "transformers decode tok/s | decode ratio |"
+    )
     print("|---|---|---|---|---|---|---|")
     for batch in args.batches:
         ids, pixels = make_inputs(model.config, batch)
@@ -130,8 +141,11 @@ def main(argv=None) -> int:
             theirs.append(time_hf(hf, ids, pixels))
         o_ttft, o_tps = (statistics.median(x) for x in zip(*ours))
         t_ttft, t_tps = (statistics.median(x) for x in zip(*theirs))
-        print(f"| {batch} | {o_ttft:.3f} | {t_ttft:.3f} | {t_ttft / o_ttft:.2f}x | {o_tps:.1f} | {t_tps:.1f} | "
-              f"{o_tps / t_tps:.2f}x |", flush=True)
+        print(
+            f"| {batch} | {o_ttft:.3f} | {t_ttft:.3f} | {t_ttft / o_ttft:.2f}x | {o_tps:.1f} | {t_tps:.1f} | "
+            f"{o_tps / t_tps:.2f}x |",
+            flush=True,
+        )
     print(f"(load average after: {os.getloadavg()[0]:.1f})")
     return 0
 

@@ -28,10 +28,26 @@ def model_config(smoke: bool):
     if smoke:
         return tiny(vocab_size=512, image_size=28)
     vision = VisionConfig()  # CLIP ViT-L/14-336
-    llm = LlamaConfig(vocab_size=32064, hidden_size=2048, intermediate_size=5632, num_layers=24, num_heads=16,
-                      num_kv_heads=16, head_dim=128, max_position_embeddings=4096)
-    return _compose(vision, llm, feature_layer=-2, strategy="default", image_token_index=32000,
-                    projector_act="gelu", projector_bias=True, aspect="pad")
+    llm = LlamaConfig(
+        vocab_size=32064,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_layers=24,
+        num_heads=16,
+        num_kv_heads=16,
+        head_dim=128,
+        max_position_embeddings=4096,
+    )
+    return _compose(
+        vision,
+        llm,
+        feature_layer=-2,
+        strategy="default",
+        image_token_index=32000,
+        projector_act="gelu",
+        projector_bias=True,
+        aspect="pad",
+    )
 
 
 def make_batch(config, batch: int, length: int, images_per_row: int):
@@ -49,14 +65,19 @@ def make_batch(config, batch: int, length: int, images_per_row: int):
     for k in range(images_per_row):
         s = k * seg_len
         ids[:, s] = 1
-        ids[:, s + 1:s + 1 + per] = config.image_token_index
-        labels[:, s:s + 1 + per + 8] = -100
-        positions[:, s:s + seg_len] = np.arange(seg_len)
-        segments[:, s:s + seg_len] = k + 1
+        ids[:, s + 1 : s + 1 + per] = config.image_token_index
+        labels[:, s : s + 1 + per + 8] = -100
+        positions[:, s : s + seg_len] = np.arange(seg_len)
+        segments[:, s : s + seg_len] = k + 1
     s = config.vision.image_size
     images = rng.standard_normal((batch, images_per_row, s, s, 3)).astype(np.float32)
-    return {"input_ids": jnp.asarray(ids, jnp.int32), "labels": jnp.asarray(labels, jnp.int32),
-            "positions": jnp.asarray(positions), "segment_ids": jnp.asarray(segments), "images": jnp.asarray(images)}
+    return {
+        "input_ids": jnp.asarray(ids, jnp.int32),
+        "labels": jnp.asarray(labels, jnp.int32),
+        "positions": jnp.asarray(positions),
+        "segment_ids": jnp.asarray(segments),
+        "images": jnp.asarray(images),
+    }
 
 
 def initial_state(base, smoke: bool):
@@ -74,8 +95,13 @@ def initial_state(base, smoke: bool):
     trainable, frozen = split(params, ["^projector/", "^llm/"])
     frozen = jax.tree.map(lambda x: x.astype(jnp.bfloat16) if not smoke else x, frozen)
     tx, lr = make_optimizer(OptimConfig(lr=2e-5, warmup_ratio=0.0), 1000, trainable)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=trainable, frozen=frozen,
-                       opt_state=jax.jit(tx.init)(trainable), rng=jax.random.PRNGKey(0))
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=trainable,
+        frozen=frozen,
+        opt_state=jax.jit(tx.init)(trainable),
+        rng=jax.random.PRNGKey(0),
+    )
     return state, tx, lr
 
 
@@ -92,8 +118,9 @@ def run_impl(impl: str, base, init, batch_size: int, length: int, images_per_row
     state0, tx, lr = init
     state = jax.tree.map(jnp.copy, state0)  # the step donates its input; keep the initial state for the next impl
     batch = make_batch(config, batch_size, length, images_per_row)
-    step = jax.jit(functools.partial(train_step, config=config, optimizer=tx, lr_fn=lr, loss_chunk=1024),
-                   donate_argnums=0)
+    step = jax.jit(
+        functools.partial(train_step, config=config, optimizer=tx, lr_fn=lr, loss_chunk=1024), donate_argnums=0
+    )
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
@@ -108,14 +135,22 @@ def run_impl(impl: str, base, init, batch_size: int, length: int, images_per_row
         times.append(time.perf_counter() - t0)
     step_s = sorted(times)[len(times) // 2]
     tokens = int((batch["segment_ids"] > 0).sum())
-    flops = train_step_flops(config, tokens=tokens, images=batch_size * images_per_row, seq_len=length // images_per_row,
-                             llm_trained=True)
+    flops = train_step_flops(
+        config, tokens=tokens, images=batch_size * images_per_row, seq_len=length // images_per_row, llm_trained=True
+    )
     kind = jax.devices()[0].device_kind
     peak = peak_flops(kind)
     return {
-        "impl": impl, "device": kind, "batch": batch_size, "length": length, "dtype": dtype,
-        "compile_s": round(compile_s, 1), "step_s": step_s, "tokens_per_s": tokens / step_s,
-        "model_tflop_per_step": flops / 1e12, "tflops_per_device": flops / step_s / 1e12 / jax.device_count(),
+        "impl": impl,
+        "device": kind,
+        "batch": batch_size,
+        "length": length,
+        "dtype": dtype,
+        "compile_s": round(compile_s, 1),
+        "step_s": step_s,
+        "tokens_per_s": tokens / step_s,
+        "model_tflop_per_step": flops / 1e12,
+        "tflops_per_device": flops / step_s / 1e12 / jax.device_count(),
         "mfu": flops / step_s / (peak * jax.device_count()) if peak else None,
         "loss": float(m["train/loss"]),
         "temp_gib": None if mem is None else mem.temp_size_in_bytes / 2**30,
@@ -160,8 +195,10 @@ def main():
             print(f"| {r['impl']} | error: {r['error'][:120]} |")
             continue
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
-        print(f"| {r['impl']} | {r['device']} | {r['batch']}x{r['length']} | {r['step_s']:.3f} | "
-              f"{r['tokens_per_s']:.0f} | {r['tflops_per_device']:.1f} | {mfu} | {r['compile_s']} |")
+        print(
+            f"| {r['impl']} | {r['device']} | {r['batch']}x{r['length']} | {r['step_s']:.3f} | "
+            f"{r['tokens_per_s']:.0f} | {r['tflops_per_device']:.1f} | {mfu} | {r['compile_s']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -47,9 +47,9 @@ def make_batch(config, batch: int, length: int, seed: int = 0):
     per = config.image_seq_length
     ids = rng.integers(3, 32000, size=(batch, length))
     ids[:, 0] = 1
-    ids[:, 1:1 + per] = config.image_token_index
+    ids[:, 1 : 1 + per] = config.image_token_index
     labels = ids.copy()
-    labels[:, :1 + per + 16] = -100  # image, BOS and the prompt are not supervised
+    labels[:, : 1 + per + 16] = -100  # image, BOS and the prompt are not supervised
     s = config.vision.image_size
     pixels = rng.standard_normal((batch, 3, s, s)).astype(np.float32)
     return ids, labels, pixels
@@ -66,12 +66,20 @@ def bench_jax(model, ids, labels, pixels, steps: int):
 
     trainable, frozen = split(model.params, ["^projector/", "^llm/"])
     tx, lr = make_optimizer(OptimConfig(lr=2e-5, warmup_ratio=0.0), 1000, trainable)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=trainable, frozen=frozen, opt_state=tx.init(trainable),
-                       rng=jax.random.PRNGKey(0))
-    batch = {"input_ids": jnp.asarray(ids, jnp.int32), "labels": jnp.asarray(labels, jnp.int32),
-             "positions": jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape),
-             "segment_ids": jnp.ones(ids.shape, jnp.int32),
-             "images": jnp.asarray(images_per_row(ids, pixels, model.config))}
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=trainable,
+        frozen=frozen,
+        opt_state=tx.init(trainable),
+        rng=jax.random.PRNGKey(0),
+    )
+    batch = {
+        "input_ids": jnp.asarray(ids, jnp.int32),
+        "labels": jnp.asarray(labels, jnp.int32),
+        "positions": jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape),
+        "segment_ids": jnp.ones(ids.shape, jnp.int32),
+        "images": jnp.asarray(images_per_row(ids, pixels, model.config)),
+    }
     step = jax.jit(functools.partial(train_step, config=model.config, optimizer=tx, lr_fn=lr), donate_argnums=0)
     state, m = step(state, batch)
     jax.block_until_ready(m)
@@ -136,20 +144,29 @@ def main():
         model.export_hf(hf_dir)  # before the JAX step donates (deletes) the parameter buffers
         torch_time, torch_losses = bench_torch(hf_dir, ids, labels, pixels, args.steps, args.threads)
     jax_time, jax_losses = bench_jax(model, ids, labels, pixels, args.steps)
-    flops = train_step_flops(model.config, tokens=ids.size, images=ids.shape[0], seq_len=ids.shape[1],
-                             llm_trained=True)
+    flops = train_step_flops(model.config, tokens=ids.size, images=ids.shape[0], seq_len=ids.shape[1], llm_trained=True)
     result = {
-        "device": jax.devices()[0].device_kind, "batch": args.batch, "length": args.length,
-        "llava_jax_step_s": jax_time, "transformers_step_s": torch_time, "speedup": torch_time / jax_time,
+        "device": jax.devices()[0].device_kind,
+        "batch": args.batch,
+        "length": args.length,
+        "llava_jax_step_s": jax_time,
+        "transformers_step_s": torch_time,
+        "speedup": torch_time / jax_time,
         "first_loss": {"llava_jax": jax_losses[0], "transformers": torch_losses[0]},
-        "model_tflop_per_step": flops / 1e12, "model_tflops": flops / jax_time / 1e12,
-        "matmul_peak_tflops": peak / 1e12, "fraction_of_peak": flops / jax_time / peak,
+        "model_tflop_per_step": flops / 1e12,
+        "model_tflops": flops / jax_time / 1e12,
+        "matmul_peak_tflops": peak / 1e12,
+        "fraction_of_peak": flops / jax_time / peak,
     }
     print(json.dumps(result, indent=2))
-    print(f"\nllava_jax {jax_time:.3f} s/step, transformers {torch_time:.3f} s/step: "
-          f"{result['speedup']:.2f}x (target >= 1.3x)")
-    print(f"model FLOP/s {result['model_tflops']:.3f} TFLOP/s = {result['fraction_of_peak']:.0%} of the measured "
-          f"float32 matmul peak {peak / 1e12:.3f} TFLOP/s (target >= 60%)")
+    print(
+        f"\nllava_jax {jax_time:.3f} s/step, transformers {torch_time:.3f} s/step: "
+        f"{result['speedup']:.2f}x (target >= 1.3x)"
+    )
+    print(
+        f"model FLOP/s {result['model_tflops']:.3f} TFLOP/s = {result['fraction_of_peak']:.0%} of the measured "
+        f"float32 matmul peak {peak / 1e12:.3f} TFLOP/s (target >= 60%)"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

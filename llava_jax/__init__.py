@@ -9,8 +9,16 @@ Public API:
 """
 
 from llava_jax.api import Llava, load, load_components, random_model
-from llava_jax.config import (LlamaConfig, LlavaConfig, ProjectorConfig, VisionConfig, bench_small,
-                              llava_v15_7b, llava_v15_13b, tiny)
+from llava_jax.config import (
+    LlamaConfig,
+    LlavaConfig,
+    ProjectorConfig,
+    VisionConfig,
+    bench_small,
+    llava_v15_7b,
+    llava_v15_13b,
+    tiny,
+)
 
 __version__ = "0.1.0"
 
@@ -24,6 +32,18 @@ def __getattr__(name):
     raise AttributeError(f"module 'llava_jax' has no attribute {name!r}")
 
 
-__all__ = ["Llava", "LlamaConfig", "LlavaConfig", "ProjectorConfig", "VisionConfig", "bench_small",
-           "llava_v15_7b", "llava_v15_13b", "load", "load_components", "preprocess_image", "random_model",
-           "tiny"]
+__all__ = [
+    "Llava",
+    "LlamaConfig",
+    "LlavaConfig",
+    "ProjectorConfig",
+    "VisionConfig",
+    "bench_small",
+    "llava_v15_7b",
+    "llava_v15_13b",
+    "load",
+    "load_components",
+    "preprocess_image",
+    "random_model",
+    "tiny",
+]

@@ -75,13 +75,16 @@ def images_per_row(input_ids: np.ndarray, pixel_values, config: LlavaConfig):
     per = config.image_seq_length
     bad = [int(b) for b in np.nonzero(counts % per)[0]]
     if bad:
-        raise ValueError(f"row {bad[0]} has {int(counts[bad[0]])} image placeholders, not a multiple of "
-                         f"image_seq_length={per}")
+        raise ValueError(
+            f"row {bad[0]} has {int(counts[bad[0]])} image placeholders, not a multiple of image_seq_length={per}"
+        )
     rows = counts // per
     if int(rows.sum()) != n_images:
-        raise ValueError(f"input_ids hold placeholders for {int(rows.sum())} image(s) "
-                         f"({int(counts.sum())} tokens of id {config.image_token_index}) but {n_images} "
-                         f"image(s) were given")
+        raise ValueError(
+            f"input_ids hold placeholders for {int(rows.sum())} image(s) "
+            f"({int(counts.sum())} tokens of id {config.image_token_index}) but {n_images} "
+            f"image(s) were given"
+        )
     if n_images == 0:
         return None
     pixels = np.asarray(pixel_values, np.float32)
@@ -91,7 +94,7 @@ def images_per_row(input_ids: np.ndarray, pixel_values, config: LlavaConfig):
     out = np.zeros((len(rows), int(rows.max())) + pixels.shape[1:], np.float32)
     k = 0
     for b, n in enumerate(rows):
-        out[b, :n] = pixels[k:k + n]
+        out[b, :n] = pixels[k : k + n]
         k += n
     return out
 
@@ -186,15 +189,23 @@ def _resolve(path: str, dtype, vision_tower):
     return config, dtype, plan
 
 
-def iter_checkpoint(path: str, *, dtype: str | None = "float32", mesh=None, rules: Rules = DEFAULT_RULES,
-                    vision_tower: str | None = None):
+def iter_checkpoint(
+    path: str,
+    *,
+    dtype: str | None = "float32",
+    mesh=None,
+    rules: Rules = DEFAULT_RULES,
+    vision_tower: str | None = None,
+):
     """(config, iterator of (param path, jax.Array)) for an HF or original checkpoint, all validated first.
 
     Every source is validated before the first parameter is produced.
     """
     config, dtype, plan = _resolve(path, dtype, vision_tower)
-    iterators = [iter_params(config, src, dtype=dtype, parts=parts, mesh=mesh, rules=rules, where=where)
-                 for src, parts, where in plan]
+    iterators = [
+        iter_params(config, src, dtype=dtype, parts=parts, mesh=mesh, rules=rules, where=where)
+        for src, parts, where in plan
+    ]
     # Generators validate lazily: pull the first item of each now so errors come before any work.
     primed = [(next(it), it) for it in iterators]
 
@@ -206,8 +217,14 @@ def iter_checkpoint(path: str, *, dtype: str | None = "float32", mesh=None, rule
     return config, stream()
 
 
-def load(path: str, *, dtype: str | None = "float32", mesh=None, rules: Rules = DEFAULT_RULES,
-         vision_tower: str | None = None) -> Llava:
+def load(
+    path: str,
+    *,
+    dtype: str | None = "float32",
+    mesh=None,
+    rules: Rules = DEFAULT_RULES,
+    vision_tower: str | None = None,
+) -> Llava:
     """Load a LLaVA model from an HF LLaVA directory, an original LLaVA checkpoint or a llava_jax checkpoint.
 
     Args:
@@ -252,8 +269,16 @@ def convert(src: str, dst: str, *, dtype: str | None = "float32", vision_tower: 
     return Llava(config, None, tokenizer)
 
 
-def load_components(vision_dir: str, llm_dir: str, config: LlavaConfig | None = None, *,
-                    dtype: str = "float32", mesh=None, rules: Rules = DEFAULT_RULES, seed: int = 0) -> Llava:
+def load_components(
+    vision_dir: str,
+    llm_dir: str,
+    config: LlavaConfig | None = None,
+    *,
+    dtype: str = "float32",
+    mesh=None,
+    rules: Rules = DEFAULT_RULES,
+    seed: int = 0,
+) -> Llava:
     """Stage-1 initialisation: HF CLIP + HF LLaMA/Vicuna weights and a freshly initialised projector.
 
     Args:
@@ -268,14 +293,20 @@ def load_components(vision_dir: str, llm_dir: str, config: LlavaConfig | None = 
     if config is None:
         from llava_jax.config import _compose
 
-        config = _compose(vision_cfg, llm_cfg, feature_layer=-2, strategy="default",
-                          image_token_index=llm_cfg.vocab_size, projector_act="gelu", projector_bias=True,
-                          aspect="pad")
+        config = _compose(
+            vision_cfg,
+            llm_cfg,
+            feature_layer=-2,
+            strategy="default",
+            image_token_index=llm_cfg.vocab_size,
+            projector_act="gelu",
+            projector_bias=True,
+            aspect="pad",
+        )
     config = config.with_dtype(dtype)
     params = _vision_from_dir(vision_dir, config, dtype, mesh, rules)
     llm_sources = canonical_sources(weight_files(llm_dir), where=llm_dir)
-    params.update(read_params(config, llm_sources, dtype=dtype, parts=("llm",), mesh=mesh, rules=rules,
-                              where=llm_dir))
+    params.update(read_params(config, llm_sources, dtype=dtype, parts=("llm",), mesh=mesh, rules=rules, where=llm_dir))
     params["projector"] = init_projector(config, jax.random.PRNGKey(seed), mesh, rules)
     return Llava(config, params, load_tokenizer(llm_dir), mesh, rules)
 
@@ -293,8 +324,7 @@ def init_projector(config: LlavaConfig, rng, mesh=None, rules: Rules = DEFAULT_R
     return jax.jit(init, out_shardings=param_shardings(config, mesh, rules)["projector"])(rng)
 
 
-def random_model(config: LlavaConfig, seed: int = 0, mesh=None, rules: Rules = DEFAULT_RULES,
-                 tokenizer=None) -> Llava:
+def random_model(config: LlavaConfig, seed: int = 0, mesh=None, rules: Rules = DEFAULT_RULES, tokenizer=None) -> Llava:
     """A randomly initialised model (tests, benchmarks)."""
     return Llava(config, init_params(config, jax.random.PRNGKey(seed), mesh, rules), tokenizer, mesh, rules)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 SUPPORTED_ATTENTION_IMPLS = ("xla", "cudnn", "pallas_gpu", "splash", "auto")
@@ -36,17 +36,14 @@ class RopeScaling:
 
     def __post_init__(self):
         if self.rope_type not in SUPPORTED_ROPE_TYPES:
-            raise ConfigError(
-                f"rope_type {self.rope_type!r} is not supported (supported: {SUPPORTED_ROPE_TYPES})"
-            )
+            raise ConfigError(f"rope_type {self.rope_type!r} is not supported (supported: {SUPPORTED_ROPE_TYPES})")
         if self.rope_type == "llama3" and None in (
             self.low_freq_factor,
             self.high_freq_factor,
             self.original_max_position_embeddings,
         ):
             raise ConfigError(
-                "llama3 rope scaling needs low_freq_factor, high_freq_factor and "
-                "original_max_position_embeddings"
+                "llama3 rope scaling needs low_freq_factor, high_freq_factor and original_max_position_embeddings"
             )
 
 
@@ -192,7 +189,7 @@ class LlavaConfig:
         n = self.vision.num_layers
         return max(layer % (n + 1) for layer in self.feature_layers)
 
-    def with_dtype(self, dtype: str, param_dtype: str | None = None) -> "LlavaConfig":
+    def with_dtype(self, dtype: str, param_dtype: str | None = None) -> LlavaConfig:
         """Same config with compute `dtype` (and `param_dtype`, default the same) in every component."""
         param_dtype = param_dtype or dtype
         kw = dict(dtype=dtype, param_dtype=param_dtype)
@@ -203,7 +200,7 @@ class LlavaConfig:
             llm=dataclasses.replace(self.llm, **kw),
         )
 
-    def with_attention(self, impl: str) -> "LlavaConfig":
+    def with_attention(self, impl: str) -> LlavaConfig:
         """Same config with attention implementation `impl` in vision and LLM."""
         return dataclasses.replace(
             self,
@@ -217,7 +214,7 @@ class LlavaConfig:
         return {"format": "llava_jax", **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "LlavaConfig":
+    def from_dict(cls, d: Mapping) -> LlavaConfig:
         """Inverse of `to_dict`."""
         d = dict(d)
         d.pop("format", None)
@@ -234,7 +231,7 @@ class LlavaConfig:
         )
 
     @classmethod
-    def from_hf(cls, hf: Mapping, *, vision_hf: Mapping | None = None) -> "LlavaConfig":
+    def from_hf(cls, hf: Mapping, *, vision_hf: Mapping | None = None) -> LlavaConfig:
         """Read an HF `LlavaConfig` dict, or an original LLaVA repo `config.json` dict.
 
         For original-repo configs the vision tower config is not inside the file:
@@ -494,8 +491,14 @@ def vicuna_7b() -> LlamaConfig:
 def vicuna_13b() -> LlamaConfig:
     """Vicuna-13B v1.5: 40 layers, d 5120, MLP 13824, 40 heads."""
     return LlamaConfig(
-        hidden_size=5120, intermediate_size=13824, num_layers=40, num_heads=40, num_kv_heads=40,
-        head_dim=128, max_position_embeddings=4096, rms_norm_eps=1e-5,
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_layers=40,
+        num_heads=40,
+        num_kv_heads=40,
+        head_dim=128,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
     )
 
 
@@ -515,26 +518,54 @@ def bench_small(vocab_size: int = 32064) -> LlavaConfig:
         hidden_size=384, intermediate_size=1536, num_layers=6, num_heads=6, image_size=224, patch_size=14
     )
     llm = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=1024, intermediate_size=2816, num_layers=8, num_heads=16,
-        num_kv_heads=16, head_dim=64, max_position_embeddings=4096,
+        vocab_size=vocab_size,
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_layers=8,
+        num_heads=16,
+        num_kv_heads=16,
+        head_dim=64,
+        max_position_embeddings=4096,
     )
-    return _compose(vision, llm, feature_layer=-2, strategy="default", image_token_index=32000,
-                    projector_act="gelu", projector_bias=True, aspect="pad")
+    return _compose(
+        vision,
+        llm,
+        feature_layer=-2,
+        strategy="default",
+        image_token_index=32000,
+        projector_act="gelu",
+        projector_bias=True,
+        aspect="pad",
+    )
 
 
-def tiny(vocab_size: int = 256, image_token_index: int | None = None, num_kv_heads: int = 2,
-         image_size: int = 28) -> LlavaConfig:
+def tiny(
+    vocab_size: int = 256, image_token_index: int | None = None, num_kv_heads: int = 2, image_size: int = 28
+) -> LlavaConfig:
     """A tiny random-weight LLaVA for tests: 28-px images (4 image tokens) by default."""
     vision = VisionConfig(
         hidden_size=32, intermediate_size=64, num_layers=3, num_heads=4, image_size=image_size, patch_size=14
     )
     llm = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-        num_kv_heads=num_kv_heads, head_dim=16, max_position_embeddings=512,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=num_kv_heads,
+        head_dim=16,
+        max_position_embeddings=512,
     )
-    return _compose(vision, llm, feature_layer=-2, strategy="default",
-                    image_token_index=vocab_size - 1 if image_token_index is None else image_token_index,
-                    projector_act="gelu", projector_bias=True, aspect="pad")
+    return _compose(
+        vision,
+        llm,
+        feature_layer=-2,
+        strategy="default",
+        image_token_index=vocab_size - 1 if image_token_index is None else image_token_index,
+        projector_act="gelu",
+        projector_bias=True,
+        aspect="pad",
+    )
 
 
 PRESETS = {

@@ -78,9 +78,15 @@ def cluster_detected() -> bool:
     return _tpu_chips_present()
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, local_device_ids=None, heartbeat_timeout_s: int | None = None,
-               initialization_timeout_s: int = 300) -> bool:
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    local_device_ids=None,
+    heartbeat_timeout_s: int | None = None,
+    initialization_timeout_s: int = 300,
+) -> bool:
     """Start JAX's distributed runtime when several processes take part; returns whether it did.
 
     Idempotent. Must run before anything touches devices.
@@ -107,15 +113,21 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if explicit:
         if process_id is None:
             raise ValueError("LLAVA_JAX_COORDINATOR and LLAVA_JAX_NUM_PROCESSES are set but not LLAVA_JAX_PROCESS_ID")
-        jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                                   local_device_ids=local_device_ids, **kwargs)
+        jax.distributed.initialize(
+            coordinator_address, num_processes, process_id, local_device_ids=local_device_ids, **kwargs
+        )
     else:
         jax.distributed.initialize(local_device_ids=local_device_ids, **kwargs)
     _initialized = True
     if jax.process_count() > 1:
         _install_peer_loss_hook()
-    log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
-             jax.local_device_count(), jax.device_count())
+    log.info(
+        "process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
     return True
 
 
@@ -142,7 +154,8 @@ def _install_peer_loss_hook() -> None:
             f"\nllava_jax: process {jax.process_index()} of {jax.process_count()} lost a peer process "
             f"(another process died, was preempted or became unreachable): {first}\n"
             f"llava_jax: stopping with exit status {PEER_LOST_EXIT_CODE}; restart every process to resume "
-            "from the last checkpoint.\n")
+            "from the last checkpoint.\n"
+        )
         sys.stderr.flush()
         sys.stdout.flush()
         # The normal exit path waits on a shutdown barrier the dead peer never reaches.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -122,8 +122,12 @@ def _rule_table(rules: Rules) -> dict:
     return table
 
 
-def logical_to_spec(logical: Sequence[str | None], rules: Rules = DEFAULT_RULES,
-                    shape: Sequence[int] | None = None, mesh: Mesh | None = None) -> PartitionSpec:
+def logical_to_spec(
+    logical: Sequence[str | None],
+    rules: Rules = DEFAULT_RULES,
+    shape: Sequence[int] | None = None,
+    mesh: Mesh | None = None,
+) -> PartitionSpec:
     """PartitionSpec for one array's logical axis names.
 
     With `shape` and `mesh`, a mesh axis that does not divide the dimension is
@@ -151,8 +155,13 @@ def logical_to_spec(logical: Sequence[str | None], rules: Rules = DEFAULT_RULES,
                 size = mesh.shape[axis] * math.prod(mesh.shape[a] for a in kept)
                 if shape[dim] % size:
                     if mesh.shape[axis] > 1:
-                        log.info("dim %d (%s=%d) not divisible by mesh axis %s; not sharded there",
-                                 dim, name, shape[dim], axis)
+                        log.info(
+                            "dim %d (%s=%d) not divisible by mesh axis %s; not sharded there",
+                            dim,
+                            name,
+                            shape[dim],
+                            axis,
+                        )
                     continue
             kept.append(axis)
         used.update(kept)
@@ -162,10 +171,12 @@ def logical_to_spec(logical: Sequence[str | None], rules: Rules = DEFAULT_RULES,
 
 def logical_axes_of(boxed_tree):
     """Tree of logical axis-name tuples from a tree of `nn.LogicallyPartitioned` boxes."""
+
     def names(x):
         if isinstance(x, nn.LogicallyPartitioned):
             return tuple(x.names)
         return (None,) * len(getattr(x, "shape", ()))
+
     return jax.tree.map(names, boxed_tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
@@ -174,7 +185,9 @@ def tree_shardings(logical_tree, abstract_tree, mesh: Mesh, rules: Rules = DEFAU
     is_names = lambda x: isinstance(x, tuple) and all(isinstance(n, (str, type(None))) for n in x)
     return jax.tree.map(
         lambda names, a: NamedSharding(mesh, logical_to_spec(names, rules, a.shape, mesh)),
-        logical_tree, abstract_tree, is_leaf=is_names,
+        logical_tree,
+        abstract_tree,
+        is_leaf=is_names,
     )
 
 

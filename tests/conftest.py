@@ -3,8 +3,11 @@
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ["XLA_FLAGS"] = os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=8" \
-    if "device_count" not in os.environ["XLA_FLAGS"] else os.environ["XLA_FLAGS"]
+os.environ["XLA_FLAGS"] = (
+    os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=8"
+    if "device_count" not in os.environ["XLA_FLAGS"]
+    else os.environ["XLA_FLAGS"]
+)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import os
 
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-              image_size=28, patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5)
-TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=128, max_position_embeddings=256, rms_norm_eps=1e-5,
-            head_dim=16)
+VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    image_size=28,
+    patch_size=14,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+)
+TEXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=128,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-5,
+    head_dim=16,
+)
 
 
 def hf_llava_config(*, vision=None, text=None, **top):
@@ -16,8 +32,12 @@ def hf_llava_config(*, vision=None, text=None, **top):
     from transformers import LlavaConfig
 
     text = {**TEXT, **(text or {})}
-    kw = dict(image_token_index=text["vocab_size"] - 1, vision_feature_layer=-2,
-              vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    kw = dict(
+        image_token_index=text["vocab_size"] - 1,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
     kw.update(top)
     vision = {**VISION, **(vision or {})}
     patches = (vision["image_size"] // vision["patch_size"]) ** 2
@@ -67,7 +87,7 @@ def random_inputs(config, batch: int = 2, length: int = 12, images_per_row=(1, 1
     for b, n in enumerate(images_per_row):
         starts = [1 + i * (per + 2) for i in range(n)]
         for s in starts:
-            ids[b, s:s + per] = image_token
+            ids[b, s : s + per] = image_token
     s = config.vision_config.image_size
     pixels = rng.standard_normal((sum(images_per_row), 3, s, s)).astype(np.float32)
     mask = np.ones((batch, length), np.int64)

@@ -9,8 +9,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `llava-jax export`."""
     parser.add_argument("src", help="llava_jax checkpoint (or any directory `llava_jax.load` reads)")
     parser.add_argument("dst", help="output HF directory")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="tensor dtype on disk (default: as stored)")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="tensor dtype on disk (default: as stored)",
+    )
     parser.add_argument("--vision-tower", default=None, help="HF CLIP directory (original checkpoints)")
 
 

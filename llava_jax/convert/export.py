@@ -19,11 +19,17 @@ def _processor_files(model, directory: str) -> None:
     image_processor = {
         "image_processor_type": "CLIPImageProcessor",
         "processor_class": "LlavaProcessor",
-        "do_resize": True, "size": {"shortest_edge": size},
-        "do_center_crop": True, "crop_size": {"height": size, "width": size},
-        "do_rescale": True, "rescale_factor": 1 / 255,
-        "do_normalize": True, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
-        "do_convert_rgb": True, "resample": 3,
+        "do_resize": True,
+        "size": {"shortest_edge": size},
+        "do_center_crop": True,
+        "crop_size": {"height": size, "width": size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
+        "do_convert_rgb": True,
+        "resample": 3,
     }
     with open(os.path.join(directory, "preprocessor_config.json"), "w") as f:
         json.dump(image_processor, f, indent=2)
@@ -60,8 +66,11 @@ def export_hf(model, directory: str, *, dtype=None) -> None:
         hf["dtype"] = str(dtype)
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(hf, f, indent=2)
-    generation = {"bos_token_id": config.llm.bos_token_id, "eos_token_id": config.llm.eos_token_id,
-                  "pad_token_id": config.llm.pad_token_id}
+    generation = {
+        "bos_token_id": config.llm.bos_token_id,
+        "eos_token_id": config.llm.eos_token_id,
+        "pad_token_id": config.llm.pad_token_id,
+    }
     with open(os.path.join(directory, "generation_config.json"), "w") as f:
         json.dump({k: v for k, v in generation.items() if v is not None}, f, indent=2)
     write_hf_weights(model.params, config, directory, dtype=dtype)

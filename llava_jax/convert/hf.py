@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import numpy as np
@@ -32,7 +32,9 @@ def canonical_sources(paths: list[str], *, where: str) -> dict[str, tuple[object
         try:
             canon = canonical_key(key)
         except KeyError:
-            raise CheckpointError(f"{where}: unexpected tensor {key!r} in {f.path} (not a LLaVA/CLIP/LLaMA key)")
+            raise CheckpointError(
+                f"{where}: unexpected tensor {key!r} in {f.path} (not a LLaVA/CLIP/LLaMA key)"
+            ) from None
         if canon is None:
             continue
         if canon in out:
@@ -53,8 +55,14 @@ def _set_in(tree: dict, path, value):
     tree[path[-1]] = value
 
 
-def validate(specs: list[TensorSpec], abstract, sources: Mapping[str, tuple[object, str]], *, where: str,
-             allow_unused_prefixes: tuple[str, ...] = ()) -> None:
+def validate(
+    specs: list[TensorSpec],
+    abstract,
+    sources: Mapping[str, tuple[object, str]],
+    *,
+    where: str,
+    allow_unused_prefixes: tuple[str, ...] = (),
+) -> None:
     """Raise `CheckpointError` naming the key for any missing, unexpected or mis-shaped tensor."""
     used = set()
     for spec in specs:
@@ -89,9 +97,17 @@ def _full_param(spec: TensorSpec, shape, dtype, sources) -> np.ndarray:
     return out
 
 
-def iter_params(config: LlavaConfig, sources: Mapping[str, tuple[object, str]], *, dtype,
-                parts=("vision", "projector", "llm"), mesh=None, rules: Rules = DEFAULT_RULES,
-                where: str = "checkpoint", allow_unused_prefixes: tuple[str, ...] = ()):
+def iter_params(
+    config: LlavaConfig,
+    sources: Mapping[str, tuple[object, str]],
+    *,
+    dtype,
+    parts=("vision", "projector", "llm"),
+    mesh=None,
+    rules: Rules = DEFAULT_RULES,
+    where: str = "checkpoint",
+    allow_unused_prefixes: tuple[str, ...] = (),
+):
     """Yield (parameter path, jax.Array) one parameter at a time, after validating every tensor.
 
     Args:
@@ -155,8 +171,9 @@ def torch_tensor(params, spec: TensorSpec, layer: int | None, dtype=None) -> np.
     return np.ascontiguousarray(arr if dtype is None else arr.astype(dtype))
 
 
-def write_hf_weights(params, config: LlavaConfig, directory: str, *, dtype=None,
-                     max_shard_bytes: int = MAX_SHARD_BYTES) -> list[str]:
+def write_hf_weights(
+    params, config: LlavaConfig, directory: str, *, dtype=None, max_shard_bytes: int = MAX_SHARD_BYTES
+) -> list[str]:
     """Write safetensors weights in transformers' on-disk LLaVA layout, one tensor in memory at a time.
 
     Large models are split into `model-0000i-of-0000n.safetensors` with an index.
@@ -176,8 +193,11 @@ def write_hf_weights(params, config: LlavaConfig, directory: str, *, dtype=None,
             size = 0
         shards[-1][key] = (torch_shape(spec.kind, shape), dt)
         size += nbytes
-    names = (["model.safetensors"] if len(shards) == 1 else
-             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    names = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
     for name, shard in zip(names, shards):
         tensors = ((key, torch_tensor(params, *index[key], dtype)) for key in shard)
         write_safetensors(os.path.join(directory, name), tensors, shard)

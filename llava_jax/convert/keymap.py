@@ -45,8 +45,12 @@ IGNORED = (
 )
 
 # What transformers 5 writes in `save_pretrained` for LlavaForConditionalGeneration.
-HF_SAVE_PREFIXES = {"vision.": "vision_tower.", "projector.": "multi_modal_projector.",
-                    "llm.": "language_model.model.", "lm_head.": "language_model.lm_head."}
+HF_SAVE_PREFIXES = {
+    "vision.": "vision_tower.",
+    "projector.": "multi_modal_projector.",
+    "llm.": "language_model.model.",
+    "lm_head.": "language_model.lm_head.",
+}
 
 
 def canonical_key(key: str) -> str | None:
@@ -70,7 +74,7 @@ def hf_save_key(canonical: str) -> str:
     """The key transformers 5 writes on disk for a canonical name."""
     for prefix, repl in HF_SAVE_PREFIXES.items():
         if canonical.startswith(prefix):
-            return repl + canonical[len(prefix):]
+            return repl + canonical[len(prefix) :]
     raise KeyError(canonical)
 
 
@@ -155,22 +159,32 @@ def _vision_specs(config: LlavaConfig) -> list[TensorSpec]:
         TensorSpec(("vision", "position_embedding"), "vision.embeddings.position_embedding.weight", "copy"),
     ]
     for ln in ("pre_layrnorm", "post_layernorm"):
-        specs += [TensorSpec(("vision", ln, "scale"), f"vision.{ln}.weight", "copy"),
-                  TensorSpec(("vision", ln, "bias"), f"vision.{ln}.bias", "copy")]
+        specs += [
+            TensorSpec(("vision", ln, "scale"), f"vision.{ln}.weight", "copy"),
+            TensorSpec(("vision", ln, "bias"), f"vision.{ln}.bias", "copy"),
+        ]
     for ln in ("layer_norm1", "layer_norm2"):
-        specs += [TensorSpec(("vision", "layers", ln, "scale"), layer + ln + ".weight", "copy", n),
-                  TensorSpec(("vision", "layers", ln, "bias"), layer + ln + ".bias", "copy", n)]
+        specs += [
+            TensorSpec(("vision", "layers", ln, "scale"), layer + ln + ".weight", "copy", n),
+            TensorSpec(("vision", "layers", ln, "bias"), layer + ln + ".bias", "copy", n),
+        ]
     for proj in ("q_proj", "k_proj", "v_proj"):
         base = ("vision", "layers", "self_attn", proj)
-        specs += [TensorSpec(base + ("kernel",), layer + f"self_attn.{proj}.weight", "heads_in", n),
-                  TensorSpec(base + ("bias",), layer + f"self_attn.{proj}.bias", "heads_bias", n)]
+        specs += [
+            TensorSpec(base + ("kernel",), layer + f"self_attn.{proj}.weight", "heads_in", n),
+            TensorSpec(base + ("bias",), layer + f"self_attn.{proj}.bias", "heads_bias", n),
+        ]
     base = ("vision", "layers", "self_attn", "out_proj")
-    specs += [TensorSpec(base + ("kernel",), layer + "self_attn.out_proj.weight", "heads_out", n),
-              TensorSpec(base + ("bias",), layer + "self_attn.out_proj.bias", "copy", n)]
+    specs += [
+        TensorSpec(base + ("kernel",), layer + "self_attn.out_proj.weight", "heads_out", n),
+        TensorSpec(base + ("bias",), layer + "self_attn.out_proj.bias", "copy", n),
+    ]
     for fc in ("fc1", "fc2"):
         base = ("vision", "layers", "mlp", fc)
-        specs += [TensorSpec(base + ("kernel",), layer + f"mlp.{fc}.weight", "linear", n),
-                  TensorSpec(base + ("bias",), layer + f"mlp.{fc}.bias", "copy", n)]
+        specs += [
+            TensorSpec(base + ("kernel",), layer + f"mlp.{fc}.weight", "linear", n),
+            TensorSpec(base + ("bias",), layer + f"mlp.{fc}.bias", "copy", n),
+        ]
     return specs
 
 
@@ -187,8 +201,10 @@ def _llm_specs(config: LlavaConfig) -> list[TensorSpec]:
     c = config.llm
     n = c.num_layers
     layer = "llm.layers.{i}."
-    specs = [TensorSpec(("llm", "embed_tokens"), "llm.embed_tokens.weight", "copy"),
-             TensorSpec(("llm", "norm", "scale"), "llm.norm.weight", "copy")]
+    specs = [
+        TensorSpec(("llm", "embed_tokens"), "llm.embed_tokens.weight", "copy"),
+        TensorSpec(("llm", "norm", "scale"), "llm.norm.weight", "copy"),
+    ]
     if not c.tie_word_embeddings:
         specs.append(TensorSpec(("llm", "lm_head", "kernel"), "lm_head.weight", "linear"))
     for ln in ("input_layernorm", "post_attention_layernorm"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Iterable
+from collections.abc import Iterable
 
 import jax
 import numpy as np

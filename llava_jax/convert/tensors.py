@@ -12,7 +12,7 @@ import glob
 import json
 import os
 import struct
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import ml_dtypes
 import numpy as np
@@ -59,8 +59,7 @@ class SafetensorsFile:
         end = max((e["data_offsets"][1] for e in header.values()), default=0)
         if self._data_start + end > size:
             raise CheckpointError(
-                f"{path}: truncated safetensors file: header needs {self._data_start + end} bytes, "
-                f"file has {size}"
+                f"{path}: truncated safetensors file: header needs {self._data_start + end} bytes, file has {size}"
             )
 
     def keys(self) -> list[str]:
@@ -125,8 +124,10 @@ def weight_files(directory: str) -> list[str]:
     """Weight files of an HF-style directory: safetensors first (index, single, shards), else `.bin`."""
     if not os.path.isdir(directory):
         raise CheckpointError(f"{directory}: not a directory")
-    for index_name, pattern in (("model.safetensors.index.json", "*.safetensors"),
-                                ("pytorch_model.bin.index.json", "*.bin")):
+    for index_name, pattern in (
+        ("model.safetensors.index.json", "*.safetensors"),
+        ("pytorch_model.bin.index.json", "*.bin"),
+    ):
         index = os.path.join(directory, index_name)
         if os.path.exists(index):
             with open(index) as f:
@@ -160,8 +161,9 @@ def _header_entry(arr_shape, dtype, offset) -> dict:
     return {"dtype": _DTYPE_NAMES[dtype], "shape": list(arr_shape), "data_offsets": [offset, offset + nbytes]}
 
 
-def write_safetensors(path: str, tensors: Iterator[tuple[str, np.ndarray]], specs: dict[str, tuple],
-                      metadata: dict | None = None) -> None:
+def write_safetensors(
+    path: str, tensors: Iterator[tuple[str, np.ndarray]], specs: dict[str, tuple], metadata: dict | None = None
+) -> None:
     """Stream tensors into one safetensors file.
 
     Args:
@@ -188,8 +190,10 @@ def write_safetensors(path: str, tensors: Iterator[tuple[str, np.ndarray]], spec
             entry = header[key]
             arr = np.ascontiguousarray(arr)
             if list(arr.shape) != entry["shape"] or _DTYPE_NAMES[arr.dtype] != entry["dtype"]:
-                raise CheckpointError(f"{path}: tensor {key!r} is {arr.dtype}{arr.shape}, header says "
-                                      f"{entry['dtype']}{tuple(entry['shape'])}")
+                raise CheckpointError(
+                    f"{path}: tensor {key!r} is {arr.dtype}{arr.shape}, header says "
+                    f"{entry['dtype']}{tuple(entry['shape'])}"
+                )
             f.seek(start + entry["data_offsets"][0])
             f.write(arr.reshape(-1).view(np.uint8).data)
             written.add(key)

@@ -38,9 +38,7 @@ def _read_image(example: dict) -> bytes | None:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise DataError(
-            example.get("id", "?"), "missing_image", f"{path}: {e.strerror}"
-        ) from None
+        raise DataError(example.get("id", "?"), "missing_image", f"{path}: {e.strerror}") from None
 
 
 def _load(source: JsonSource, index: int) -> tuple[dict, bytes | None]:
@@ -88,10 +86,7 @@ def pack(
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
         for begin in range(0, total, chunk):
             # Reading files is I/O bound: threads overlap it; order is preserved.
-            futures = [
-                pool.submit(_load, source, i)
-                for i in range(begin, min(total, begin + chunk))
-            ]
+            futures = [pool.submit(_load, source, i) for i in range(begin, min(total, begin + chunk))]
             for index, future in zip(range(begin, total), futures):
                 try:
                     example, image_bytes = future.result()
@@ -108,9 +103,7 @@ def pack(
                     shard = index // shard_size
                     name = f"data-{shard:05d}-of-{num_shards:05d}.array_record"
                     # group_size:1 keeps every record individually seekable (random access).
-                    writer = ArrayRecordWriter(
-                        os.path.join(out_dir, name), "group_size:1"
-                    )
+                    writer = ArrayRecordWriter(os.path.join(out_dir, name), "group_size:1")
                 writer.write(serialize_record(example, image_bytes))
                 lengths.append(word_length(example))
                 written += 1
@@ -136,9 +129,7 @@ def pack(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Registers `data` subcommands on the `llava-jax data` parser."""
-    sub = parser.add_subparsers(
-        dest="data_command", required=True, metavar="DATA_COMMAND"
-    )
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     p = sub.add_parser(
         "pack",
         help="LLaVA JSON + images -> ArrayRecord shards",
@@ -146,9 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("json", help="LLaVA JSON or JSONL file")
-    p.add_argument(
-        "image_root", help="folder the examples' image paths are relative to"
-    )
+    p.add_argument("image_root", help="folder the examples' image paths are relative to")
     p.add_argument("out_dir", help="output folder for the shards")
     p.add_argument("--shard-size", type=int, default=5000, help="examples per shard")
     p.add_argument(

@@ -58,12 +58,8 @@ _LLAVA_V1_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
 
-VICUNA_V1 = Template(
-    "vicuna_v1", _VICUNA_SYSTEM, ("USER", "ASSISTANT"), "two", " ", "</s>", "</s>"
-)
-LLAVA_V1 = Template(
-    "llava_v1", _LLAVA_V1_SYSTEM, ("USER", "ASSISTANT"), "two", " ", "</s>", "</s>"
-)
+VICUNA_V1 = Template("vicuna_v1", _VICUNA_SYSTEM, ("USER", "ASSISTANT"), "two", " ", "</s>", "</s>")
+LLAVA_V1 = Template("llava_v1", _LLAVA_V1_SYSTEM, ("USER", "ASSISTANT"), "two", " ", "</s>", "</s>")
 # The reference's `sep2` is None, which makes `get_prompt` raise on a filled
 # second message; `"\n"` keeps rendering defined there and changes nothing else.
 PLAIN = Template("plain", "", ("", ""), "plain", "\n", "\n", "\n")
@@ -87,9 +83,7 @@ def get_template(template: str | Template) -> Template:
     try:
         return TEMPLATES[template]
     except KeyError:
-        raise ValueError(
-            f"unknown template {template!r}; known: {sorted(TEMPLATES)}"
-        ) from None
+        raise ValueError(f"unknown template {template!r}; known: {sorted(TEMPLATES)}") from None
 
 
 def move_image_to_front(text: str, *, training: bool = False) -> str:
@@ -104,24 +98,18 @@ def move_image_to_front(text: str, *, training: bool = False) -> str:
     return moved.strip() if training else moved
 
 
-def _messages(
-    template: Template, turns: Sequence[Turn]
-) -> list[tuple[str, str | None]]:
+def _messages(template: Template, turns: Sequence[Turn]) -> list[tuple[str, str | None]]:
     """Turns -> (template role string, message), checking that speakers alternate from the user."""
     out = []
     for i, (role, message) in enumerate(turns):
         index = template.role_index(role)
         if index != i % 2:
-            raise ValueError(
-                f"turn {i} is from {role!r}: turns must alternate user/assistant, starting with the user"
-            )
+            raise ValueError(f"turn {i} is from {role!r}: turns must alternate user/assistant, starting with the user")
         out.append((template.roles[index], message))
     return out
 
 
-def render(
-    template: str | Template, turns: Sequence[Turn], *, image: bool = False
-) -> str:
+def render(template: str | Template, turns: Sequence[Turn], *, image: bool = False) -> str:
     """The prompt string of reference `Conversation.get_prompt()` for these turns.
 
     Args:
@@ -155,9 +143,7 @@ def render(
     raise ValueError(f"unknown template style {template.style!r}")
 
 
-def generation_prompt(
-    template: str | Template, turns: str | Sequence[Turn], *, image: bool = True
-) -> str:
+def generation_prompt(template: str | Template, turns: str | Sequence[Turn], *, image: bool = True) -> str:
     """The prompt that asks for the next assistant reply (ends with `ASSISTANT:` for chat templates).
 
     Args:
@@ -174,9 +160,7 @@ def generation_prompt(
     return render(template, turns + [("assistant", None)], image=image)
 
 
-def training_segments(
-    template: str | Template, turns: Sequence[Turn]
-) -> list[tuple[str, bool]]:
+def training_segments(template: str | Template, turns: Sequence[Turn]) -> list[tuple[str, bool]]:
     """The training text of a conversation as `(text, supervised)` pieces, concatenating to it.
 
     `vicuna_v1`/`llava_v1`/`llava_hf`: the text is `render(turns)`; each assistant
@@ -192,9 +176,7 @@ def training_segments(
     messages = _messages(template, turns)
     if template.style == "plain":
         if len(messages) != 2:
-            raise ValueError(
-                f"plain template needs one user and one assistant turn, got {len(messages)}"
-            )
+            raise ValueError(f"plain template needs one user and one assistant turn, got {len(messages)}")
         return [(IMAGE_TOKEN, False), (messages[1][1] + template.sep, True)]
     if template.style != "two":
         raise ValueError(f"unknown template style {template.style!r}")

@@ -61,9 +61,7 @@ class DataError(ValueError):
         self.sample_id = str(sample_id)
         self.reason = reason
         self.detail = detail
-        super().__init__(
-            f"sample {self.sample_id!r}: {reason}" + (f" ({detail})" if detail else "")
-        )
+        super().__init__(f"sample {self.sample_id!r}: {reason}" + (f" ({detail})" if detail else ""))
 
 
 def _split_tokenize(prompt: str, tokenizer, *, with_offsets: bool):
@@ -78,18 +76,12 @@ def _split_tokenize(prompt: str, tokenizer, *, with_offsets: bool):
     for piece in pieces:
         enc = tokenizer(piece, return_offsets_mapping=with_offsets)
         ids = list(enc["input_ids"])
-        offsets = (
-            [(start + s, start + e) for s, e in enc["offset_mapping"]]
-            if with_offsets
-            else None
-        )
+        offsets = [(start + s, start + e) for s, e in enc["offset_mapping"]] if with_offsets else None
         encoded.append((ids, offsets))
         start += len(piece) + len(IMAGE_TOKEN)
     bos = tokenizer.bos_token_id
     # As the reference: when the tokenizer adds BOS, it is kept once, at the very start.
-    strip = int(
-        bool(encoded and encoded[0][0] and bos is not None and encoded[0][0][0] == bos)
-    )
+    strip = int(bool(encoded and encoded[0][0] and bos is not None and encoded[0][0][0] == bos))
     out = []
     for k, (ids, offsets) in enumerate(encoded):
         if strip and k > 0:
@@ -98,18 +90,14 @@ def _split_tokenize(prompt: str, tokenizer, *, with_offsets: bool):
     return out
 
 
-def tokenizer_image_token(
-    prompt: str, tokenizer, *, image_token_index: int, image_seq_length: int = 1
-) -> list[int]:
+def tokenizer_image_token(prompt: str, tokenizer, *, image_token_index: int, image_seq_length: int = 1) -> list[int]:
     """Token ids of `prompt` with `image_seq_length` placeholder ids per `<image>` (reference semantics).
 
     With `image_seq_length=1` this is the LLaVA repo's `tokenizer_image_token`.
     Returns a list of `len = text tokens + image_seq_length * num_images` ints.
     """
     out: list[int] = []
-    for k, (ids, _) in enumerate(
-        _split_tokenize(prompt, tokenizer, with_offsets=False)
-    ):
+    for k, (ids, _) in enumerate(_split_tokenize(prompt, tokenizer, with_offsets=False)):
         if k:
             out.extend([image_token_index] * image_seq_length)
         out.extend(ids)
@@ -136,14 +124,10 @@ def validate_turns(example: dict, template) -> tuple[str, list[tuple[str, str]],
     Raises `DataError` for every bad-input case of the data issue.
     """
     if not isinstance(example, dict):
-        raise DataError(
-            "?", "malformed", f"example is {type(example).__name__}, not a dict"
-        )
+        raise DataError("?", "malformed", f"example is {type(example).__name__}, not a dict")
     sample_id = str(example.get("id", "?"))
     if example.get("_error"):
-        raise DataError(
-            sample_id, example.get("_reason", "malformed"), example["_error"]
-        )
+        raise DataError(sample_id, example.get("_reason", "malformed"), example["_error"])
     conversations = example.get("conversations")
     if not isinstance(conversations, list) or not conversations:
         raise DataError(sample_id, "no_conversations")
@@ -177,17 +161,12 @@ def validate_turns(example: dict, template) -> tuple[str, list[tuple[str, str]],
     if has_image and markers == 0:
         raise DataError(sample_id, "missing_image_token")
     if markers > 1:
-        raise DataError(
-            sample_id, "multiple_image_tokens", f"{markers} markers for one image"
-        )
+        raise DataError(sample_id, "multiple_image_tokens", f"{markers} markers for one image")
     if any(IMAGE_TOKEN in value for role, value in turns if role == "gpt"):
         raise DataError(sample_id, "image_token_in_answer")
     if has_image:
         # Reference `preprocess_multimodal`: the marker goes to the front of its turn.
-        turns = [
-            (role, move_image_to_front(v, training=True) if IMAGE_TOKEN in v else v)
-            for role, v in turns
-        ]
+        turns = [(role, move_image_to_front(v, training=True) if IMAGE_TOKEN in v else v) for role, v in turns]
     return sample_id, turns, has_image
 
 
@@ -220,9 +199,7 @@ def encode_example(
     template = get_template(template)
     sample_id, turns, has_image = validate_turns(example, template)
     if template.style == "plain" and not has_image:
-        raise DataError(
-            sample_id, "no_image", "the plain template needs an image sample"
-        )
+        raise DataError(sample_id, "no_image", "the plain template needs an image sample")
     try:
         segments = training_segments(template, turns)
     except ValueError as e:
@@ -241,9 +218,7 @@ def encode_example(
     try:
         pieces = _split_tokenize(text, tokenizer, with_offsets=True)
     except NotImplementedError:
-        raise TypeError(
-            "encode_example needs a fast (tokenizers-backed) tokenizer for offsets"
-        ) from None
+        raise TypeError("encode_example needs a fast (tokenizers-backed) tokenizer for offsets") from None
     for k, (piece_ids, offsets) in enumerate(pieces):
         if k:
             blocks.append((len(ids), len(ids) + image_seq_length))

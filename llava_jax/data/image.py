@@ -79,9 +79,7 @@ def to_rgb(image: ImageInput) -> Image.Image:
     Arrays: uint8 `[H, W]`, `[H, W, 1]`, `[H, W, 3]` or `[H, W, 4]` (channels last).
     """
     if isinstance(image, Image.Image):
-        has_alpha = (
-            "A" in image.getbands() or image.info.get("transparency") is not None
-        )
+        has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
         if has_alpha:
             # As HF `convert_to_rgb`: composite on white instead of dropping alpha.
             rgba = image.convert("RGBA")
@@ -93,17 +91,11 @@ def to_rgb(image: ImageInput) -> Image.Image:
         return image
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
-            raise TypeError(
-                f"image arrays must be uint8 [H, W(, C)], got {image.dtype}"
-            )
+            raise TypeError(f"image arrays must be uint8 [H, W(, C)], got {image.dtype}")
         if image.ndim == 3 and image.shape[-1] == 1:
             image = image[..., 0]
-        if image.ndim not in (2, 3) or (
-            image.ndim == 3 and image.shape[-1] not in (3, 4)
-        ):
-            raise ValueError(
-                f"image array must be [H, W], [H, W, 1|3|4], got shape {image.shape}"
-            )
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
+            raise ValueError(f"image array must be [H, W], [H, W, 1|3|4], got shape {image.shape}")
         if 0 in image.shape:
             raise ValueError(f"zero-sized image array {image.shape}")
         return to_rgb(Image.fromarray(image))
@@ -112,9 +104,7 @@ def to_rgb(image: ImageInput) -> Image.Image:
     raise TypeError(f"unsupported image type {type(image).__name__}")
 
 
-def expand_to_square(
-    image: Image.Image, color: tuple[int, int, int] = PAD_COLOR
-) -> Image.Image:
+def expand_to_square(image: Image.Image, color: tuple[int, int, int] = PAD_COLOR) -> Image.Image:
     """LLaVA's `expand2square`: paste `image` centred on a square of side max(w, h) filled with `color`."""
     width, height = image.size
     if width == height:
@@ -163,9 +153,7 @@ def normalize(array: np.ndarray) -> np.ndarray:
     return out
 
 
-def prepare_pixels(
-    image: ImageInput, *, mode: str = "pad", size: int = 336
-) -> np.ndarray:
+def prepare_pixels(image: ImageInput, *, mode: str = "pad", size: int = 336) -> np.ndarray:
     """`preprocess_image` before normalisation: uint8[size, size, 3] (4x smaller to ship between processes)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -176,9 +164,7 @@ def prepare_pixels(
     return np.ascontiguousarray(center_crop(np.asarray(pil), size))
 
 
-def preprocess_image(
-    image: ImageInput, *, mode: str = "pad", size: int = 336
-) -> np.ndarray:
+def preprocess_image(image: ImageInput, *, mode: str = "pad", size: int = 336) -> np.ndarray:
     """One image to CLIP pixels as LLaVA-1.5 feeds them to the vision tower.
 
     Args:

@@ -32,9 +32,7 @@ log = logging.getLogger(__name__)
 ROW_KEYS = ("input_ids", "labels", "positions", "segment_ids")
 
 
-def plan_rows(
-    lengths: Sequence[int], images: Sequence[int], capacity: int, max_images: int
-) -> list[list[int]]:
+def plan_rows(lengths: Sequence[int], images: Sequence[int], capacity: int, max_images: int) -> list[list[int]]:
     """Best-fit-decreasing bin packing of samples into rows.
 
     Args:
@@ -53,10 +51,7 @@ def plan_rows(
         best, best_free = -1, capacity + 1
         for r in range(len(rows)):
             # Tightest row that still fits: leaves the big gaps for big samples.
-            if (
-                lengths[i] <= free[r] < best_free
-                and used_images[r] + images[i] <= max_images
-            ):
+            if lengths[i] <= free[r] < best_free and used_images[r] + images[i] <= max_images:
                 best, best_free = r, free[r]
         if best < 0:
             rows.append([])
@@ -84,9 +79,7 @@ def empty_row(length: int) -> dict:
     }
 
 
-def assemble_row(
-    samples: Sequence[dict], length: int, *, pad_token_id: int = 0
-) -> dict:
+def assemble_row(samples: Sequence[dict], length: int, *, pad_token_id: int = 0) -> dict:
     """Samples (encoded, see `encode_example`) laid end to end into one row of `length` tokens.
 
     Returns a row dict (see module docstring); raises `ValueError` if they do not fit.
@@ -164,11 +157,7 @@ class DecodeImages:
             try:
                 images[slot] = prepare_pixels(ref, mode=self.mode, size=self.size)
             except Exception as e:
-                reason = (
-                    "missing_image"
-                    if isinstance(e, FileNotFoundError)
-                    else "corrupt_image"
-                )
+                reason = "missing_image" if isinstance(e, FileNotFoundError) else "corrupt_image"
                 error = DataError(sample_id, reason, f"{type(e).__name__}: {e}")
                 if self.on_error == "strict":
                     raise error from e
@@ -197,11 +186,7 @@ def normalize_images(batch: dict) -> dict:
 
 def stack_rows(rows: Sequence[dict]) -> dict:
     """Rows -> a batch: arrays stacked on a new leading axis, `_skipped` lists concatenated."""
-    batch = {
-        key: np.stack([row[key] for row in rows])
-        for key in rows[0]
-        if not key.startswith("_")
-    }
+    batch = {key: np.stack([row[key] for row in rows]) for key in rows[0] if not key.startswith("_")}
     batch["_skipped"] = [s for row in rows for s in row.get("_skipped", [])]
     return batch
 
@@ -222,30 +207,20 @@ class PadCollate:
         )
 
     def __call__(self, elements: Sequence[dict | None]) -> list[dict]:
-        longest = max(
-            [len(e["input_ids"]) for e in elements if e and not is_skip(e)] or [1]
-        )
-        length = min(
-            self.max_length, -(-longest // self.pad_multiple) * self.pad_multiple
-        )
+        longest = max([len(e["input_ids"]) for e in elements if e and not is_skip(e)] or [1])
+        length = min(self.max_length, -(-longest // self.pad_multiple) * self.pad_multiple)
         rows = []
         for element in elements:
             if element is None:
                 rows.append(empty_row(length))
             elif is_skip(element):
-                rows.append(
-                    add_skips(empty_row(length), [(element["id"], element["_skip"])])
-                )
+                rows.append(add_skips(empty_row(length), [(element["id"], element["_skip"])]))
             else:
-                rows.append(
-                    assemble_row([element], length, pad_token_id=self.pad_token_id)
-                )
+                rows.append(assemble_row([element], length, pad_token_id=self.pad_token_id))
         return rows
 
 
-def grouped_order(
-    lengths: np.ndarray, global_batch: int, *, seed: int, epoch: int, group_factor: int
-) -> np.ndarray:
+def grouped_order(lengths: np.ndarray, global_batch: int, *, seed: int, epoch: int, group_factor: int) -> np.ndarray:
     """LLaVA's `group_by_modality_length` order: every global batch all-image or all-text, similar lengths.
 
     Per modality: shuffle, cut into megabatches of `group_factor` global batches,

@@ -93,23 +93,15 @@ class DataConfig:
         if self.batching not in ("pack", "pad"):
             raise ValueError(f"batching must be 'pack' or 'pad', got {self.batching!r}")
         if self.on_error not in ("skip", "strict"):
-            raise ValueError(
-                f"on_error must be 'skip' or 'strict', got {self.on_error!r}"
-            )
+            raise ValueError(f"on_error must be 'skip' or 'strict', got {self.on_error!r}")
         if self.image_seq_length > self.max_length:
-            raise ValueError(
-                "image_seq_length exceeds max_length: no image sample could fit"
-            )
+            raise ValueError("image_seq_length exceeds max_length: no image sample could fit")
         if self.image_mode not in ("pad", "square"):
-            raise ValueError(
-                f"image_mode must be 'pad' or 'square', got {self.image_mode!r}"
-            )
+            raise ValueError(f"image_mode must be 'pad' or 'square', got {self.image_mode!r}")
         if self.max_images_per_row < 1:
             raise ValueError("max_images_per_row must be at least 1")
         if self.pack_length is not None and self.pack_length < self.max_length:
-            raise ValueError(
-                "pack_length must be at least max_length (a sample must fit)"
-            )
+            raise ValueError("pack_length must be at least max_length (a sample must fit)")
 
     @property
     def row_length(self) -> int:
@@ -187,9 +179,7 @@ class _GroupedRead:
     def __call__(self, index: int, _) -> dict:
         epoch, i = divmod(index, self.per_epoch())
         batch, row = divmod(i, self.local_batch)
-        source_index = self.order(epoch)[
-            batch, self.process_index * self.local_batch + row
-        ]
+        source_index = self.order(epoch)[batch, self.process_index * self.local_batch + row]
         if source_index < 0:
             return {"id": "", "_empty": True}
         return self.encode(self.source[int(source_index)])
@@ -236,9 +226,7 @@ def build_dataset(
     """
     pi, pc = _process_info(process_index, process_count)
     if config.global_batch_size % pc:
-        raise ValueError(
-            f"global batch {config.global_batch_size} not divisible by {pc} processes"
-        )
+        raise ValueError(f"global batch {config.global_batch_size} not divisible by {pc} processes")
     local_batch = config.global_batch_size // pc
     encode = EncodeFn(tokenizer, config)
     if config.batching == "pack":
@@ -249,11 +237,7 @@ def build_dataset(
             on_error=config.on_error,
             pad_token_id=config.pad_token_id,
         )
-        ds = (
-            grain.MapDataset.source(source)
-            .shuffle(seed=config.seed)
-            .repeat(config.num_epochs)
-        )
+        ds = grain.MapDataset.source(source).shuffle(seed=config.seed).repeat(config.num_epochs)
         ds = ds[pi::pc].map(encode)
         it = PackIterDataset(
             ds.to_iter_dataset(),
@@ -273,19 +257,13 @@ def build_dataset(
             pad_token_id=config.pad_token_id,
         )
         read = _GroupedRead(source, encode, config, pi, local_batch)
-        ds = (
-            grain.MapDataset.range(read.per_epoch())
-            .repeat(config.num_epochs)
-            .map_with_index(read)
-        )
+        ds = grain.MapDataset.range(read.per_epoch()).repeat(config.num_epochs).map_with_index(read)
         collate = PadCollate(
             max_length=config.max_length,
             pad_multiple=config.pad_multiple,
             pad_token_id=config.pad_token_id,
         )
-        ds = ds.batch(
-            local_batch, drop_remainder=True, batch_fn=_PadBatch(collate, decode)
-        )
+        ds = ds.batch(local_batch, drop_remainder=True, batch_fn=_PadBatch(collate, decode))
         it = ds.to_iter_dataset()
     if config.num_workers > 0:
         # grain's worker processes read absl flags; outside an absl app they are unparsed.
@@ -337,9 +315,7 @@ def make_global_batch(
     if agree_length and jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
-        lengths = multihost_utils.process_allgather(
-            np.int32(batch["input_ids"].shape[1])
-        )
+        lengths = multihost_utils.process_allgather(np.int32(batch["input_ids"].shape[1]))
         batch = pad_batch_to(batch, int(np.max(lengths)), pad_token_id)
     sharding = NamedSharding(mesh, PartitionSpec(tuple(batch_axes)))
     shards = int(np.prod([mesh.shape[a] for a in batch_axes]))
@@ -348,9 +324,7 @@ def make_global_batch(
         value = np.asarray(value)
         global_shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
         if global_shape[0] % shards:
-            raise ValueError(
-                f"global batch {global_shape[0]} not divisible by the {shards} batch shards"
-            )
+            raise ValueError(f"global batch {global_shape[0]} not divisible by the {shards} batch shards")
         out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
     return out
 
@@ -447,9 +421,7 @@ def create_loader(
     )
 
 
-def estimate_rows(
-    config: DataConfig, source, tokenizer, *, sample: int = 2000, seed: int = 0
-) -> int:
+def estimate_rows(config: DataConfig, source, tokenizer, *, sample: int = 2000, seed: int = 0) -> int:
     """Rows one epoch yields (packing: from a packed sample of encoded lengths; padding: exact).
 
     Encodes up to `sample` random examples (text only: no image is read) and

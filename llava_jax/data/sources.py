@@ -63,15 +63,9 @@ class JsonSource:
         (default: the JSON file's folder).
     """
 
-    def __init__(
-        self, path: str | os.PathLike, image_root: str | os.PathLike | None = None
-    ):
+    def __init__(self, path: str | os.PathLike, image_root: str | os.PathLike | None = None):
         self.path = os.fspath(path)
-        self.image_root = (
-            os.fspath(image_root)
-            if image_root is not None
-            else os.path.dirname(self.path)
-        )
+        self.image_root = os.fspath(image_root) if image_root is not None else os.path.dirname(self.path)
         with open(self.path, "rb") as f:
             data = f.read()
         # latin-1 maps each byte to one character, so character offsets are byte
@@ -224,9 +218,7 @@ class ArrayRecordSource:
 
         self.directory = os.fspath(directory)
         paths = sorted(
-            os.path.join(self.directory, name)
-            for name in os.listdir(self.directory)
-            if name.endswith(".array_record")
+            os.path.join(self.directory, name) for name in os.listdir(self.directory) if name.endswith(".array_record")
         )
         if not paths:
             raise FileNotFoundError(f"no .array_record shards in {self.directory}")

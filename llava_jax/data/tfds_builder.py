@@ -40,9 +40,7 @@ class LlavaJson(tfds.core.GeneratorBasedBuilder):
     """LLaVA-format conversations with their encoded images."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES: ClassVar[dict] = {
-        "1.0.0": "Conversations as JSON text, images as encoded bytes."
-    }
+    RELEASE_NOTES: ClassVar[dict] = {"1.0.0": "Conversations as JSON text, images as encoded bytes."}
     BUILDER_CONFIGS: ClassVar[list] = [
         LlavaJsonConfig(
             name="mix665k",
@@ -54,9 +52,7 @@ class LlavaJson(tfds.core.GeneratorBasedBuilder):
             json_name="blip_laion_cc_sbu_558k.json",
             description="LLaVA-1.5 stage-1 captions (LCS-558K)",
         ),
-        LlavaJsonConfig(
-            name="custom", json_name="data.json", description="manual_dir/data.json"
-        ),
+        LlavaJsonConfig(name="custom", json_name="data.json", description="manual_dir/data.json"),
     ]
     DEFAULT_CONFIG_NAME = "custom"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
@@ -94,12 +90,8 @@ class LlavaJson(tfds.core.GeneratorBasedBuilder):
         for index in range(len(source)):
             example = source[index]
             if example.get("_error"):
-                log.warning(
-                    "tfds: skipping %s: %s", example.get("id"), example["_error"]
-                )
-                skipped.append(
-                    [str(example.get("id")), example.get("_reason", "malformed")]
-                )
+                log.warning("tfds: skipping %s: %s", example.get("id"), example["_error"])
+                skipped.append([str(example.get("id")), example.get("_reason", "malformed")])
                 continue
             image_path = example.get("image")
             image = b""
@@ -116,13 +108,9 @@ class LlavaJson(tfds.core.GeneratorBasedBuilder):
                 index,
                 {
                     "id": str(example.get("id")),
-                    "conversations": json.dumps(
-                        example.get("conversations"), ensure_ascii=False
-                    ),
+                    "conversations": json.dumps(example.get("conversations"), ensure_ascii=False),
                     "image": image,
-                    "image_path": os.path.relpath(image_path, image_root)
-                    if image_path
-                    else "",
+                    "image_path": os.path.relpath(image_path, image_root) if image_path else "",
                     "has_image": image_path is not None,
                 },
             )
@@ -134,24 +122,18 @@ def decode_record(record: dict, index: int = -1) -> dict:
     """A TFDS record -> raw LLaVA example (`image` = encoded bytes or None)."""
     text = record["conversations"]
     try:
-        conversations = json.loads(
-            text.decode("utf-8") if isinstance(text, bytes) else text
-        )
+        conversations = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         return {"id": f"#{index}", "_error": str(e), "_reason": "malformed"}
     sample_id = record["id"]
     return {
-        "id": sample_id.decode("utf-8")
-        if isinstance(sample_id, bytes)
-        else str(sample_id),
+        "id": sample_id.decode("utf-8") if isinstance(sample_id, bytes) else str(sample_id),
         "conversations": conversations,
         "image": bytes(record["image"]) if bool(record["has_image"]) else None,
     }
 
 
-def tfds_source(
-    data_dir: str, *, config: str = "custom", split: str = "train"
-) -> MappedSource:
+def tfds_source(data_dir: str, *, config: str = "custom", split: str = "train") -> MappedSource:
     """The prepared dataset as a pipeline source (random access through `tfds.data_source`)."""
     source = tfds.data_source(f"llava_json/{config}", data_dir=data_dir, split=split)
     builder = tfds.builder(f"llava_json/{config}", data_dir=data_dir)

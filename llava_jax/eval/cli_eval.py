@@ -20,27 +20,21 @@ from llava_jax.eval.registry import BENCHMARKS, SIZES
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the `eval` subcommand's options."""
-    parser.add_argument(
-        "--model", help="model directory for llava_jax.load (omit with --score-only)"
-    )
+    parser.add_argument("--model", help="model directory for llava_jax.load (omit with --score-only)")
     parser.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
     parser.add_argument(
         "--data",
         required=True,
         help="the benchmark's folder in LLaVA's playground/data/eval layout",
     )
-    parser.add_argument(
-        "--out", required=True, help="output folder (answers, results, uploads)"
-    )
+    parser.add_argument("--out", required=True, help="output folder (answers, results, uploads)")
     parser.add_argument(
         "--batch-size",
         type=int,
         default=8,
         help="questions per generate call (the reference uses 1)",
     )
-    parser.add_argument(
-        "--limit", type=int, default=None, help="only the first N questions"
-    )
+    parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
     parser.add_argument(
         "--max-new-tokens",
         type=int,
@@ -48,12 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="decoding budget (default: the reference script's, 128 or 1024)",
     )
     parser.add_argument("--template", default="vicuna_v1", choices=TEMPLATES)
-    parser.add_argument(
-        "--question-file", help="override the question file (relative to --data)"
-    )
-    parser.add_argument(
-        "--image-folder", help="override the image folder (relative to --data)"
-    )
+    parser.add_argument("--question-file", help="override the question file (relative to --data)")
+    parser.add_argument("--image-folder", help="override the image folder (relative to --data)")
     parser.add_argument(
         "--annotation-file",
         help="override / provide ground truth (e.g. a VQAv2 or VizWiz val annotation)",
@@ -98,9 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from llava_jax.eval.evaluate import evaluate, format_table
 
     if not args.score_only and not args.model:
-        print(
-            "llava-jax eval: --model is required unless --score-only", file=sys.stderr
-        )
+        print("llava-jax eval: --model is required unless --score-only", file=sys.stderr)
         return 2
     data = DataConfig(
         data_dir=args.data,

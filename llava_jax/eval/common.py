@@ -77,9 +77,7 @@ def limited(records: Sequence, limit: int | None) -> Sequence:
     return records if limit is None else records[:limit]
 
 
-def answered(
-    items: Sequence[Item], answers: Mapping[str, dict]
-) -> list[tuple[Item, str]]:
+def answered(items: Sequence[Item], answers: Mapping[str, dict]) -> list[tuple[Item, str]]:
     """(item, answer text) for the items that have an answer, in item order."""
     return [(item, answers[item.key]["text"]) for item in items if item.key in answers]
 
@@ -89,9 +87,7 @@ def percent(numerator: float, denominator: float) -> float:
     return 100.0 * numerator / denominator if denominator else 0.0
 
 
-def llava_jsonl_items(
-    question_file: str, image_folder: str, limit: int | None
-) -> list[Item]:
+def llava_jsonl_items(question_file: str, image_folder: str, limit: int | None) -> list[Item]:
     """Items of a LLaVA question file (`question_id`, `image`, `text` per line).
 
     This is what `model_vqa_loader.py` / `model_vqa.py` do: the message is the

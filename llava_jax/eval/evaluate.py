@@ -34,9 +34,7 @@ def evaluate(
     `out_dir/answers.jsonl` are scored (re-scoring a finished run).
     """
     if benchmark not in BENCHMARKS:
-        raise ValueError(
-            f"unknown benchmark {benchmark!r}; known: {sorted(BENCHMARKS)}"
-        )
+        raise ValueError(f"unknown benchmark {benchmark!r}; known: {sorted(BENCHMARKS)}")
     bench = BENCHMARKS[benchmark]
     if batch_size is None:
         batch_size = getattr(answerer, "batch_size", None) or 8

@@ -24,21 +24,15 @@ MMVET_IMAGES = "images"
 
 def load_llava_bench(cfg: DataConfig) -> list[Item]:
     """LLaVA-Bench in-the-wild questions (`llavabench.sh`, plain questions, no suffix)."""
-    return llava_jsonl_items(
-        cfg.questions(LLAVA_BENCH_QUESTIONS), cfg.images(LLAVA_BENCH_IMAGES), cfg.limit
-    )
+    return llava_jsonl_items(cfg.questions(LLAVA_BENCH_QUESTIONS), cfg.images(LLAVA_BENCH_IMAGES), cfg.limit)
 
 
 def load_mmvet(cfg: DataConfig) -> list[Item]:
     """MM-Vet questions (`mmvet.sh`)."""
-    return llava_jsonl_items(
-        cfg.questions(MMVET_QUESTIONS), cfg.images(MMVET_IMAGES), cfg.limit
-    )
+    return llava_jsonl_items(cfg.questions(MMVET_QUESTIONS), cfg.images(MMVET_IMAGES), cfg.limit)
 
 
-def score_llava_bench(
-    items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str
-) -> Score:
+def score_llava_bench(items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str) -> Score:
     """Writes `llava_bench_answers.jsonl`, the grader's `--answer-list` entry."""
     path = os.path.join(out_dir, "llava_bench_answers.jsonl")
     records = [answers[item.key] for item in items if item.key in answers]
@@ -53,9 +47,7 @@ def score_llava_bench(
     return Score({"answered": len(records)}, {"answers": path}, notes)
 
 
-def score_mmvet(
-    items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str
-) -> Score:
+def score_mmvet(items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str) -> Score:
     """Writes `mmvet_results.json` (`{"v1_<question_id>": answer}`, indented as the reference)."""
     pairs = answered(items, answers)
     path = os.path.join(out_dir, "mmvet_results.json")

@@ -53,25 +53,14 @@ def _ground_truth(cfg: DataConfig) -> dict[str, str]:
     for path in candidates:
         if os.path.exists(path):
             questions = read_json(path)
-            return {
-                str(qid): q["answer"]
-                for qid, q in questions.items()
-                if q.get("isBalanced", True)
-            }
-    raise EvalDataError(
-        f"GQA questions with answers not found; looked for {candidates}"
-    )
+            return {str(qid): q["answer"] for qid, q in questions.items() if q.get("isBalanced", True)}
+    raise EvalDataError(f"GQA questions with answers not found; looked for {candidates}")
 
 
-def score(
-    items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str
-) -> Score:
+def score(items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str) -> Score:
     """Accuracy on the answered balanced questions, plus the predictions file eval.py reads."""
     pairs = answered(items, answers)
-    predictions = [
-        {"questionId": item.question_id, "prediction": prediction(text)}
-        for item, text in pairs
-    ]
+    predictions = [{"questionId": item.question_id, "prediction": prediction(text)} for item, text in pairs]
     path = os.path.join(out_dir, "testdev_balanced_predictions.json")
     write_json(path, predictions)
     truth = _ground_truth(cfg)

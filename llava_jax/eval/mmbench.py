@@ -202,9 +202,7 @@ def score(
         rows = rows[: cfg.limit]
     pairs = answered(items, answers)
     # The upload holds one prediction per row: the unrotated round's.
-    predictions = {
-        item.question_id: text for item, text in pairs if item.meta["round"] == 0
-    }
+    predictions = {item.question_id: text for item, text in pairs if item.meta["round"] == 0}
     upload = os.path.join(out_dir, os.path.splitext(os.path.basename(tsv))[0] + ".xlsx")
     _write_upload(upload, header, rows, predictions)
     metrics: dict = {"answered": len(pairs)}
@@ -217,35 +215,25 @@ def score(
             options = item.fields["options"]
             letter = extract_letter(text, options)
             unparsed += letter is None
-            hit = letter == correct_letter(
-                item.meta["answer"], len(options), item.meta["round"]
-            )
+            hit = letter == correct_letter(item.meta["answer"], len(options), item.meta["round"])
             group = item.question_id % CIRCULAR_BASE
             groups.setdefault(group, []).append(hit)
             if item.question_id < CIRCULAR_BASE:
                 categories[group] = item.meta["category"]
         hits = [h for group_hits in groups.values() for h in group_hits]
         metrics["accuracy"] = percent(sum(hits), len(hits))
-        metrics["circular_accuracy"] = percent(
-            sum(all(g) for g in groups.values()), len(groups)
-        )
+        metrics["circular_accuracy"] = percent(sum(all(g) for g in groups.values()), len(groups))
         metrics["questions"] = len(groups)
         metrics["unparsed"] = unparsed
         by_category: dict[str, list[bool]] = {}
         for group, group_hits in groups.items():
-            by_category.setdefault(categories.get(group) or "unknown", []).append(
-                all(group_hits)
-            )
+            by_category.setdefault(categories.get(group) or "unknown", []).append(all(group_hits))
         for category, flags in sorted(by_category.items()):
             metrics[f"circular/{category}"] = percent(sum(flags), len(flags))
-    notes = [
-        f"test split: upload {os.path.basename(upload)} to the OpenCompass MMBench server"
-    ]
+    notes = [f"test split: upload {os.path.basename(upload)} to the OpenCompass MMBench server"]
     return Score(metrics, {"upload": upload}, notes)
 
 
-def score_cn(
-    items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str
-) -> Score:
+def score_cn(items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str) -> Score:
     """MMBench-CN scoring (same rules, CN dev TSV)."""
     return score(items, answers, cfg, out_dir, QUESTIONS_CN)

@@ -85,11 +85,7 @@ def _build_items(release: str, limit: int | None) -> list[Item]:
         image_dir, _ = _category_dirs(release, category)
         stem = name[: -len(".txt")]
         image = next(
-            (
-                stem + ext
-                for ext in _IMAGE_EXTENSIONS
-                if os.path.exists(os.path.join(image_dir, stem + ext))
-            ),
+            (stem + ext for ext in _IMAGE_EXTENSIONS if os.path.exists(os.path.join(image_dir, stem + ext))),
             None,
         )
         if image is None:
@@ -135,9 +131,7 @@ def original_question(prompt: str, category: str, name: str, truth: Mapping) -> 
         question = f"{question} {prompts.MME_YES_NO}"
         if (category, name, question) not in truth:
             # A few MME questions have two spaces before the instruction.
-            question = question.replace(
-                f" {prompts.MME_YES_NO}", f"  {prompts.MME_YES_NO}"
-            )
+            question = question.replace(f" {prompts.MME_YES_NO}", f"  {prompts.MME_YES_NO}")
     return question
 
 
@@ -150,9 +144,7 @@ def parse_yes_no(text: str) -> str:
     return "yes" if "yes" in head else "no" if "no" in head else "other"
 
 
-def score(
-    items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str
-) -> Score:
+def score(items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str) -> Score:
     """Per-subtask `acc`, `acc_plus`, `score`; `perception` and `cognition` totals.
 
     Also writes the per-subtask files MME's `calculation.py` reads
@@ -167,9 +159,7 @@ def score(
         question = original_question(item.prompt, category, name, truth)
         if (category, name, question) not in truth:
             raise EvalDataError(f"no MME ground truth for {qid}: {question!r}")
-        rows.setdefault(category, []).append(
-            (name, question, truth[(category, name, question)], text)
-        )
+        rows.setdefault(category, []).append((name, question, truth[(category, name, question)], text))
 
     metrics: dict = {}
     folder = os.path.join(out_dir, "mme_results")

@@ -83,9 +83,7 @@ class ModelAnswerer:
         length_multiple: int = 64,
     ):
         if model.tokenizer is None:
-            raise ValueError(
-                "evaluation needs the model's tokenizer (the model directory has none)"
-            )
+            raise ValueError("evaluation needs the model's tokenizer (the model directory has none)")
         self.model = model
         self.model_id = model_id
         self.config = model.config
@@ -117,17 +115,13 @@ class ModelAnswerer:
         import llava_jax
 
         model = llava_jax.load(path, dtype=dtype, mesh=mesh)
-        return cls(
-            model, model_id=model_name_from_path(path), batch_size=batch_size, **kwargs
-        )
+        return cls(model, model_id=model_name_from_path(path), batch_size=batch_size, **kwargs)
 
     @property
     def model_size(self) -> str | None:
         """ "7B" / "13B" for the LLaVA-1.5 shapes, else None (no Model Zoo comparison)."""
         llm = self.config.llm
-        return {(4096, 32): "7B", (5120, 40): "13B"}.get(
-            (llm.hidden_size, llm.num_layers)
-        )
+        return {(4096, 32): "7B", (5120, 40): "13B"}.get((llm.hidden_size, llm.num_layers))
 
     def prepare(self, requests: Sequence[Request]) -> PreparedBatch:
         """Tokenise, preprocess images and pad (CPU only; runs ahead on a worker thread)."""
@@ -136,9 +130,7 @@ class ModelAnswerer:
         if not requests:
             raise ValueError("empty batch")
         if len(requests) > self.batch_size:
-            raise ValueError(
-                f"{len(requests)} requests exceed the batch size {self.batch_size}"
-            )
+            raise ValueError(f"{len(requests)} requests exceed the batch size {self.batch_size}")
         rows = list(requests) + [requests[-1]] * (self.batch_size - len(requests))
         ids = [
             tokenizer_image_token(
@@ -150,11 +142,7 @@ class ModelAnswerer:
             for r in rows
         ]
         length = _round_up(max(len(x) for x in ids), self.length_multiple)
-        pad = (
-            self.config.llm.pad_token_id
-            if self.config.llm.pad_token_id is not None
-            else 0
-        )
+        pad = self.config.llm.pad_token_id if self.config.llm.pad_token_id is not None else 0
         input_ids = np.full((len(rows), length), pad, dtype=np.int32)
         mask = np.zeros((len(rows), length), dtype=np.int32)
         for i, x in enumerate(ids):
@@ -162,11 +150,7 @@ class ModelAnswerer:
             mask[i, length - len(x) :] = 1
         size = self.config.vision.image_size
         with_image = [r.image for r in rows if r.image is not None]
-        images = list(
-            self._workers.map(
-                lambda im: reference_pixels(im, mode=self.mode, size=size), with_image
-            )
-        )
+        images = list(self._workers.map(lambda im: reference_pixels(im, mode=self.mode, size=size), with_image))
         pixels = np.stack(images).transpose(0, 3, 1, 2) if images else None
         return PreparedBatch(
             input_ids,
@@ -178,9 +162,7 @@ class ModelAnswerer:
 
     def answer(self, prepared: PreparedBatch) -> list[str]:
         """Greedy generation; each row cut at its stop token, special tokens dropped, stripped."""
-        room = self.config.llm.max_position_embeddings - int(
-            prepared.attention_mask.sum(1).max()
-        )
+        room = self.config.llm.max_position_embeddings - int(prepared.attention_mask.sum(1).max())
         tokens = self.model.generate(
             prepared.input_ids,
             prepared.pixel_values,
@@ -193,7 +175,5 @@ class ModelAnswerer:
         for row in np.asarray(tokens)[: prepared.real]:
             ids = [int(t) for t in row]
             cut = next((i for i, t in enumerate(ids) if t in self.stop_ids), len(ids))
-            texts.append(
-                self.tokenizer.decode(ids[:cut], skip_special_tokens=True).strip()
-            )
+            texts.append(self.tokenizer.decode(ids[:cut], skip_special_tokens=True).strip())
         return texts

@@ -54,9 +54,7 @@ youll you'll | youre you're | youve you've
 """
 
 CONTRACTIONS: dict[str, str] = dict(
-    pair.split()
-    for pair in _CONTRACTION_PAIRS.replace("\n", "|").split("|")
-    if pair.strip()
+    pair.split() for pair in _CONTRACTION_PAIRS.replace("\n", "|").split("|") if pair.strip()
 )
 
 NUMBER_WORDS: dict[str, str] = {

@@ -43,13 +43,9 @@ def load(cfg: DataConfig) -> list[Item]:
     records = []
     for category in CATEGORIES:
         if os.path.exists(_label_file(folder, category)):
-            records += [
-                (category, rec) for rec in iter_jsonl(_label_file(folder, category))
-            ]
+            records += [(category, rec) for rec in iter_jsonl(_label_file(folder, category))]
     if not records:
-        raise EvalDataError(
-            f"POPE questions not found: {path} (nor {folder}/coco_pope_*.json)"
-        )
+        raise EvalDataError(f"POPE questions not found: {path} (nor {folder}/coco_pope_*.json)")
     items = []
     for i, (category, rec) in enumerate(limited(records, cfg.limit)):
         text = prompts.short_answer(rec["text"])
@@ -109,16 +105,12 @@ def binary_metrics(preds: Sequence[str], labels: Sequence[str]) -> dict:
     }
 
 
-def score(
-    items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str
-) -> Score:
+def score(items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str) -> Score:
     """Per-split metrics (`{split}/accuracy`, ...) and their unweighted means (`mean_f1`, ...)."""
     folder = cfg.annotations(ANNOTATIONS)
     per_category: dict[str, list[tuple[Item, str]]] = {}
     for item, text in answered(items, answers):
-        per_category.setdefault(item.meta["record"]["category"], []).append(
-            (item, text)
-        )
+        per_category.setdefault(item.meta["record"]["category"], []).append((item, text))
     # Labels pair with answers by position inside each category, so the answers
     # must be a prefix of the category's questions in file order.
     position: dict[str, int] = {}

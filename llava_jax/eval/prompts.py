@@ -15,9 +15,7 @@ from llava_jax.data.conversation import IMAGE_TOKEN, generation_prompt
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 MULTIPLE_CHOICE = "Answer with the option's letter from the given choices directly."
 MULTIPLE_CHOICE_CN = "请直接回答选项字母。"
-VIZWIZ_UNANSWERABLE = (
-    "When the provided information is insufficient, respond with 'Unanswerable'."
-)
+VIZWIZ_UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'."
 MME_YES_NO = "Please answer yes or no."
 
 OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -36,9 +34,7 @@ def render_prompt(message: str, template: str = "vicuna_v1") -> str:
     a newline in front).
     """
     if template not in TEMPLATES:
-        raise ValueError(
-            f"unknown evaluation template {template!r}; known: {TEMPLATES}"
-        )
+        raise ValueError(f"unknown evaluation template {template!r}; known: {TEMPLATES}")
     return generation_prompt(template, [("user", message)], image=False)
 
 
@@ -71,9 +67,7 @@ def mme(question: str) -> str:
 
 def with_options(question: str, options: Sequence[str]) -> str:
     """`question`, then one `X. option` line per option, lettered from A."""
-    lines = [question] + [
-        f"{OPTION_LETTERS[i]}. {opt}" for i, opt in enumerate(options)
-    ]
+    lines = [question] + [f"{OPTION_LETTERS[i]}. {opt}" for i, opt in enumerate(options)]
     return "\n".join(lines)
 
 
@@ -108,8 +102,6 @@ def scienceqa_cqm(problem: Mapping) -> str:
     one pass of double-space collapsing and surrounding whitespace stripped.
     """
     context = " ".join([problem.get("hint") or "", ""]).strip() or "N/A"
-    choices = " ".join(
-        f"({OPTION_LETTERS[i]}) {c}" for i, c in enumerate(problem["choices"])
-    )
+    choices = " ".join(f"({OPTION_LETTERS[i]}) {c}" for i, c in enumerate(problem["choices"]))
     text = f"Context: {context}\nQuestion: {problem['question']}\nOptions: {choices}\n"
     return text.replace("  ", " ").strip()

@@ -57,9 +57,7 @@ class Answerer(Protocol):
 class FunctionAnswerer:
     """An `Answerer` from a plain function `requests -> answers` (tests, baselines)."""
 
-    def __init__(
-        self, fn: Callable[[Sequence[Request]], list[str]], model_id: str = "fn"
-    ):
+    def __init__(self, fn: Callable[[Sequence[Request]], list[str]], model_id: str = "fn"):
         self.fn = fn
         self.model_id = model_id
 
@@ -120,11 +118,7 @@ def make_batches(items: Sequence[Item], batch_size: int) -> list[list[Item]]:
     batches: list[list[Item]] = []
     for item in items:
         last = batches[-1] if batches else None
-        if (
-            last is None
-            or len(last) == batch_size
-            or (last[0].image is None) != (item.image is None)
-        ):
+        if last is None or len(last) == batch_size or (last[0].image is None) != (item.image is None):
             batches.append([item])
         else:
             last.append(item)
@@ -142,9 +136,7 @@ def _requests(
     max_new_tokens: int,
     workers: ThreadPoolExecutor,
 ) -> list[Request]:
-    images = list(
-        workers.map(lambda it: it.image() if it.image is not None else None, batch)
-    )
+    images = list(workers.map(lambda it: it.image() if it.image is not None else None, batch))
     return [
         Request(
             prompt=prompts.render_prompt(item.message, template),
@@ -205,9 +197,7 @@ def run_items(
 
         def submit(i: int) -> Future:
             return pool.submit(
-                lambda b: answerer.prepare(
-                    _requests(b, template, max_new_tokens, workers)
-                ),
+                lambda b: answerer.prepare(_requests(b, template, max_new_tokens, workers)),
                 batches[i],
             )
 
@@ -218,14 +208,9 @@ def run_items(
                 upcoming = submit(i + 1)
             texts = answerer.answer(prepared)
             if len(texts) != len(batch):
-                raise RuntimeError(
-                    f"answerer returned {len(texts)} answers for {len(batch)} requests"
-                )
+                raise RuntimeError(f"answerer returned {len(texts)} answers for {len(batch)} requests")
             out.write(
-                "".join(
-                    json.dumps(answer_record(it, t, answerer.model_id)) + "\n"
-                    for it, t in zip(batch, texts)
-                )
+                "".join(json.dumps(answer_record(it, t, answerer.model_id)) + "\n" for it, t in zip(batch, texts))
             )
             out.flush()
             stats.answered += len(batch)

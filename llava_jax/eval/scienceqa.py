@@ -35,9 +35,7 @@ _THE_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
 _OPTION_IN_PROMPT = re.compile(r"\(([A-Z])\) ")
 
 
-def build_questions(
-    problems: Mapping[str, Mapping], split_ids: Sequence[str]
-) -> list[dict]:
+def build_questions(problems: Mapping[str, Mapping], split_ids: Sequence[str]) -> list[dict]:
     """LLaVA's `llava_{split}_CQM-A.json` records built from ScienceQA's files."""
     records = []
     for pid in split_ids:
@@ -63,9 +61,7 @@ def _question_records(cfg: DataConfig) -> list[dict]:
     problems_path, splits_path = cfg.path(None, PROBLEMS), cfg.path(None, SPLITS)
     if os.path.exists(problems_path) and os.path.exists(splits_path):
         return build_questions(read_json(problems_path), read_json(splits_path)[SPLIT])
-    raise EvalDataError(
-        f"ScienceQA questions not found: {path} (nor {problems_path} + {splits_path})"
-    )
+    raise EvalDataError(f"ScienceQA questions not found: {path} (nor {problems_path} + {splits_path})")
 
 
 def load(cfg: DataConfig) -> list[Item]:
@@ -109,9 +105,7 @@ def _truth(items: Sequence[Item], cfg: DataConfig) -> dict[str, tuple[int, int]]
     problems_path = cfg.annotations(PROBLEMS)
     if os.path.exists(problems_path):
         problems = read_json(problems_path)
-        return {
-            str(pid): (p["answer"], len(p["choices"])) for pid, p in problems.items()
-        }
+        return {str(pid): (p["answer"], len(p["choices"])) for pid, p in problems.items()}
     truth = {}
     for item in items:
         found = _THE_ANSWER_IS.findall(item.meta.get("gpt", ""))
@@ -123,9 +117,7 @@ def _truth(items: Sequence[Item], cfg: DataConfig) -> dict[str, tuple[int, int]]
     return truth
 
 
-def score(
-    items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str
-) -> Score:
+def score(items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str) -> Score:
     """Accuracy and IMG accuracy over the answered test problems; the reference's result file."""
     truth = _truth(items, cfg)
     correct = total = img_correct = img_total = 0

@@ -35,9 +35,7 @@ _CHOICES = ("choice_a", "choice_b", "choice_c", "choice_d")
 
 
 def _annotations(cfg: DataConfig) -> dict:
-    return read_json(
-        require(cfg.annotations(ANNOTATIONS), "SEED-Bench annotation file")
-    )
+    return read_json(require(cfg.annotations(ANNOTATIONS), "SEED-Bench annotation file"))
 
 
 def load(cfg: DataConfig) -> list[Item]:
@@ -74,9 +72,7 @@ def load(cfg: DataConfig) -> list[Item]:
     return items
 
 
-def score(
-    items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str
-) -> Score:
+def score(items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str) -> Score:
     """`accuracy` over answered questions, `image_accuracy` / `video_accuracy`, and
     `dimension/<name>`; writes the leaderboard upload (`question_id`, `prediction`)."""
     data = _annotations(cfg)
@@ -88,13 +84,9 @@ def score(
     for item, text in answered(items, answers):
         q = truth.get(str(item.question_id))
         if q is None:
-            raise EvalDataError(
-                f"SEED-Bench question {item.question_id} not in the annotation file"
-            )
+            raise EvalDataError(f"SEED-Bench question {item.question_id} not in the annotation file")
         hit = text == q["answer"]
-        by_dimension.setdefault(
-            names.get(q["question_type_id"], str(q["question_type_id"])), []
-        ).append(hit)
+        by_dimension.setdefault(names.get(q["question_type_id"], str(q["question_type_id"])), []).append(hit)
         by_type.setdefault(q.get("data_type", "image"), []).append(hit)
         upload_lines.append({"question_id": q["question_id"], "prediction": text})
     hits = [h for flags in by_type.values() for h in flags]

@@ -38,23 +38,17 @@ TEXTVQA_ANNOTATIONS = "TextVQA_0.5.1_val.json"
 
 def load_vqav2(cfg: DataConfig) -> list[Item]:
     """VQAv2 test-dev questions (`vqav2.sh`)."""
-    return llava_jsonl_items(
-        cfg.questions(VQAV2_QUESTIONS), cfg.images(VQAV2_IMAGES), cfg.limit
-    )
+    return llava_jsonl_items(cfg.questions(VQAV2_QUESTIONS), cfg.images(VQAV2_IMAGES), cfg.limit)
 
 
 def load_vizwiz(cfg: DataConfig) -> list[Item]:
     """VizWiz test questions (`vizwiz.sh`); the file's text carries the unanswerable hint."""
-    return llava_jsonl_items(
-        cfg.questions(VIZWIZ_QUESTIONS), cfg.images(VIZWIZ_IMAGES), cfg.limit
-    )
+    return llava_jsonl_items(cfg.questions(VIZWIZ_QUESTIONS), cfg.images(VIZWIZ_IMAGES), cfg.limit)
 
 
 def load_textvqa(cfg: DataConfig) -> list[Item]:
     """TextVQA validation questions with reference OCR tokens (`textvqa.sh`)."""
-    return llava_jsonl_items(
-        cfg.questions(TEXTVQA_QUESTIONS), cfg.images(TEXTVQA_IMAGES), cfg.limit
-    )
+    return llava_jsonl_items(cfg.questions(TEXTVQA_QUESTIONS), cfg.images(TEXTVQA_IMAGES), cfg.limit)
 
 
 def _gt_answers(entry: Mapping) -> list[str]:
@@ -82,9 +76,7 @@ def _vqav2_truth(cfg: DataConfig) -> dict:
     return {entry["question_id"]: entry for entry in entries}
 
 
-def score_vqav2(
-    items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str
-) -> Score:
+def score_vqav2(items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str) -> Score:
     """The test-dev upload file; VQA accuracy too when `--annotation-file` gives ground truth.
 
     Following the reference, the upload covers every test2015 question when
@@ -103,34 +95,23 @@ def score_vqav2(
     metrics = {"answered": len(pairs), "upload_entries": len(upload)}
     truth = _vqav2_truth(cfg)
     if not truth:  # answers carried in the question file itself (e.g. a val split)
-        truth = {
-            it.question_id: it.meta["record"]
-            for it, _ in pairs
-            if "answers" in it.meta["record"]
-        }
+        truth = {it.question_id: it.meta["record"] for it, _ in pairs if "answers" in it.meta["record"]}
     metrics.update(_local_accuracy(pairs, truth, lambda it: it.question_id))
     notes = ["score: upload vqav2_test-dev2015_upload.json to the EvalAI VQAv2 server"]
     return Score(metrics, {"upload": path}, notes)
 
 
-def score_vizwiz(
-    items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str
-) -> Score:
+def score_vizwiz(items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str) -> Score:
     """The VizWiz upload file (`image`, normalised `answer`); VQA accuracy with a val annotation."""
     pairs = answered(items, answers)
-    upload = [
-        {"image": item.meta["record"]["image"], "answer": normalize_answer(text)}
-        for item, text in pairs
-    ]
+    upload = [{"image": item.meta["record"]["image"], "answer": normalize_answer(text)} for item, text in pairs]
     path = os.path.join(out_dir, "vizwiz_test_upload.json")
     write_json(path, upload)
     metrics = {"answered": len(pairs)}
     if cfg.annotation_file:
         entries = read_json(require(cfg.annotations(""), "VizWiz annotation file"))
         truth = {entry["image"]: entry for entry in entries if entry.get("answers")}
-        metrics.update(
-            _local_accuracy(pairs, truth, lambda it: it.meta["record"]["image"])
-        )
+        metrics.update(_local_accuracy(pairs, truth, lambda it: it.meta["record"]["image"]))
     notes = ["score: upload vizwiz_test_upload.json to the EvalAI VizWiz server"]
     return Score(metrics, {"upload": path}, notes)
 
@@ -152,30 +133,18 @@ def textvqa_question(prompt: str) -> str:
     return question.lower()
 
 
-def score_textvqa(
-    items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str
-) -> Score:
+def score_textvqa(items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str) -> Score:
     """Soft VQA accuracy on TextVQA val.
 
     As in `eval_textvqa.py`, an answer is matched to its annotation by
     (`question_id`, which LLaVA's file sets to the image id, and the question
     recovered from the prompt, lower-cased).
     """
-    data = read_json(
-        require(cfg.annotations(TEXTVQA_ANNOTATIONS), "TextVQA annotation file")
-    )
+    data = read_json(require(cfg.annotations(TEXTVQA_ANNOTATIONS), "TextVQA annotation file"))
     truth = {(a["image_id"], a["question"].lower()): a for a in data["data"]}
     pairs = answered(items, answers)
-    missing = [
-        it.question_id
-        for it, _ in pairs
-        if (it.question_id, textvqa_question(it.prompt)) not in truth
-    ]
+    missing = [it.question_id for it, _ in pairs if (it.question_id, textvqa_question(it.prompt)) not in truth]
     if missing:
-        raise EvalDataError(
-            f"{len(missing)} TextVQA answers have no annotation, e.g. {missing[:3]}"
-        )
-    metrics = _local_accuracy(
-        pairs, truth, lambda it: (it.question_id, textvqa_question(it.prompt))
-    )
+        raise EvalDataError(f"{len(missing)} TextVQA answers have no annotation, e.g. {missing[:3]}")
+    metrics = _local_accuracy(pairs, truth, lambda it: (it.question_id, textvqa_question(it.prompt)))
     return Score({"answered": len(pairs), **metrics})

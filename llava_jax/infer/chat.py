@@ -52,8 +52,10 @@ def _rows(images, prompts) -> tuple[list, list]:
     if len(prompts) == 1 and len(images) > 1:
         prompts = prompts * len(images)
     if len(images) != len(prompts):
-        raise ValueError(f"{len(images)} images for {len(prompts)} prompts: give one image per prompt, "
-                         f"one image for all prompts, or one prompt for all images")
+        raise ValueError(
+            f"{len(images)} images for {len(prompts)} prompts: give one image per prompt, "
+            f"one image for all prompts, or one prompt for all images"
+        )
     return images, prompts
 
 
@@ -67,8 +69,9 @@ def build_prompt(prompt, has_image: bool, template="vicuna_v1") -> str:
     turns = [("user", prompt)] if isinstance(prompt, str) else list(prompt)
     markers = sum((message or "").count(IMAGE_TOKEN) for _, message in turns)
     if markers > 1:
-        raise ValueError(f"prompt has {markers} {IMAGE_TOKEN} markers but one image: LLaVA-1.5 takes "
-                         f"one image per conversation")
+        raise ValueError(
+            f"prompt has {markers} {IMAGE_TOKEN} markers but one image: LLaVA-1.5 takes one image per conversation"
+        )
     if markers and not has_image:
         raise ValueError(f"prompt has an {IMAGE_TOKEN} marker but no image was given")
     if markers and IMAGE_TOKEN not in (turns[0][1] or ""):
@@ -86,8 +89,11 @@ def encode_batch(model, images: Sequence, prompts: Sequence, template="vicuna_v1
     rows, pixels = [], []
     for image, prompt in zip(images, prompts):
         text = build_prompt(prompt, image is not None, template)
-        rows.append(tokenizer_image_token(text, tok, image_token_index=config.image_token_index,
-                                          image_seq_length=config.image_seq_length))
+        rows.append(
+            tokenizer_image_token(
+                text, tok, image_token_index=config.image_token_index, image_seq_length=config.image_seq_length
+            )
+        )
         if image is not None:
             pixels.append(load_pixels(image, config).transpose(2, 0, 1))
     t = max(len(r) for r in rows)
@@ -95,20 +101,28 @@ def encode_batch(model, images: Sequence, prompts: Sequence, template="vicuna_v1
     ids = np.full((len(rows), t), pad, np.int32)
     mask = np.zeros((len(rows), t), bool)
     for b, row in enumerate(rows):
-        ids[b, t - len(row):] = row
-        mask[b, t - len(row):] = True
+        ids[b, t - len(row) :] = row
+        mask[b, t - len(row) :] = True
     return ids, (np.stack(pixels) if pixels else None), mask
 
 
 def _answer(tok, tokens: np.ndarray, stop_ids: set[int], stop_str: str | None) -> str:
     text = tok.decode([int(t) for t in tokens if int(t) not in stop_ids], skip_special_tokens=True)
     if stop_str and stop_str in text:
-        text = text[:text.index(stop_str)]
+        text = text[: text.index(stop_str)]
     return text.strip()
 
 
-def chat(model, images, prompts, *, template="vicuna_v1", max_new_tokens: int | None = None,
-         stream: Callable[[list], None] | None = None, **sampling) -> list[str]:
+def chat(
+    model,
+    images,
+    prompts,
+    *,
+    template="vicuna_v1",
+    max_new_tokens: int | None = None,
+    stream: Callable[[list], None] | None = None,
+    **sampling,
+) -> list[str]:
     """Answers to questions about images.
 
     Args:
@@ -139,6 +153,7 @@ def chat(model, images, prompts, *, template="vicuna_v1", max_new_tokens: int | 
     # `</s>` ends vicuna replies as the EOS id; only other stop strings need the text check.
     stop_strings = [tmpl.stop_str] if tmpl.stop_str and tmpl.stop_str != eos_text else []
     sampling.setdefault("pad_to_multiple", PAD_TO_MULTIPLE)
-    out = generate(model, ids, pixels, mask, max_new_tokens=max_new_tokens, stop_strings=stop_strings,
-                   stream=stream, **sampling)
+    out = generate(
+        model, ids, pixels, mask, max_new_tokens=max_new_tokens, stop_strings=stop_strings, stream=stream, **sampling
+    )
     return [_answer(model.tokenizer, row, stop_ids, tmpl.stop_str) for row in out]

@@ -19,14 +19,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model directory (HF LLaVA, original LLaVA or llava_jax)")
     parser.add_argument("--image", help="image file (omit for a text-only chat)")
     parser.add_argument("--prompt", help="ask this once, print the answer and exit (default: interactive)")
-    parser.add_argument("--template", default="vicuna_v1",
-                        help="conversation template: vicuna_v1, llava_v1, plain, llava_hf (default vicuna_v1)")
+    parser.add_argument(
+        "--template",
+        default="vicuna_v1",
+        help="conversation template: vicuna_v1, llava_v1, plain, llava_hf (default vicuna_v1)",
+    )
     parser.add_argument("--temperature", type=float, default=0.2, help="0 for greedy (default 0.2, as LLaVA's CLI)")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-new-tokens", type=int, default=None,
-                        help="most tokens per answer (default 512, or what the context leaves)")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="most tokens per answer (default 512, or what the context leaves)",
+    )
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--vision-tower", help="HF CLIP directory, for original checkpoints without vision weights")
     parser.add_argument("--no-stream", action="store_true", help="print each answer whole instead of streaming")
@@ -42,12 +49,15 @@ def _answer(model, image, turns, args, out) -> str:
 
     stream = None
     if not args.no_stream:
+
         def stream(deltas):
             out.write(deltas[0])
             out.flush()
+
     sampling = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed}
-    answer = chat(model, image, [turns], template=args.template, max_new_tokens=args.max_new_tokens,
-                  stream=stream, **sampling)[0]
+    answer = chat(
+        model, image, [turns], template=args.template, max_new_tokens=args.max_new_tokens, stream=stream, **sampling
+    )[0]
     if args.no_stream:
         out.write(answer)
     out.write("\n")

@@ -109,8 +109,9 @@ def prefill(params, input_ids, images, mask, *, config: LlavaConfig, cache_len: 
     positions = jnp.where(mask, jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
     model = LlavaModel(config)
     cache = init_cache(config.llm, b, cache_len)
-    hidden, cache = model.apply({"params": params}, input_ids, images, positions=positions,
-                                padding_mask=mask, cache=cache, return_hidden=True)
+    hidden, cache = model.apply(
+        {"params": params}, input_ids, images, positions=positions, padding_mask=mask, cache=cache, return_hidden=True
+    )
     if unrolled:
         cache = {name: tuple(c[i] for i in range(c.shape[0])) for name, c in cache.items()}
     # Left padding puts every row's last real token in the last column: project only that one.
@@ -119,8 +120,20 @@ def prefill(params, input_ids, images, mask, *, config: LlavaConfig, cache_len: 
 
 
 @functools.partial(jax.jit, static_argnames=("num_new", "mode", "keep_logits"), donate_argnames=("cache",))
-def first_token(logits, cache, position, seed_key, temperature, top_p, stop_ids, pad_id, *, num_new: int,
-          mode: SamplingMode, keep_logits: bool):
+def first_token(
+    logits,
+    cache,
+    position,
+    seed_key,
+    temperature,
+    top_p,
+    stop_ids,
+    pad_id,
+    *,
+    num_new: int,
+    mode: SamplingMode,
+    keep_logits: bool,
+):
     """Choose token 0 from the prefill logits; returns the decode state with `step` = 1.
 
     Args:
@@ -129,8 +142,14 @@ def first_token(logits, cache, position, seed_key, temperature, top_p, stop_ids,
     """
     b = logits.shape[0]
     token = sample_tokens(logits, _step_key(seed_key, 0), temperature, top_p, mode)
-    state = {"cache": cache, "token": token, "position": position, "done": jnp.isin(token, stop_ids),
-             "out": jnp.full((b, num_new), pad_id, jnp.int32).at[:, 0].set(token), "step": jnp.int32(1)}
+    state = {
+        "cache": cache,
+        "token": token,
+        "position": position,
+        "done": jnp.isin(token, stop_ids),
+        "out": jnp.full((b, num_new), pad_id, jnp.int32).at[:, 0].set(token),
+        "step": jnp.int32(1),
+    }
     if keep_logits:
         state["logits"] = jnp.zeros((b, num_new, logits.shape[-1]), jnp.float32).at[:, 0].set(logits)
     return state
@@ -157,8 +176,9 @@ def _unrolled_step(params, layers, token, position, slot_mask, cache, cache_inde
     layer = LlamaDecoderLayer(c, decode=True)
     new_k, new_v = [], []
     for i, lp in enumerate(layers):
-        x, (k, v) = layer.apply({"params": lp}, x, cos, sin, None, slot_mask, cache_index,
-                                (cache["k"][i], cache["v"][i]))
+        x, (k, v) = layer.apply(
+            {"params": lp}, x, cos, sin, None, slot_mask, cache_index, (cache["k"][i], cache["v"][i])
+        )
         new_k.append(k)
         new_v.append(v)
     logits = LlamaModel(c).apply({"params": params["llm"]}, x, method=lambda m, h: m.logits(m.norm(h)))
@@ -166,8 +186,21 @@ def _unrolled_step(params, layers, token, position, slot_mask, cache, cache_inde
 
 
 @functools.partial(jax.jit, static_argnames=("config", "mode"), donate_argnames=("state",))
-def decode(params, layers, state, limit, prompt_mask, seed_key, temperature, top_p, stop_ids, pad_id, *,
-           config: LlavaConfig, mode: SamplingMode):
+def decode(
+    params,
+    layers,
+    state,
+    limit,
+    prompt_mask,
+    seed_key,
+    temperature,
+    top_p,
+    stop_ids,
+    pad_id,
+    *,
+    config: LlavaConfig,
+    mode: SamplingMode,
+):
     """Append tokens until `state['step'] == limit` or every row is done, in one `lax.while_loop`.
 
     Args:
@@ -188,17 +221,29 @@ def decode(params, layers, state, limit, prompt_mask, seed_key, temperature, top
     def body(s):
         step = s["step"]
         if layers is None:
-            logits, cache = scanned.apply({"params": params["llm"]}, _embed_generated(params, s["token"], config),
-                                          s["position"][:, None], padding_mask=slot_mask, cache=s["cache"],
-                                          cache_index=t + step - 1)
+            logits, cache = scanned.apply(
+                {"params": params["llm"]},
+                _embed_generated(params, s["token"], config),
+                s["position"][:, None],
+                padding_mask=slot_mask,
+                cache=s["cache"],
+                cache_index=t + step - 1,
+            )
             logits = logits[:, 0]
         else:
-            logits, cache = _unrolled_step(params, layers, s["token"], s["position"], slot_mask, s["cache"],
-                                           t + step - 1, config)
+            logits, cache = _unrolled_step(
+                params, layers, s["token"], s["position"], slot_mask, s["cache"], t + step - 1, config
+            )
         token = sample_tokens(logits, _step_key(seed_key, step), temperature, top_p, mode)
         token = jnp.where(s["done"], pad_id, token)
-        new = {"cache": cache, "token": token, "position": s["position"] + 1, "done": s["done"] | jnp.isin(token, stop_ids),
-                   "out": jax.lax.dynamic_update_slice(s["out"], token[:, None], (0, step)), "step": step + 1}
+        new = {
+            "cache": cache,
+            "token": token,
+            "position": s["position"] + 1,
+            "done": s["done"] | jnp.isin(token, stop_ids),
+            "out": jax.lax.dynamic_update_slice(s["out"], token[:, None], (0, step)),
+            "step": step + 1,
+        }
         if "logits" in s:
             new["logits"] = jax.lax.dynamic_update_slice(s["logits"], logits[:, None], (0, step, 0))
         return new

@@ -71,11 +71,15 @@ def _check_lengths(config: LlavaConfig, mask: np.ndarray, max_new_tokens: int, c
     if longest > context:
         raise ValueError(f"prompt of {longest} tokens is longer than the model's context of {context} tokens")
     if longest + max_new_tokens > context:
-        raise ValueError(f"max_new_tokens={max_new_tokens} would overflow the context: the prompt has {longest} "
-                         f"tokens and the model's context is {context} (at most {context - longest} new tokens)")
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} would overflow the context: the prompt has {longest} "
+            f"tokens and the model's context is {context} (at most {context - longest} new tokens)"
+        )
     if cache_len is not None and t + max_new_tokens > cache_len:
-        raise ValueError(f"max_new_tokens={max_new_tokens} would overflow the KV cache: {t} prompt slots + "
-                         f"{max_new_tokens} new > max_len={cache_len} (at most {cache_len - t} new tokens)")
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} would overflow the KV cache: {t} prompt slots + "
+            f"{max_new_tokens} new > max_len={cache_len} (at most {cache_len - t} new tokens)"
+        )
 
 
 def _left_pad(ids: np.ndarray, mask: np.ndarray, multiple: int, pad_id: int):
@@ -84,8 +88,10 @@ def _left_pad(ids: np.ndarray, mask: np.ndarray, multiple: int, pad_id: int):
     if not extra:
         return ids, mask
     b = ids.shape[0]
-    return (np.concatenate([np.full((b, extra), pad_id, ids.dtype), ids], axis=1),
-            np.concatenate([np.zeros((b, extra), bool), mask], axis=1))
+    return (
+        np.concatenate([np.full((b, extra), pad_id, ids.dtype), ids], axis=1),
+        np.concatenate([np.zeros((b, extra), bool), mask], axis=1),
+    )
 
 
 class _TextWatcher:
@@ -124,7 +130,7 @@ class _TextWatcher:
         text = self.text(tokens)
         for s in self.stop_strings:
             if s in text:
-                text, final = text[:text.index(s)], True
+                text, final = text[: text.index(s)], True
         if not final:
             text = self.text(self._settled(tokens)).rstrip("\ufffd")
             for s in self.stop_strings:
@@ -138,15 +144,32 @@ class _TextWatcher:
         # Text only grows at the end; should detokenisation still rewrite earlier text, the
         # already-printed part is not repeated.
         self.emitted[row] = text
-        return text[len(old):]
+        return text[len(old) :]
 
 
-def generate(model, input_ids, pixel_values=None, attention_mask=None, *, max_new_tokens: int,
-             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
-             eos_token_id: int | Sequence[int] | None = None, stop_token_ids: Sequence[int] = (),
-             stop_strings: Sequence[str] = (), pad_token_id: int | None = None, max_len: int | None = None,
-             pad_to_multiple: int = 1, stream: StreamCallback | None = None, chunk_size: int | None = None,
-             layout: str = "auto", return_logits: bool = False, timings: dict | None = None):
+def generate(
+    model,
+    input_ids,
+    pixel_values=None,
+    attention_mask=None,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    eos_token_id: int | Sequence[int] | None = None,
+    stop_token_ids: Sequence[int] = (),
+    stop_strings: Sequence[str] = (),
+    pad_token_id: int | None = None,
+    max_len: int | None = None,
+    pad_to_multiple: int = 1,
+    stream: StreamCallback | None = None,
+    chunk_size: int | None = None,
+    layout: str = "auto",
+    return_logits: bool = False,
+    timings: dict | None = None,
+):
     """Generate new tokens for HF-processor style inputs.
 
     Args:
@@ -192,8 +215,10 @@ def generate(model, input_ids, pixel_values=None, attention_mask=None, *, max_ne
     if mask.shape != ids.shape:
         raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
     if mask.size and not mask[:, -1].all():
-        raise ValueError("attention_mask ends with padding in some row: use left padding for generation "
-                         "(tokenizer.padding_side = 'left')")
+        raise ValueError(
+            "attention_mask ends with padding in some row: use left padding for generation "
+            "(tokenizer.padding_side = 'left')"
+        )
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if temperature < 0:
@@ -207,8 +232,11 @@ def generate(model, input_ids, pixel_values=None, attention_mask=None, *, max_ne
     if text_ids.size and (text_ids.min() < 0 or text_ids.max() >= vocab):
         raise ValueError(f"input_ids hold ids outside the vocabulary [0, {vocab})")
     images = images_per_row(ids, pixel_values, config)
-    stop_ids = tuple(dict.fromkeys(
-        (default_stop_ids(model) if eos_token_id is None else _as_ids(eos_token_id)) + _as_ids(stop_token_ids)))
+    stop_ids = tuple(
+        dict.fromkeys(
+            (default_stop_ids(model) if eos_token_id is None else _as_ids(eos_token_id)) + _as_ids(stop_token_ids)
+        )
+    )
     if pad_token_id is None:
         pad_token_id = config.llm.pad_token_id
     if pad_token_id is None:
@@ -224,27 +252,40 @@ def generate(model, input_ids, pixel_values=None, attention_mask=None, *, max_ne
     cache_len = t + max_new_tokens if max_len is None else max_len
     mode = SamplingMode.of(temperature, top_k, top_p)
     unrolled = resolve_layout(layout, model) == "unrolled"
-    consts = {"seed_key": jax.random.PRNGKey(seed), "temperature": jnp.float32(temperature or 1.0),
-                  "top_p": jnp.float32(top_p), "stop_ids": jnp.asarray(stop_ids or (-1,), jnp.int32),
-                  "pad_id": jnp.int32(pad_token_id)}
+    consts = {
+        "seed_key": jax.random.PRNGKey(seed),
+        "temperature": jnp.float32(temperature or 1.0),
+        "top_p": jnp.float32(top_p),
+        "stop_ids": jnp.asarray(stop_ids or (-1,), jnp.int32),
+        "pad_id": jnp.int32(pad_token_id),
+    }
     start = time.perf_counter()
     with _context(model.mesh, model.rules):
         layers = layer_params(model) if unrolled else None
-        logits, cache, position = prefill(model.params, ids, images, mask, config=config, cache_len=cache_len,
-                                          unrolled=unrolled)
-        state = first_token(logits, cache, position, **consts, num_new=max_new_tokens, mode=mode,
-                            keep_logits=return_logits)
+        logits, cache, position = prefill(
+            model.params, ids, images, mask, config=config, cache_len=cache_len, unrolled=unrolled
+        )
+        state = first_token(
+            logits, cache, position, **consts, num_new=max_new_tokens, mode=mode, keep_logits=return_logits
+        )
         if timings is not None:
             jax.block_until_ready(state["token"])
             timings["prefill_s"] = time.perf_counter() - start
-        run = functools.partial(decode, model.params, layers, prompt_mask=jnp.asarray(mask), **consts,
-                                config=config, mode=mode)
+        run = functools.partial(
+            decode, model.params, layers, prompt_mask=jnp.asarray(mask), **consts, config=config, mode=mode
+        )
         if stream is None and not stop_strings and chunk_size is None:
             state = run(state, jnp.int32(max_new_tokens))
             watcher = None
         else:
-            state, watcher = _chunked(run, state, max_new_tokens, chunk_size or (1 if stream else 8),
-                                      _TextWatcher(tokenizer, b, stop_strings, set(stop_ids)), stream)
+            state, watcher = _chunked(
+                run,
+                state,
+                max_new_tokens,
+                chunk_size or (1 if stream else 8),
+                _TextWatcher(tokenizer, b, stop_strings, set(stop_ids)),
+                stream,
+            )
     out = np.asarray(jax.device_get(state["out"]))
     steps = int(state["step"])
     if timings is not None:
@@ -276,8 +317,12 @@ def _chunked(run, state, max_new_tokens: int, chunk: int, watcher: _TextWatcher,
             state = {**state, "done": jnp.asarray(done)}
         finished = steps >= max_new_tokens or bool(done.all())
         if stream is not None:
-            deltas = [watcher.delta(row, out[row, :watcher.stopped_at.get(row, steps)],
-                                    final=finished or row in watcher.stopped_at) for row in range(out.shape[0])]
+            deltas = [
+                watcher.delta(
+                    row, out[row, : watcher.stopped_at.get(row, steps)], final=finished or row in watcher.stopped_at
+                )
+                for row in range(out.shape[0])
+            ]
             if any(deltas):
                 stream(deltas)
         if finished:

@@ -16,5 +16,14 @@ from llava_jax.kernels.attention import (
     unsupported_reason,
 )
 
-__all__ = ["AUTO_ORDER", "IMPLS", "UnsupportedAttention", "attention", "build_mask",
-           "masked_attention", "reference_attention", "select_impl", "unsupported_reason"]
+__all__ = [
+    "AUTO_ORDER",
+    "IMPLS",
+    "UnsupportedAttention",
+    "attention",
+    "build_mask",
+    "masked_attention",
+    "reference_attention",
+    "select_impl",
+    "unsupported_reason",
+]

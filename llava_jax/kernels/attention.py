@@ -28,8 +28,7 @@ class UnsupportedAttention(ValueError):
     """The requested attention implementation cannot compute this call."""
 
 
-def build_mask(batch: int, t: int, s: int, *, causal: bool, segment_ids=None, kv_segment_ids=None,
-               padding_mask=None):
+def build_mask(batch: int, t: int, s: int, *, causal: bool, segment_ids=None, kv_segment_ids=None, padding_mask=None):
     """bool[B, T, S] (or None when nothing is masked): True where query t may attend key s.
 
     Causal masking is aligned to the end (query t sees keys s <= t + S - T).
@@ -64,7 +63,7 @@ def masked_attention(q, k, v, mask=None, *, scale=None):
     kh = k.shape[2]
     if n % kh:
         raise UnsupportedAttention(f"query heads {n} not a multiple of key/value heads {kh}")
-    scale = h ** -0.5 if scale is None else scale
+    scale = h**-0.5 if scale is None else scale
     qg = q.reshape(b, t, kh, n // kh, h)
     logits = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
     if mask is not None:
@@ -76,19 +75,24 @@ def masked_attention(q, k, v, mask=None, *, scale=None):
     return out.reshape(b, t, n, h).astype(q.dtype)
 
 
-def reference_attention(q, k, v, *, causal, segment_ids=None, kv_segment_ids=None, padding_mask=None,
-                        scale=None):
+def reference_attention(q, k, v, *, causal, segment_ids=None, kv_segment_ids=None, padding_mask=None, scale=None):
     """Pure-JAX attention (the `xla` implementation); same arguments as `attention`."""
-    mask = build_mask(q.shape[0], q.shape[1], k.shape[1], causal=causal, segment_ids=segment_ids,
-                      kv_segment_ids=kv_segment_ids, padding_mask=padding_mask)
+    mask = build_mask(
+        q.shape[0],
+        q.shape[1],
+        k.shape[1],
+        causal=causal,
+        segment_ids=segment_ids,
+        kv_segment_ids=kv_segment_ids,
+        padding_mask=padding_mask,
+    )
     return masked_attention(q, k, v, mask, scale=scale)
 
 
 def _check_inputs(q, k, v, segment_ids, kv_segment_ids, padding_mask):
     """Shape errors that no implementation can fix."""
     if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
-        raise UnsupportedAttention(f"need q [B, T, N, H], k = v [B, S, K, H]; got {q.shape}, "
-                                   f"{k.shape}, {v.shape}")
+        raise UnsupportedAttention(f"need q [B, T, N, H], k = v [B, S, K, H]; got {q.shape}, {k.shape}, {v.shape}")
     b, t, n, h = q.shape
     if k.shape[0] != b or k.shape[3] != h:
         raise UnsupportedAttention(f"q {q.shape} and k {k.shape} differ in batch or head dim")
@@ -98,8 +102,7 @@ def _check_inputs(q, k, v, segment_ids, kv_segment_ids, padding_mask):
     if segment_ids is not None and segment_ids.shape != (b, t):
         raise UnsupportedAttention(f"segment_ids {segment_ids.shape}, expected {(b, t)}")
     if kv_segment_ids is not None and (segment_ids is None or kv_segment_ids.shape != (b, s)):
-        raise UnsupportedAttention(f"kv_segment_ids {kv_segment_ids.shape} needs segment_ids and "
-                                   f"shape {(b, s)}")
+        raise UnsupportedAttention(f"kv_segment_ids {kv_segment_ids.shape} needs segment_ids and shape {(b, s)}")
     if segment_ids is not None and kv_segment_ids is None and t != s:
         raise UnsupportedAttention(f"T={t} != S={s}: pass kv_segment_ids for the keys")
     if padding_mask is not None and padding_mask.shape != (b, s):
@@ -113,27 +116,44 @@ def _module(impl: str):
         raise UnsupportedAttention(f"{impl}: cannot import its kernel ({e})") from e
 
 
-def unsupported_reason(impl: str, q, k, v, *, causal: bool, segment_ids=None,
-                       kv_segment_ids=None, padding_mask=None, interpret: bool | None = None,
-                       backend: str | None = None) -> str | None:
+def unsupported_reason(
+    impl: str,
+    q,
+    k,
+    v,
+    *,
+    causal: bool,
+    segment_ids=None,
+    kv_segment_ids=None,
+    padding_mask=None,
+    interpret: bool | None = None,
+    backend: str | None = None,
+) -> str | None:
     """Why `impl` cannot compute this call on `backend` (default: jax's), or None if it can."""
     backend = jax.default_backend() if backend is None else backend
     if impl == "xla":
         return None
     if impl == "cudnn":
-        return _module(impl).unsupported(q, k, v, causal=causal, segment_ids=segment_ids,
-                                         kv_segment_ids=kv_segment_ids,
-                                         padding_mask=padding_mask, backend=backend)
+        return _module(impl).unsupported(
+            q,
+            k,
+            v,
+            causal=causal,
+            segment_ids=segment_ids,
+            kv_segment_ids=kv_segment_ids,
+            padding_mask=padding_mask,
+            backend=backend,
+        )
     if impl == "pallas_gpu":
         return _module(impl).unsupported(q, k, v, backend=backend, interpret=interpret)
     if impl == "splash":
-        return _module(impl).unsupported(q, k, v, causal=causal, backend=backend,
-                                         interpret=interpret)
+        return _module(impl).unsupported(q, k, v, causal=causal, backend=backend, interpret=interpret)
     return f"unknown implementation {impl!r}"
 
 
-def select_impl(q, k, v, *, causal: bool, segment_ids=None, kv_segment_ids=None,
-                padding_mask=None, backend: str | None = None) -> str:
+def select_impl(
+    q, k, v, *, causal: bool, segment_ids=None, kv_segment_ids=None, padding_mask=None, backend: str | None = None
+) -> str:
     """The implementation `auto` uses: first of AUTO_ORDER[backend] that supports the call.
 
     Only compiled kernels count (interpret mode is for tests), so CPU gets `xla`.
@@ -141,10 +161,18 @@ def select_impl(q, k, v, *, causal: bool, segment_ids=None, kv_segment_ids=None,
     backend = jax.default_backend() if backend is None else backend
     for impl in AUTO_ORDER.get(backend, ("xla",)):
         try:
-            reason = unsupported_reason(impl, q, k, v, causal=causal, segment_ids=segment_ids,
-                                        kv_segment_ids=kv_segment_ids,
-                                        padding_mask=padding_mask, interpret=False,
-                                        backend=backend)
+            reason = unsupported_reason(
+                impl,
+                q,
+                k,
+                v,
+                causal=causal,
+                segment_ids=segment_ids,
+                kv_segment_ids=kv_segment_ids,
+                padding_mask=padding_mask,
+                interpret=False,
+                backend=backend,
+            )
         except UnsupportedAttention:
             continue
         if reason is None:
@@ -152,8 +180,19 @@ def select_impl(q, k, v, *, causal: bool, segment_ids=None, kv_segment_ids=None,
     return "xla"
 
 
-def attention(q, k, v, *, causal: bool, segment_ids=None, kv_segment_ids=None, padding_mask=None,
-              scale=None, impl: str = "auto", interpret: bool | None = None):
+def attention(
+    q,
+    k,
+    v,
+    *,
+    causal: bool,
+    segment_ids=None,
+    kv_segment_ids=None,
+    padding_mask=None,
+    scale=None,
+    impl: str = "auto",
+    interpret: bool | None = None,
+):
     """Multi-head (grouped-query) attention through the chosen implementation.
 
     Args:
@@ -173,8 +212,7 @@ def attention(q, k, v, *, causal: bool, segment_ids=None, kv_segment_ids=None, p
     if impl not in IMPLS:
         raise UnsupportedAttention(f"attention impl {impl!r} not in {IMPLS}")
     _check_inputs(q, k, v, segment_ids, kv_segment_ids, padding_mask)
-    masking = {"segment_ids": segment_ids, "kv_segment_ids": kv_segment_ids,
-               "padding_mask": padding_mask}
+    masking = {"segment_ids": segment_ids, "kv_segment_ids": kv_segment_ids, "padding_mask": padding_mask}
     if impl == "auto":
         impl = select_impl(q, k, v, causal=causal, **masking)
     if impl == "xla":
@@ -186,8 +224,7 @@ def attention(q, k, v, *, causal: bool, segment_ids=None, kv_segment_ids=None, p
     try:
         if impl == "cudnn":
             return module.attention(q, k, v, causal=causal, scale=scale)
-        return module.attention(q, k, v, causal=causal, scale=scale, interpret=interpret,
-                                **masking)
+        return module.attention(q, k, v, causal=causal, scale=scale, interpret=interpret, **masking)
     except (ValueError, NotImplementedError) as e:
         # The kernels' own shape checks (e.g. cuDNN's) surface as the documented error.
         raise UnsupportedAttention(f"{impl}: {e}") from e

@@ -33,8 +33,7 @@ def _max_head_dim() -> int:
     return 256 if major >= 9 else 128
 
 
-def unsupported(q, k, v, *, causal: bool, segment_ids, kv_segment_ids, padding_mask,
-                backend: str) -> str | None:
+def unsupported(q, k, v, *, causal: bool, segment_ids, kv_segment_ids, padding_mask, backend: str) -> str | None:
     """Why cuDNN cannot run these inputs (None when it can)."""
     if backend != "gpu":
         return f"cuDNN attention needs a GPU, backend is {backend!r}"
@@ -63,5 +62,4 @@ def attention(q, k, v, *, causal: bool, scale=None):
     Returns:
       bfloat16[B, T, N, H].
     """
-    return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal,
-                                        implementation="cudnn")
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal, implementation="cudnn")

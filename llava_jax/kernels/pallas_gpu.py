@@ -82,9 +82,19 @@ def unsupported(q, k, v, *, backend: str, interpret: bool | None) -> str | None:
     return None
 
 
-def attention(q, k, v, *, causal: bool, segment_ids=None, kv_segment_ids=None,
-              padding_mask=None, scale=None, interpret: bool | None = None,
-              block_sizes: BlockSizes | None = None):
+def attention(
+    q,
+    k,
+    v,
+    *,
+    causal: bool,
+    segment_ids=None,
+    kv_segment_ids=None,
+    padding_mask=None,
+    scale=None,
+    interpret: bool | None = None,
+    block_sizes: BlockSizes | None = None,
+):
     """Flash attention; arguments as `llava_jax.kernels.attention`.
 
     Args:
@@ -104,8 +114,17 @@ def attention(q, k, v, *, causal: bool, segment_ids=None, kv_segment_ids=None,
     sp = masks.round_up(s, max(blocks.block_k, blocks.block_k_dq, blocks.block_k_dkv))
     # Triton tiles need power-of-two extents; zero head-dim columns change no logit.
     hp = max(16, masks.next_power_of_2(h))
-    cfg = _Config(causal=causal, scale=scale, t=t, s=s, tp=tp, sp=sp,
-                  has_seg=q_seg is not None, blocks=blocks, interpret=interpret)
+    cfg = _Config(
+        causal=causal,
+        scale=scale,
+        t=t,
+        s=s,
+        tp=tp,
+        sp=sp,
+        has_seg=q_seg is not None,
+        blocks=blocks,
+        interpret=interpret,
+    )
 
     q_p = masks.pad_axis(masks.pad_axis(q, tp, 1), hp, 3)
     k_p = masks.pad_axis(masks.pad_axis(k, sp, 1), hp, 3)
@@ -124,9 +143,13 @@ def _clip_blocks(bs: BlockSizes, t: int, s: int) -> BlockSizes:
     tk = max(16, masks.next_power_of_2(s))
     return dataclasses.replace(
         bs,
-        block_q=min(bs.block_q, tq), block_k=min(bs.block_k, tk),
-        block_q_dq=min(bs.block_q_dq, tq), block_k_dq=min(bs.block_k_dq, tk),
-        block_q_dkv=min(bs.block_q_dkv, tq), block_k_dkv=min(bs.block_k_dkv, tk))
+        block_q=min(bs.block_q, tq),
+        block_k=min(bs.block_k, tk),
+        block_q_dq=min(bs.block_q_dq, tq),
+        block_k_dq=min(bs.block_k_dq, tk),
+        block_q_dkv=min(bs.block_q_dkv, tq),
+        block_k_dkv=min(bs.block_k_dkv, tk),
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -161,8 +184,7 @@ def _block_pairs(q_seg, kv_seg, cfg: _Config, batch: int, bq: int, bk: int):
         qmin, qmax = summary(q_seg, cfg.t, bq)
         kmin, kmax = summary(kv_seg, cfg.s, bk)
         visible &= (qmin[:, :, None] <= kmax[:, None, :]) & (kmin[:, None, :] <= qmax[:, :, None])
-        full &= ((qmin == qmax)[:, :, None] & (kmin == kmax)[:, None, :]
-                 & (qmin[:, :, None] == kmin[:, None, :]))
+        full &= (qmin == qmax)[:, :, None] & (kmin == kmax)[:, None, :] & (qmin[:, :, None] == kmin[:, None, :])
     return visible, full & visible
 
 
@@ -268,8 +290,7 @@ def _fwd_kernel(rng_ref, q_ref, k_ref, v_ref, *refs, cfg: _Config):
         acc = acc * alpha[:, None] + plgpu.dot(p.astype(v.dtype), v, precision=prec)
         return acc, m_new, l
 
-    carry = (jnp.zeros(q.shape, jnp.float32), jnp.full((bq,), _M_FLOOR, jnp.float32),
-             jnp.zeros((bq,), jnp.float32))
+    carry = (jnp.zeros(q.shape, jnp.float32), jnp.full((bq,), _M_FLOOR, jnp.float32), jnp.zeros((bq,), jnp.float32))
     acc, m, l = _three_loops(rng_ref, body, carry)
     seen = l > 0
     _store(o_ref, (acc / jnp.where(seen, l, 1.0)[:, None]).astype(o_ref.dtype))
@@ -307,8 +328,7 @@ def _dq_kernel(rng_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, 
     _store(dq_ref, (dq * cfg.scale).astype(dq_ref.dtype))
 
 
-def _dkv_kernel(rng_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: _Config,
-                groups: int):
+def _dkv_kernel(rng_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: _Config, groups: int):
     if cfg.has_seg:
         qseg_ref, kvseg_ref, dk_ref, dv_ref = refs
     else:
@@ -360,8 +380,7 @@ def _compiler_params(cfg: _Config, tile: int, accumulators: int):
         return None
     # Eight warps once the logits tile or the float32 accumulators would not fit the
     # registers of four (about 64 KiB for 128 threads) without spilling.
-    warps = cfg.blocks.num_warps or (8 if tile >= 128 * 64 or accumulators >= 2 * 64 * 128
-                                     else 4)
+    warps = cfg.blocks.num_warps or (8 if tile >= 128 * 64 or accumulators >= 2 * 64 * 128 else 4)
     return plgpu.CompilerParams(num_warps=warps, num_stages=cfg.blocks.num_stages)
 
 
@@ -380,17 +399,20 @@ def _forward(q, k, v, q_seg, kv_seg, rng, cfg: _Config):
     ]
     args = [rng, q, k, v]
     if cfg.has_seg:
-        in_specs += [pl.BlockSpec((None, bq), lambda i, bi, ni: (bi, nq - 1 - i)),
-                     pl.BlockSpec((None, sp), lambda i, bi, ni: (bi, 0))]
+        in_specs += [
+            pl.BlockSpec((None, bq), lambda i, bi, ni: (bi, nq - 1 - i)),
+            pl.BlockSpec((None, sp), lambda i, bi, ni: (bi, 0)),
+        ]
         args += [q_seg, kv_seg]
     return pl.pallas_call(
         functools.partial(_fwd_kernel, cfg=cfg),
         grid=(nq, b, n),
         in_specs=in_specs,
-        out_specs=[pl.BlockSpec((None, bq, None, h), lambda i, bi, ni: (bi, nq - 1 - i, ni, 0)),
-                   pl.BlockSpec((None, None, bq), lambda i, bi, ni: (bi, ni, nq - 1 - i))],
-        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-                   jax.ShapeDtypeStruct((b, n, tp), jnp.float32)],
+        out_specs=[
+            pl.BlockSpec((None, bq, None, h), lambda i, bi, ni: (bi, nq - 1 - i, ni, 0)),
+            pl.BlockSpec((None, None, bq), lambda i, bi, ni: (bi, ni, nq - 1 - i)),
+        ],
+        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, tp), jnp.float32)],
         compiler_params=_compiler_params(cfg, bq * cfg.blocks.block_k, bq * h),
         interpret=cfg.interpret,
         name="flash_attention_fwd",
@@ -403,8 +425,9 @@ def _backward(q, k, v, q_seg, kv_seg, rng_dq, rng_dkv, out, lse, do, cfg: _Confi
     sp, kh = k.shape[1], k.shape[2]
     groups = n // kh
     # delta_t = sum_h o * do: the softmax-gradient row term, cheap enough for XLA to fuse.
-    delta = jnp.einsum("btnh,btnh->bnt", out.astype(jnp.float32), do.astype(jnp.float32),
-                       precision=lax.Precision.HIGHEST)
+    delta = jnp.einsum(
+        "btnh,btnh->bnt", out.astype(jnp.float32), do.astype(jnp.float32), precision=lax.Precision.HIGHEST
+    )
     bs = cfg.blocks
 
     bq, bk = bs.block_q_dq, bs.block_k_dq
@@ -420,8 +443,10 @@ def _backward(q, k, v, q_seg, kv_seg, rng_dq, rng_dkv, out, lse, do, cfg: _Confi
     ]
     args = [rng_dq, q, k, v, do, lse, delta]
     if cfg.has_seg:
-        in_specs += [pl.BlockSpec((None, bq), lambda i, bi, ni: (bi, nq - 1 - i)),
-                     pl.BlockSpec((None, sp), lambda i, bi, ni: (bi, 0))]
+        in_specs += [
+            pl.BlockSpec((None, bq), lambda i, bi, ni: (bi, nq - 1 - i)),
+            pl.BlockSpec((None, sp), lambda i, bi, ni: (bi, 0)),
+        ]
         args += [q_seg, kv_seg]
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, cfg=cfg),
@@ -446,8 +471,10 @@ def _backward(q, k, v, q_seg, kv_seg, rng_dq, rng_dkv, out, lse, do, cfg: _Confi
     ]
     args = [rng_dkv, q, k, v, do, lse, delta]
     if cfg.has_seg:
-        in_specs += [pl.BlockSpec((None, tp), lambda j, bi, ki: (bi, 0)),
-                     pl.BlockSpec((None, bk), lambda j, bi, ki: (bi, j))]
+        in_specs += [
+            pl.BlockSpec((None, tp), lambda j, bi, ki: (bi, 0)),
+            pl.BlockSpec((None, bk), lambda j, bi, ki: (bi, j)),
+        ]
         args += [q_seg, kv_seg]
     kv_spec = pl.BlockSpec((None, bk, None, h), lambda j, bi, ki: (bi, j, ki, 0))
     dk, dv = pl.pallas_call(
@@ -455,8 +482,7 @@ def _backward(q, k, v, q_seg, kv_seg, rng_dq, rng_dkv, out, lse, do, cfg: _Confi
         grid=(sp // bk, b, kh),
         in_specs=in_specs,
         out_specs=[kv_spec, kv_spec],
-        out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype),
-                   jax.ShapeDtypeStruct(v.shape, v.dtype)],
+        out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
         compiler_params=_compiler_params(cfg, bq * bk, 2 * bk * h),
         interpret=cfg.interpret,
         name="flash_attention_dkv",

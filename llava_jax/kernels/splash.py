@@ -53,21 +53,42 @@ def _kernel(heads: int, tp: int, sp: int, causal: bool, offset: int, interpret: 
     else:
         head_mask = sa.FullMask((tp, sp))
     bq, bk = _block(tp), _block(sp)
-    blocks = sa.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq,
-                           block_kv_dkv=bk, block_kv_dkv_compute=bk, block_q_dq=bq,
-                           block_kv_dq=bk)
+    blocks = sa.BlockSizes(
+        block_q=bq,
+        block_kv=bk,
+        block_kv_compute=bk,
+        block_q_dkv=bq,
+        block_kv_dkv=bk,
+        block_kv_dkv_compute=bk,
+        block_q_dq=bq,
+        block_kv_dq=bk,
+    )
     # The kernel holds its tile tables as arrays; making them concrete (not tracers of
     # whichever jit first called us) is what lets the cache serve every later trace.
     # Interpret mode goes in as TPU InterpretParams rather than a context manager, so
     # the backward kernels, traced later by autodiff, are interpreted too.
     with jax.ensure_compile_time_eval():
-        return sa.make_splash_mha(sa.MultiHeadMask([head_mask] * heads), block_sizes=blocks,
-                                  head_shards=1, q_seq_shards=1,
-                                  interpret=pltpu.InterpretParams() if interpret else False)
+        return sa.make_splash_mha(
+            sa.MultiHeadMask([head_mask] * heads),
+            block_sizes=blocks,
+            head_shards=1,
+            q_seq_shards=1,
+            interpret=pltpu.InterpretParams() if interpret else False,
+        )
 
 
-def attention(q, k, v, *, causal: bool, segment_ids=None, kv_segment_ids=None,
-              padding_mask=None, scale=None, interpret: bool | None = None):
+def attention(
+    q,
+    k,
+    v,
+    *,
+    causal: bool,
+    segment_ids=None,
+    kv_segment_ids=None,
+    padding_mask=None,
+    scale=None,
+    interpret: bool | None = None,
+):
     """Splash attention; arguments as `llava_jax.kernels.attention`.
 
     Args:

@@ -6,5 +6,13 @@ from llava_jax.model.params import abstract_params, init_params, param_logical_a
 from llava_jax.model.projector import Projector
 from llava_jax.model.vision import VisionTower
 
-__all__ = ["LlamaModel", "LlavaModel", "Projector", "VisionTower", "abstract_params", "init_cache",
-           "init_params", "param_logical_axes"]
+__all__ = [
+    "LlamaModel",
+    "LlavaModel",
+    "Projector",
+    "VisionTower",
+    "abstract_params",
+    "init_cache",
+    "init_params",
+    "param_logical_axes",
+]

@@ -7,7 +7,7 @@ H head dim, F MLP width.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -104,36 +104,50 @@ class Dense(nn.Module):
         n_in = len(self.in_axes)
         in_shape = x.shape[-n_in:]
         kernel = self.param(
-            "kernel", _param_init(self.kernel_init, self.in_axes + self.out_axes),
-            tuple(in_shape) + tuple(self.out_shape), dtype_of(self.param_dtype),
+            "kernel",
+            _param_init(self.kernel_init, self.in_axes + self.out_axes),
+            tuple(in_shape) + tuple(self.out_shape),
+            dtype_of(self.param_dtype),
         )
         compute = dtype_of(self.dtype)
         dims = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
         xc = x.astype(compute)
-        y = jax.lax.dot_general(xc, kernel.astype(compute), (dims, ((), ())),
-                                preferred_element_type=jnp.float32)
+        y = jax.lax.dot_general(xc, kernel.astype(compute), (dims, ((), ())), preferred_element_type=jnp.float32)
         if self.lora_rank:
             # LoRA (PEFT conventions): A Kaiming-uniform, B zero, so training starts at the base model.
-            a = self.param("lora_a", _param_init(nn.initializers.he_uniform(in_axis=tuple(range(n_in)), out_axis=-1),
-                                                 self.in_axes + (None,)),
-                           tuple(in_shape) + (self.lora_rank,), dtype_of(self.param_dtype))
-            b = self.param("lora_b", _param_init(nn.initializers.zeros, (None,) + self.out_axes),
-                           (self.lora_rank,) + tuple(self.out_shape), dtype_of(self.param_dtype))
+            a = self.param(
+                "lora_a",
+                _param_init(
+                    nn.initializers.he_uniform(in_axis=tuple(range(n_in)), out_axis=-1), self.in_axes + (None,)
+                ),
+                tuple(in_shape) + (self.lora_rank,),
+                dtype_of(self.param_dtype),
+            )
+            b = self.param(
+                "lora_b",
+                _param_init(nn.initializers.zeros, (None,) + self.out_axes),
+                (self.lora_rank,) + tuple(self.out_shape),
+                dtype_of(self.param_dtype),
+            )
             # Dropout on the adapter input only, active when the caller passes a 'dropout' rng (training).
             xa = nn.Dropout(self.lora_dropout, deterministic=not self.has_rng("dropout"))(xc)
             h = jax.lax.dot_general(xa, a.astype(compute), (dims, ((), ())), preferred_element_type=jnp.float32)
             y = y + (self.lora_alpha / self.lora_rank) * jnp.tensordot(
-                h.astype(compute), b.astype(compute), axes=1, preferred_element_type=jnp.float32)
+                h.astype(compute), b.astype(compute), axes=1, preferred_element_type=jnp.float32
+            )
         if self.use_bias:
-            bias = self.param("bias", _param_init(nn.initializers.zeros, self.out_axes),
-                              tuple(self.out_shape), dtype_of(self.param_dtype))
+            bias = self.param(
+                "bias",
+                _param_init(nn.initializers.zeros, self.out_axes),
+                tuple(self.out_shape),
+                dtype_of(self.param_dtype),
+            )
             y = y + bias.astype(jnp.float32)
         return y.astype(compute)
 
 
 # ----------------------------------------------------------------------------- RoPE
-def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling, max_position_embeddings: int,
-                  max_position=None):
+def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling, max_position_embeddings: int, max_position=None):
     """float32[H/2] inverse frequencies as HF computes them for `scaling.rope_type`.
 
     `max_position` (traced int scalar, the largest position in the call) drives
@@ -141,7 +155,7 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling, max_positio
     `max_position_embeddings`.
     """
     exponent = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
-    inv = 1.0 / (theta ** exponent)
+    inv = 1.0 / (theta**exponent)
     kind = scaling.rope_type
     if kind == "default":
         return inv
@@ -152,8 +166,9 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling, max_positio
             return inv
         seq_len = jnp.maximum(max_position.astype(jnp.float32) + 1.0, float(max_position_embeddings))
         base = theta * ((scaling.factor * seq_len / max_position_embeddings) - (scaling.factor - 1)) ** (
-            head_dim / (head_dim - 2))
-        return jnp.where(max_position + 1 > max_position_embeddings, 1.0 / (base ** exponent), inv)
+            head_dim / (head_dim - 2)
+        )
+        return jnp.where(max_position + 1 > max_position_embeddings, 1.0 / (base**exponent), inv)
     if kind == "llama3":
         old = scaling.original_max_position_embeddings
         low_wavelen = old / scaling.low_freq_factor

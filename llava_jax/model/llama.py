@@ -17,8 +17,19 @@ import jax.numpy as jnp
 from llava_jax.config import LlamaConfig
 from llava_jax.kernels import attention, masked_attention
 from llava_jax.model.layers import Dense, RMSNorm, apply_rope, dtype_of, rope_cos_sin, rope_inv_freq
-from llava_jax.sharding import (ACT_EMBED, BATCH, EMBED, HEADS, KV, KV_HEADS, LAYERS, LENGTH, MLP,
-                                VOCAB, activation_constraint)
+from llava_jax.sharding import (
+    ACT_EMBED,
+    BATCH,
+    EMBED,
+    HEADS,
+    KV,
+    KV_HEADS,
+    LAYERS,
+    LENGTH,
+    MLP,
+    VOCAB,
+    activation_constraint,
+)
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -37,8 +48,14 @@ class LlamaAttention(nn.Module):
     def __call__(self, x, cos, sin, segment_ids, padding_mask, layer_cache, cache_index):
         """x: float[B, T, D] -> (float[B, T, D], updated (k, v) float[B, S, K, H] or None)."""
         c = self.config
-        kw = dict(use_bias=c.attention_bias, dtype=c.dtype, param_dtype=c.param_dtype,
-                  lora_rank=c.lora_rank, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout)
+        kw = dict(
+            use_bias=c.attention_bias,
+            dtype=c.dtype,
+            param_dtype=c.param_dtype,
+            lora_rank=c.lora_rank,
+            lora_alpha=c.lora_alpha,
+            lora_dropout=c.lora_dropout,
+        )
         q = Dense((c.num_heads, c.head_dim), (EMBED,), (HEADS, KV), name="q_proj", **kw)(x)
         k = Dense((c.num_kv_heads, c.head_dim), (EMBED,), (KV_HEADS, KV), name="k_proj", **kw)(x)
         v = Dense((c.num_kv_heads, c.head_dim), (EMBED,), (KV_HEADS, KV), name="v_proj", **kw)(x)
@@ -46,12 +63,15 @@ class LlamaAttention(nn.Module):
         k = apply_rope(k, cos, sin)
         new_cache = None
         if layer_cache is None or not self.decode:
-            out = attention(q, k, v, causal=True, segment_ids=segment_ids, padding_mask=padding_mask,
-                            impl=c.attention_impl)
+            out = attention(
+                q, k, v, causal=True, segment_ids=segment_ids, padding_mask=padding_mask, impl=c.attention_impl
+            )
             if layer_cache is not None:
                 ck, cv = layer_cache
-                new_cache = (jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, 0, 0, 0)),
-                             jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, 0, 0, 0)))
+                new_cache = (
+                    jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, 0, 0, 0)),
+                    jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, 0, 0, 0)),
+                )
         else:
             ck, cv = layer_cache
             ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
@@ -75,8 +95,14 @@ class LlamaMLP(nn.Module):
     def __call__(self, x):
         """x: float[B, T, D] -> float[B, T, D]."""
         c = self.config
-        kw = dict(use_bias=c.mlp_bias, dtype=c.dtype, param_dtype=c.param_dtype,
-                  lora_rank=c.lora_rank, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout)
+        kw = dict(
+            use_bias=c.mlp_bias,
+            dtype=c.dtype,
+            param_dtype=c.param_dtype,
+            lora_rank=c.lora_rank,
+            lora_alpha=c.lora_alpha,
+            lora_dropout=c.lora_dropout,
+        )
         gate = Dense((c.intermediate_size,), (EMBED,), (MLP,), name="gate_proj", **kw)(x)
         up = Dense((c.intermediate_size,), (EMBED,), (MLP,), name="up_proj", **kw)(x)
         return Dense((c.hidden_size,), (MLP,), (EMBED,), name="down_proj", **kw)(jax.nn.silu(gate) * up)
@@ -95,7 +121,8 @@ class LlamaDecoderLayer(nn.Module):
         norm = dict(eps=c.rms_norm_eps, dtype=c.dtype, param_dtype=c.param_dtype)
         h = RMSNorm(name="input_layernorm", **norm)(x)
         h, new_cache = LlamaAttention(c, self.decode, name="self_attn")(
-            h, cos, sin, segment_ids, padding_mask, layer_cache, cache_index)
+            h, cos, sin, segment_ids, padding_mask, layer_cache, cache_index
+        )
         x = x + h
         x = x + LlamaMLP(c, name="mlp")(RMSNorm(name="post_attention_layernorm", **norm)(x))
         x = activation_constraint(x, (BATCH, LENGTH, ACT_EMBED))
@@ -111,8 +138,10 @@ class LlamaModel(nn.Module):
     def setup(self):
         c = self.config
         self.embed_tokens = self.param(
-            "embed_tokens", nn.with_logical_partitioning(nn.initializers.normal(0.02), (VOCAB, EMBED)),
-            (c.vocab_size, c.hidden_size), dtype_of(c.param_dtype),
+            "embed_tokens",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), (VOCAB, EMBED)),
+            (c.vocab_size, c.hidden_size),
+            dtype_of(c.param_dtype),
         )
         block = LlamaDecoderLayer
         if c.remat_policy != "none":
@@ -127,8 +156,9 @@ class LlamaModel(nn.Module):
         )(c, self.decode)
         self.norm = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype)
         if not c.tie_word_embeddings:
-            self.lm_head = Dense((c.vocab_size,), (EMBED,), (VOCAB,), use_bias=False, dtype=c.dtype,
-                                 param_dtype=c.param_dtype)
+            self.lm_head = Dense(
+                (c.vocab_size,), (EMBED,), (VOCAB,), use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype
+            )
 
     def embed(self, input_ids):
         """int[B, T] token ids (all < vocab_size) -> float[B, T, D] embeddings in compute dtype."""
@@ -142,8 +172,9 @@ class LlamaModel(nn.Module):
             return jnp.einsum("btd,vd->btv", hidden, w, preferred_element_type=jnp.float32)
         return self.lm_head(hidden).astype(jnp.float32)
 
-    def __call__(self, embeds, positions, segment_ids=None, padding_mask=None, cache=None,
-                 cache_index=None, return_hidden=False):
+    def __call__(
+        self, embeds, positions, segment_ids=None, padding_mask=None, cache=None, cache_index=None, return_hidden=False
+    ):
         """Run the decoder on embeddings.
 
         Args:

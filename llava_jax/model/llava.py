@@ -72,8 +72,18 @@ class LlavaModel(nn.Module):
         gathered = jnp.take_along_axis(image_tokens.astype(embeds.dtype), slot[..., None], axis=1)
         return jnp.where(is_image[..., None], gathered, embeds)
 
-    def __call__(self, input_ids, images=None, positions=None, segment_ids=None, padding_mask=None,
-                 cache=None, cache_index=None, image_tokens=None, return_hidden=False):
+    def __call__(
+        self,
+        input_ids,
+        images=None,
+        positions=None,
+        segment_ids=None,
+        padding_mask=None,
+        cache=None,
+        cache_index=None,
+        image_tokens=None,
+        return_hidden=False,
+    ):
         """Logits (or hidden states) for token ids with images merged in.
 
         Args:
@@ -93,8 +103,15 @@ class LlavaModel(nn.Module):
         embeds = activation_constraint(self.embed(input_ids, image_tokens), (BATCH, LENGTH, ACT_EMBED))
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
-        return self.llm(embeds, positions, segment_ids=segment_ids, padding_mask=padding_mask, cache=cache,
-                        cache_index=cache_index, return_hidden=return_hidden)
+        return self.llm(
+            embeds,
+            positions,
+            segment_ids=segment_ids,
+            padding_mask=padding_mask,
+            cache=cache,
+            cache_index=cache_index,
+            return_hidden=return_hidden,
+        )
 
     def logits_from_hidden(self, hidden):
         """float[B, T, D] final hidden states -> float32[B, T, V] logits (used by chunked losses)."""

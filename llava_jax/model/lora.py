@@ -14,8 +14,9 @@ LORA_KEYS = ("lora_a", "lora_b")
 
 def with_lora(config: LlavaConfig, rank: int, alpha: float, dropout: float = 0.0) -> LlavaConfig:
     """`config` with LoRA adapters of `rank` / `alpha` (adapter-input `dropout`) on every LLM projection."""
-    return dataclasses.replace(config, llm=dataclasses.replace(config.llm, lora_rank=rank, lora_alpha=alpha,
-                                                               lora_dropout=dropout))
+    return dataclasses.replace(
+        config, llm=dataclasses.replace(config.llm, lora_rank=rank, lora_alpha=alpha, lora_dropout=dropout)
+    )
 
 
 def add_lora(params: dict, config: LlavaConfig, rng) -> dict:

@@ -12,8 +12,7 @@ import jax.numpy as jnp
 from llava_jax.config import VisionConfig
 from llava_jax.kernels import attention
 from llava_jax.model.layers import ACTIVATIONS, Dense, LayerNorm, dtype_of
-from llava_jax.sharding import (ACT_EMBED, BATCH, EMBED, HEADS, KV, LAYERS, LENGTH, MLP,
-                                activation_constraint)
+from llava_jax.sharding import ACT_EMBED, BATCH, EMBED, HEADS, KV, LAYERS, LENGTH, MLP, activation_constraint
 
 
 class VisionAttention(nn.Module):
@@ -106,21 +105,29 @@ class VisionTower(nn.Module):
             raise ValueError(f"images are {s}px, the vision tower expects {c.image_size}px")
         init = nn.initializers.normal(0.02)
         patch_kernel = self.param(
-            "patch_embedding", nn.with_logical_partitioning(init, (None, None, None, EMBED)),
-            (p, p, ch, c.hidden_size), pdtype,
+            "patch_embedding",
+            nn.with_logical_partitioning(init, (None, None, None, EMBED)),
+            (p, p, ch, c.hidden_size),
+            pdtype,
         )
         class_embedding = self.param(
             "class_embedding", nn.with_logical_partitioning(init, (EMBED,)), (c.hidden_size,), pdtype
         )
         position_embedding = self.param(
-            "position_embedding", nn.with_logical_partitioning(init, (None, EMBED)),
-            (c.num_patches + 1, c.hidden_size), pdtype,
+            "position_embedding",
+            nn.with_logical_partitioning(init, (None, EMBED)),
+            (c.num_patches + 1, c.hidden_size),
+            pdtype,
         )
         # A stride-p convolution is a matmul over non-overlapping p x p x C patches.
         patches = images.astype(dtype).reshape(b, g, p, g, p, ch).transpose(0, 1, 3, 2, 4, 5)
         patches = patches.reshape(b, g * g, p * p * ch)
-        x = jnp.einsum("bpc,cd->bpd", patches, patch_kernel.reshape(p * p * ch, -1).astype(dtype),
-                       preferred_element_type=jnp.float32)
+        x = jnp.einsum(
+            "bpc,cd->bpd",
+            patches,
+            patch_kernel.reshape(p * p * ch, -1).astype(dtype),
+            preferred_element_type=jnp.float32,
+        )
         cls = jnp.broadcast_to(class_embedding.astype(jnp.float32), (b, 1, c.hidden_size))
         x = jnp.concatenate([cls, x], axis=1) + position_embedding.astype(jnp.float32)[None]
         x = LayerNorm(c.layer_norm_eps, c.dtype, c.param_dtype, name="pre_layrnorm")(x.astype(dtype))
@@ -161,4 +168,3 @@ class VisionTower(nn.Module):
             states[stop] = h
             start = stop
         return tuple(states[layer % (n_total + 1)] for layer in feature_layers)
-

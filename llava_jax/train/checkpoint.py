@@ -43,11 +43,14 @@ class Checkpointer:
         # Remote paths (gs://...) go to orbax untouched; local ones are made absolute.
         self.directory = directory if "://" in directory else os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=max(1, every_steps), max_to_keep=keep,
-            enable_async_checkpointing=async_save, create=True,
+            save_interval_steps=max(1, every_steps),
+            max_to_keep=keep,
+            enable_async_checkpointing=async_save,
+            create=True,
         )
-        self._mgr = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "data", "data_per_process"))
+        self._mgr = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data", "data_per_process")
+        )
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
@@ -55,24 +58,34 @@ class Checkpointer:
 
     def save(self, step: int, state_tree, loader, *, force: bool = False) -> bool:
         """Save when `step` is on the interval (or `force`); returns whether a save started."""
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state_tree),
-                                  data=ocp.args.JsonSave(loader.get_state()),
-                                  data_per_process=grain.checkpoint.CheckpointSave(_LoaderState(loader)))
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state_tree),
+            data=ocp.args.JsonSave(loader.get_state()),
+            data_per_process=grain.checkpoint.CheckpointSave(_LoaderState(loader)),
+        )
         return self._mgr.save(step, args=args, force=force)
 
     def restore(self, step: int, abstract_state, loader):
         """State tree shaped and sharded like `abstract_state` at `step`; `loader` is repositioned."""
-        target = jax.tree.map(lambda x: ocp.utils.to_shape_dtype_struct(x) if hasattr(x, "shape") else x,
-                              abstract_state)
-        out = self._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                               data=ocp.args.JsonRestore()))
+        target = jax.tree.map(
+            lambda x: ocp.utils.to_shape_dtype_struct(x) if hasattr(x, "shape") else x, abstract_state
+        )
+        out = self._mgr.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
+        )
         try:
-            self._mgr.restore(step, args=ocp.args.Composite(
-                data_per_process=grain.checkpoint.CheckpointRestore(_LoaderState(loader))))
+            self._mgr.restore(
+                step, args=ocp.args.Composite(data_per_process=grain.checkpoint.CheckpointRestore(_LoaderState(loader)))
+            )
         except (ValueError, FileNotFoundError, KeyError) as e:
             # Another process count wrote it: continue from process 0's position (exact for padded batches).
-            log.warning("no data position for process %d of %d at step %d (%s); using process 0's",
-                        jax.process_index(), jax.process_count(), step, e)
+            log.warning(
+                "no data position for process %d of %d at step %d (%s); using process 0's",
+                jax.process_index(),
+                jax.process_count(),
+                step,
+                e,
+            )
             loader.set_state(out.data)
         return out.state
 

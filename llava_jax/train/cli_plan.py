@@ -19,18 +19,40 @@ import os
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `llava-jax plan` (config overrides pass through as `--config.x=y`)."""
-    parser.add_argument("--config", required=True, help="experiment file exposing get_config(), e.g. configs/finetune_13b.py")
-    parser.add_argument("--mesh", default=None, help="data,fsdp,tensor, one may be -1 (write --mesh=-1,8,1); default: the config's mesh")
-    parser.add_argument("--devices", type=int, default=None,
-                        help="number of devices (default: the mesh's product, else this machine's device count)")
-    parser.add_argument("--hbm-gib", type=float, default=None,
-                        help="memory per device in GiB (default: the local accelerator's, if any)")
-    parser.add_argument("--preset", default=None,
-                        help="model preset when the config's init directories do not exist (llava_v15_7b, ...)")
-    parser.add_argument("--platform", default=None, choices=("tpu", "gpu", "cpu"),
-                        help="target platform: decides what attention 'auto' means (default: this machine's)")
-    parser.add_argument("--compile", action="store_true",
-                        help="also compile the train step on this machine's (or simulated CPU) devices")
+    parser.add_argument(
+        "--config", required=True, help="experiment file exposing get_config(), e.g. configs/finetune_13b.py"
+    )
+    parser.add_argument(
+        "--mesh", default=None, help="data,fsdp,tensor, one may be -1 (write --mesh=-1,8,1); default: the config's mesh"
+    )
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="number of devices (default: the mesh's product, else this machine's device count)",
+    )
+    parser.add_argument(
+        "--hbm-gib",
+        type=float,
+        default=None,
+        help="memory per device in GiB (default: the local accelerator's, if any)",
+    )
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="model preset when the config's init directories do not exist (llava_v15_7b, ...)",
+    )
+    parser.add_argument(
+        "--platform",
+        default=None,
+        choices=("tpu", "gpu", "cpu"),
+        help="target platform: decides what attention 'auto' means (default: this machine's)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also compile the train step on this machine's (or simulated CPU) devices",
+    )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.epilog = "Any config field can be overridden: --config.batch_size=64 --config.model.remat_policy=dots"
 
@@ -85,24 +107,34 @@ def run(args: argparse.Namespace) -> int:
         best = planning.smallest_fsdp(cfg, devices, hbm, tensor=shape[2], preset=args.preset, platform=platform)
     if args.json:
         out = dataclasses.asdict(plan)
-        out.update(total=plan.total, activation_total=plan.activation_total, fits=plan.fits,
-                   smallest_fsdp=None if best is None else list(best.mesh))
+        out.update(
+            total=plan.total,
+            activation_total=plan.activation_total,
+            fits=plan.fits,
+            smallest_fsdp=None if best is None else list(best.mesh),
+        )
         print(json.dumps(out, indent=2))
         return 0
     print(planning.format_plan(plan))
     if hbm is not None:
         shards = [devices // (shape[2] * f) * f for f in planning.fsdp_candidates(devices, shape[2])]
         if best is None and all(cfg.batch_size % n for n in shards):
-            print(f"no mesh with tensor={shape[2]} fits the batch: the global batch ({cfg.batch_size}) must be a "
-                  f"multiple of data*fsdp = {devices // shape[2]}; raise tensor or --config.batch_size")
+            print(
+                f"no mesh with tensor={shape[2]} fits the batch: the global batch ({cfg.batch_size}) must be a "
+                f"multiple of data*fsdp = {devices // shape[2]}; raise tensor or --config.batch_size"
+            )
         elif best is None:
             hint = "" if cfg.model.remat_policy == "full" else ", --config.model.remat_policy=full"
-            print(f"no fsdp size fits {hbm:.1f} GiB on {devices} devices with tensor={shape[2]}: try "
-                  f"--config.micro_batches={2 * cfg.micro_batches}{hint}, more devices or tensor parallelism")
+            print(
+                f"no fsdp size fits {hbm:.1f} GiB on {devices} devices with tensor={shape[2]}: try "
+                f"--config.micro_batches={2 * cfg.micro_batches}{hint}, more devices or tensor parallelism"
+            )
         else:
             d, f, t = best.mesh
-            print(f"smallest fsdp that fits: --mesh {d},{f},{t} ({best.total / planning.GIB:.2f} GiB per device); "
-                  f"train with --config.mesh.data={d} --config.mesh.fsdp={f} --config.mesh.tensor={t}")
+            print(
+                f"smallest fsdp that fits: --mesh {d},{f},{t} ({best.total / planning.GIB:.2f} GiB per device); "
+                f"train with --config.mesh.data={d} --config.mesh.fsdp={f} --config.mesh.tensor={t}"
+            )
     return 0
 
 
@@ -114,8 +146,10 @@ def _compile(cfg, args, shape) -> dict:
 
     need = shape[0] * shape[1] * shape[2]
     if jax.device_count() < need:
-        raise SystemExit(f"--compile needs {need} devices, this machine has {jax.device_count()} "
-                         f"({jax.default_backend()}); drop --compile or plan a smaller mesh")
+        raise SystemExit(
+            f"--compile needs {need} devices, this machine has {jax.device_count()} "
+            f"({jax.default_backend()}); drop --compile or plan a smaller mesh"
+        )
     base, _ = planning.base_model_config(cfg, args.preset)
     config = planning.train_model_config(cfg, base)
     mesh = make_mesh(MeshConfig(*shape), devices=jax.devices()[:need])

@@ -16,27 +16,72 @@ def base() -> ml_collections.ConfigDict:
     c.seed = 0
     # Initial weights: 'components' (HF CLIP + HF LLaMA dirs, fresh projector), 'llava' (any
     # directory `llava_jax.load` reads, e.g. a stage-1 run's `final/`), or 'random' (a preset).
-    c.init = ml_collections.ConfigDict(dict(
-        kind="components", path="", vision_dir="", llm_dir="", preset="", vocab_size=0,
-        image_token_index=0, image_size=0, projector_from="",
-    ))
+    c.init = ml_collections.ConfigDict(
+        dict(
+            kind="components",
+            path="",
+            vision_dir="",
+            llm_dir="",
+            preset="",
+            vocab_size=0,
+            image_token_index=0,
+            image_size=0,
+            projector_from="",
+        )
+    )
     c.tokenizer = ""  # default: the init directory's (or the LLM directory's) tokenizer
-    c.model = ml_collections.ConfigDict(dict(
-        dtype="bfloat16", attention_impl="auto", remat_policy="full", freeze_vision=True,
-        frozen_dtype="bfloat16",
-    ))
+    c.model = ml_collections.ConfigDict(
+        dict(
+            dtype="bfloat16",
+            attention_impl="auto",
+            remat_policy="full",
+            freeze_vision=True,
+            frozen_dtype="bfloat16",
+        )
+    )
     c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=256.0, dropout=0.05, projector_lr=2e-5))
     c.trainable = ["^projector/", "^llm/"]
-    c.optim = ml_collections.ConfigDict(dict(
-        lr=2e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, warmup_ratio=0.03, clip_norm=1.0,
-    ))
-    c.data = ml_collections.ConfigDict(dict(
-        json="", image_root="", template="vicuna_v1", image_mode="pad", max_length=2048, batching="pad",
-        max_images_per_row=4, pack_length=0, pack_window=512, pad_multiple=128, group_factor=1, num_epochs=1,
-        num_workers=2, on_error="skip",
-        synthetic=ml_collections.ConfigDict(dict(enabled=False, kind="qa", num_captions=2000, num_qa=4000,
-                                                 num_eval=500, image_size=84, seed=0, directory="")),
-    ))
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            lr=2e-5,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.0,
+            warmup_ratio=0.03,
+            clip_norm=1.0,
+        )
+    )
+    c.data = ml_collections.ConfigDict(
+        dict(
+            json="",
+            image_root="",
+            template="vicuna_v1",
+            image_mode="pad",
+            max_length=2048,
+            batching="pad",
+            max_images_per_row=4,
+            pack_length=0,
+            pack_window=512,
+            pad_multiple=128,
+            group_factor=1,
+            num_epochs=1,
+            num_workers=2,
+            on_error="skip",
+            synthetic=ml_collections.ConfigDict(
+                dict(
+                    enabled=False,
+                    kind="qa",
+                    num_captions=2000,
+                    num_qa=4000,
+                    num_eval=500,
+                    image_size=84,
+                    seed=0,
+                    directory="",
+                )
+            ),
+        )
+    )
     c.batch_size = 128
     c.micro_batches = 1
     c.num_steps = 0  # 0: one pass over the data (num_epochs), estimated from the source

@@ -45,7 +45,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
     for item in overrides:
         if not item.startswith("--config."):
             raise ValueError(f"override {item!r} must look like --config.field=value")
-        key, sep, text = item[len("--config."):].partition("=")
+        key, sep, text = item[len("--config.") :].partition("=")
         if not sep:
             raise ValueError(f"override {item!r} has no '='")
         node = config

@@ -47,9 +47,11 @@ def matmul_params(config: LlavaConfig) -> dict[str, int]:
     llm_layer = 2 * q + kv + 3 * t.hidden_size * t.intermediate_size
     lora = 0
     if t.lora_rank:
-        lora_layer = t.lora_rank * (2 * (t.hidden_size + t.num_heads * t.head_dim)
-                                    + 2 * (t.hidden_size + t.num_kv_heads * t.head_dim)
-                                    + 3 * (t.hidden_size + t.intermediate_size))
+        lora_layer = t.lora_rank * (
+            2 * (t.hidden_size + t.num_heads * t.head_dim)
+            + 2 * (t.hidden_size + t.num_kv_heads * t.head_dim)
+            + 3 * (t.hidden_size + t.intermediate_size)
+        )
         lora = t.num_layers * lora_layer
     return {
         "vision": config.vision_layers_used * vision_layer + patch,
@@ -59,8 +61,7 @@ def matmul_params(config: LlavaConfig) -> dict[str, int]:
     }
 
 
-def train_step_flops(config: LlavaConfig, *, tokens: int, images: int, seq_len: int,
-                     llm_trained: bool) -> float:
+def train_step_flops(config: LlavaConfig, *, tokens: int, images: int, seq_len: int, llm_trained: bool) -> float:
     """Model FLOPs of one optimizer step.
 
     Args:
@@ -72,8 +73,10 @@ def train_step_flops(config: LlavaConfig, *, tokens: int, images: int, seq_len: 
     n = matmul_params(config)
     v, t = config.vision, config.llm
     vision_tokens = images * (v.num_patches + 1)
-    vision = 2 * n["vision"] * vision_tokens + 2 * config.vision_layers_used * v.hidden_size * (
-        v.num_patches + 1) * vision_tokens
+    vision = (
+        2 * n["vision"] * vision_tokens
+        + 2 * config.vision_layers_used * v.hidden_size * (v.num_patches + 1) * vision_tokens
+    )
     projector = 6 * n["projector"] * images * config.image_seq_length
     llm_factor = 6 if llm_trained else 4
     llm = llm_factor * n["llm"] * tokens + 6 * n["lora"] * tokens

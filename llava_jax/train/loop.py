@@ -57,8 +57,7 @@ def initial_model(cfg: ml_collections.ConfigDict, mesh, rules=DEFAULT_RULES) -> 
     elif init.kind == "llava":
         model = load(init.path, dtype="float32", mesh=mesh, rules=rules)
     elif init.kind == "components":
-        model = load_components(init.vision_dir, init.llm_dir, dtype="float32", mesh=mesh, rules=rules,
-                                seed=cfg.seed)
+        model = load_components(init.vision_dir, init.llm_dir, dtype="float32", mesh=mesh, rules=rules, seed=cfg.seed)
     else:
         raise ValueError(f"init.kind {init.kind!r} not in ('random', 'llava', 'components')")
     if init.projector_from:
@@ -91,8 +90,14 @@ def data_paths(cfg, workdir: str) -> tuple[str, str]:
 
     out = os.path.join(workdir, "data") if not syn.directory else syn.directory
     if is_primary():
-        write_synthetic_dataset(out, num_captions=syn.num_captions, num_qa=syn.num_qa, num_eval=syn.num_eval,
-                                image_size=syn.image_size, seed=syn.seed)
+        write_synthetic_dataset(
+            out,
+            num_captions=syn.num_captions,
+            num_qa=syn.num_qa,
+            num_eval=syn.num_eval,
+            image_size=syn.image_size,
+            seed=syn.seed,
+        )
     _barrier("synthetic-data")
     paths = synthetic_dataset_paths(out)
     if syn.kind not in ("captions", "qa"):
@@ -116,11 +121,23 @@ def data_config(cfg, model: Llava):
     if pad_id is None:
         pad_id = model.tokenizer.unk_token_id or 0
     return DataConfig(
-        template=d.template, image_mode=d.image_mode, image_size=c.vision.image_size,
-        image_seq_length=c.image_seq_length, image_token_index=c.image_token_index, max_length=d.max_length,
-        global_batch_size=cfg.batch_size, batching=d.batching, max_images_per_row=d.max_images_per_row,
-        pack_length=d.pack_length or None, pack_window=d.pack_window, pad_multiple=d.pad_multiple, group_factor=d.group_factor, seed=cfg.seed,
-        num_epochs=d.num_epochs if d.num_epochs else None, num_workers=d.num_workers, on_error=d.on_error,
+        template=d.template,
+        image_mode=d.image_mode,
+        image_size=c.vision.image_size,
+        image_seq_length=c.image_seq_length,
+        image_token_index=c.image_token_index,
+        max_length=d.max_length,
+        global_batch_size=cfg.batch_size,
+        batching=d.batching,
+        max_images_per_row=d.max_images_per_row,
+        pack_length=d.pack_length or None,
+        pack_window=d.pack_window,
+        pad_multiple=d.pad_multiple,
+        group_factor=d.group_factor,
+        seed=cfg.seed,
+        num_epochs=d.num_epochs if d.num_epochs else None,
+        num_workers=d.num_workers,
+        on_error=d.on_error,
         pad_token_id=int(pad_id),
     )
 
@@ -150,7 +167,7 @@ def build_mesh(cfg):
         mesh_cfg = MESH_PRESETS[cfg.mesh.preset]
     else:
         mesh_cfg = MeshConfig(**{k: cfg.mesh[k] for k in ("data", "fsdp", "tensor")})
-    devices = jax.devices()[:cfg.mesh.num_devices] if cfg.mesh.get("num_devices") else None
+    devices = jax.devices()[: cfg.mesh.num_devices] if cfg.mesh.get("num_devices") else None
     return make_mesh(mesh_cfg, devices)
 
 
@@ -163,16 +180,20 @@ def build_state(cfg, model: Llava, optimizer) -> TrainState:
     """Fresh train state: trainable float32 params, frozen ones cast to `model.frozen_dtype`."""
     trainable, frozen = split(model.params, list(cfg.trainable))
     frozen_dtype = jnp.dtype(cfg.model.frozen_dtype)
-    frozen = jax.tree.map(lambda x: x.astype(frozen_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                          frozen)
+    frozen = jax.tree.map(lambda x: x.astype(frozen_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, frozen)
     replicated = NamedSharding(model.mesh, PartitionSpec())
     opt_state = jax.jit(optimizer.init)(trainable)
     # Moments inherit their parameter's sharding; scalars (counts) land on one device: replicate them.
     opt_state = jax.tree.map(
-        lambda x: x if len(x.sharding.device_set) == model.mesh.size else jax.device_put(x, replicated), opt_state)
-    return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=trainable,
-                      frozen=frozen, opt_state=opt_state,
-                      rng=jax.device_put(jax.random.PRNGKey(cfg.seed), replicated))
+        lambda x: x if len(x.sharding.device_set) == model.mesh.size else jax.device_put(x, replicated), opt_state
+    )
+    return TrainState(
+        step=jax.device_put(jnp.zeros((), jnp.int32), replicated),
+        params=trainable,
+        frozen=frozen,
+        opt_state=opt_state,
+        rng=jax.device_put(jax.random.PRNGKey(cfg.seed), replicated),
+    )
 
 
 def _checkpoint_tree(state: TrainState) -> dict:
@@ -187,8 +208,10 @@ def _describe_memory(compiled) -> str:
     if mem is None:
         return "memory analysis unavailable"
     gib = lambda n: f"{n / 2**30:.3f} GiB"
-    return (f"arguments {gib(mem.argument_size_in_bytes)}, outputs {gib(mem.output_size_in_bytes)} "
-            f"(aliased {gib(mem.alias_size_in_bytes)}), temporaries {gib(mem.temp_size_in_bytes)} per device")
+    return (
+        f"arguments {gib(mem.argument_size_in_bytes)}, outputs {gib(mem.output_size_in_bytes)} "
+        f"(aliased {gib(mem.alias_size_in_bytes)}), temporaries {gib(mem.temp_size_in_bytes)} per device"
+    )
 
 
 # ------------------------------------------------------------------------- run
@@ -220,9 +243,12 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     del trainable_init
     state = build_state(cfg, model, optimizer)
     loader = create_loader(data_cfg, source, model.tokenizer, mesh=mesh)
-    ckpt = Checkpointer(cfg.checkpoint.get("directory") or os.path.join(workdir, "checkpoints"),
-                        every_steps=cfg.checkpoint.every_steps,
-                        keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+    ckpt = Checkpointer(
+        cfg.checkpoint.get("directory") or os.path.join(workdir, "checkpoints"),
+        every_steps=cfg.checkpoint.every_steps,
+        keep=cfg.checkpoint.keep,
+        async_save=cfg.checkpoint.async_save,
+    )
     start = ckpt.latest_step()
     if start is not None:
         state = state.replace(**ckpt.restore(start, _checkpoint_tree(state), loader))
@@ -231,10 +257,18 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     shardings = _state_shardings(state)
     batch_sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
     step_fn = jax.jit(
-        functools.partial(train_step, config=model.config, optimizer=optimizer, lr_fn=lr_fn,
-                          micro_batches=cfg.micro_batches, freeze_vision=cfg.model.freeze_vision,
-                          loss_chunk=cfg.loss_chunk),
-        in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None), donate_argnums=0,
+        functools.partial(
+            train_step,
+            config=model.config,
+            optimizer=optimizer,
+            lr_fn=lr_fn,
+            micro_batches=cfg.micro_batches,
+            freeze_vision=cfg.model.freeze_vision,
+            loss_chunk=cfg.loss_chunk,
+        ),
+        in_shardings=(shardings, batch_sharding),
+        out_shardings=(shardings, None),
+        donate_argnums=0,
     )
     writer = MetricsWriter(workdir, enabled=is_primary())
     peak = peak_flops(jax.devices()[0].device_kind, cfg.peak_tflops * 1e12 if cfg.peak_tflops else None)
@@ -258,8 +292,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                         t0 = time.time()
                         compiled_cache[key] = step_fn.lower(state, inputs).compile()
                         if is_primary():
-                            print(f"compiled train step for {dict(key)} in {time.time() - t0:.1f}s: "
-                                  f"{_describe_memory(compiled_cache[key])}", flush=True)
+                            print(
+                                f"compiled train step for {dict(key)} in {time.time() - t0:.1f}s: "
+                                f"{_describe_memory(compiled_cache[key])}",
+                                flush=True,
+                            )
                     t0 = time.time()
                     state, metrics = compiled_cache[key](state, inputs)
                     metrics = jax.device_get(metrics)
@@ -269,15 +306,26 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                     if not (math.isfinite(loss) and math.isfinite(gnorm)):
                         raise TrainingDiverged(
                             f"step {step}: non-finite loss ({loss}) or gradient norm ({gnorm}); stopping. "
-                            f"The last good checkpoint is in {ckpt.directory} (step {ckpt.latest_step()})")
+                            f"The last good checkpoint is in {ckpt.directory} (step {ckpt.latest_step()})"
+                        )
                     last_loss = loss
                     host = _host_stats(batch)
-                    flops = train_step_flops(model.config, tokens=host["tokens"], images=host["images"],
-                                             seq_len=host["seq_len"], llm_trained=cfg.stage == 2 and not cfg.lora.rank)
+                    flops = train_step_flops(
+                        model.config,
+                        tokens=host["tokens"],
+                        images=host["images"],
+                        seq_len=host["seq_len"],
+                        llm_trained=cfg.stage == 2 and not cfg.lora.rank,
+                    )
                     row = {k: float(v) for k, v in metrics.items()}
-                    row.update({"train/step_time": dt, "train/tokens_per_sec": host["tokens"] / dt,
-                                "train/skipped": int(sum(loader.skipped.values())),
-                                "train/mfu": flops / dt / (peak * jax.device_count()) if peak else None})
+                    row.update(
+                        {
+                            "train/step_time": dt,
+                            "train/tokens_per_sec": host["tokens"] / dt,
+                            "train/skipped": int(sum(loader.skipped.values())),
+                            "train/mfu": flops / dt / (peak * jax.device_count()) if peak else None,
+                        }
+                    )
                     writer.write(step, row)
                     ckpt.save(step, _checkpoint_tree(state), loader)
                     progress.update(1)
@@ -316,8 +364,10 @@ def finish(state: TrainState, model: Llava, final_dir: str, *, export_hf: bool, 
     if export_hf and jax.process_count() > 1:
         # Each process holds only its shards and the export reads whole tensors: a separate one-process step.
         if is_primary():
-            print(f"multi-process run: write the HF directory with `llava-jax export {final_dir} "
-                  f"{os.path.join(workdir, 'hf')}` (one process, any host)")
+            print(
+                f"multi-process run: write the HF directory with `llava-jax export {final_dir} "
+                f"{os.path.join(workdir, 'hf')}` (one process, any host)"
+            )
     elif export_hf:
         final.export_hf(os.path.join(workdir, "hf"))
     return final_dir

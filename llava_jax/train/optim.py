@@ -28,8 +28,9 @@ def schedule(peak: float, total_steps: int, warmup_ratio: float):
     import math
 
     warmup = math.ceil(warmup_ratio * total_steps)
-    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps=max(warmup, 0),
-                                              decay_steps=max(total_steps, warmup + 1), end_value=0.0)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, peak, warmup_steps=max(warmup, 0), decay_steps=max(total_steps, warmup + 1), end_value=0.0
+    )
 
 
 def make_optimizer(config: OptimConfig, total_steps: int, trainable_params) -> tuple:
@@ -38,9 +39,15 @@ def make_optimizer(config: OptimConfig, total_steps: int, trainable_params) -> t
     Clipping is global over all trainable gradients (as HF Trainer's `max_grad_norm`),
     then each part gets AdamW with its own peak rate and the shared schedule shape.
     """
+
     def adamw(peak):
-        return optax.adamw(schedule(peak, total_steps, config.warmup_ratio), b1=config.b1, b2=config.b2,
-                           eps=config.eps, weight_decay=config.weight_decay)
+        return optax.adamw(
+            schedule(peak, total_steps, config.warmup_ratio),
+            b1=config.b1,
+            b2=config.b2,
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+        )
 
     clip = optax.clip_by_global_norm(config.clip_norm) if config.clip_norm else optax.identity()
     if not config.part_lrs:

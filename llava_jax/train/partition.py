@@ -6,7 +6,7 @@ Paths are '/'-joined keys, e.g. `llm/layers/self_attn/q_proj/kernel`.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 

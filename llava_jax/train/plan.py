@@ -80,18 +80,29 @@ def base_model_config(cfg, preset: str | None = None) -> tuple[LlavaConfig, str]
         if init.kind == "llava" and os.path.exists(os.path.join(init.path, "config.json")):
             return _config_from_dir(init.path), init.path
         if init.kind == "components" and all(
-                os.path.exists(os.path.join(d, "config.json")) for d in (init.vision_dir, init.llm_dir)):
+            os.path.exists(os.path.join(d, "config.json")) for d in (init.vision_dir, init.llm_dir)
+        ):
             from llava_jax.config import _compose
 
             llm = llama_config_from_hf(_read_json(os.path.join(init.llm_dir, "config.json")))
             vision = vision_config_from_hf(_read_json(os.path.join(init.vision_dir, "config.json")))
-            config = _compose(vision, llm, feature_layer=-2, strategy="default", image_token_index=llm.vocab_size,
-                              projector_act="gelu", projector_bias=True, aspect="pad")
+            config = _compose(
+                vision,
+                llm,
+                feature_layer=-2,
+                strategy="default",
+                image_token_index=llm.vocab_size,
+                projector_act="gelu",
+                projector_bias=True,
+                aspect="pad",
+            )
             return config, f"{init.vision_dir} + {init.llm_dir}"
         preset = _guess_preset(cfg)
         if preset is None:
-            raise ValueError("the config's init directories do not exist and their names name no model size; "
-                             f"pass a preset ({sorted(PRESETS)})")
+            raise ValueError(
+                "the config's init directories do not exist and their names name no model size; "
+                f"pass a preset ({sorted(PRESETS)})"
+            )
     if preset not in PRESETS:
         raise ValueError(f"preset {preset!r} not in {sorted(PRESETS)}")
     kwargs = {}
@@ -149,10 +160,12 @@ def abstract_state(cfg, config: LlavaConfig, total_steps: int = 1000):
     frozen_dtype = jnp.dtype(cfg.model.frozen_dtype)
     frozen = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, frozen_dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype),
-        frozen)
+        frozen,
+    )
     part_lrs = ((r"^projector/", cfg.lora.projector_lr),) if cfg.lora.rank else ()
-    optimizer, lr_fn = make_optimizer(OptimConfig(**{k: cfg.optim[k] for k in cfg.optim}, part_lrs=part_lrs),
-                                      total_steps, trainable)
+    optimizer, lr_fn = make_optimizer(
+        OptimConfig(**{k: cfg.optim[k] for k in cfg.optim}, part_lrs=part_lrs), total_steps, trainable
+    )
     opt_state = jax.eval_shape(optimizer.init, trainable)
     return trainable, frozen, opt_state, optimizer, lr_fn
 
@@ -214,17 +227,29 @@ def compiled_memory(cfg, config: LlavaConfig, mesh, rules: Rules = DEFAULT_RULES
     replicated = NamedSharding(mesh, PartitionSpec())
     sds = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
     key = jax.eval_shape(jax.random.PRNGKey, 0)
-    state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
-                       params=jax.tree.map(sds, trainable, t_sh), frozen=jax.tree.map(sds, frozen, f_sh),
-                       opt_state=jax.tree.map(sds, opt_state, o_sh), rng=sds(key, replicated))
+    state = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+        params=jax.tree.map(sds, trainable, t_sh),
+        frozen=jax.tree.map(sds, frozen, f_sh),
+        opt_state=jax.tree.map(sds, opt_state, o_sh),
+        rng=sds(key, replicated),
+    )
     shardings = jax.tree.map(lambda x: x.sharding, state)
     batch_sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
     batch = {k: sds(v, batch_sharding) for k, v in abstract_batch(cfg, config).items()}
     step_fn = jax.jit(
-        functools.partial(train_step, config=config, optimizer=optimizer, lr_fn=lr_fn,
-                          micro_batches=cfg.micro_batches, freeze_vision=cfg.model.freeze_vision,
-                          loss_chunk=cfg.loss_chunk),
-        in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None), donate_argnums=0,
+        functools.partial(
+            train_step,
+            config=config,
+            optimizer=optimizer,
+            lr_fn=lr_fn,
+            micro_batches=cfg.micro_batches,
+            freeze_vision=cfg.model.freeze_vision,
+            loss_chunk=cfg.loss_chunk,
+        ),
+        in_shardings=(shardings, batch_sharding),
+        out_shardings=(shardings, None),
+        donate_argnums=0,
     )
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         compiled = step_fn.lower(state, batch).compile()
@@ -234,8 +259,12 @@ def compiled_memory(cfg, config: LlavaConfig, mesh, rules: Rules = DEFAULT_RULES
         return {}
     if mem is None:
         return {}
-    out = {"arguments": int(mem.argument_size_in_bytes), "outputs": int(mem.output_size_in_bytes),
-           "aliased": int(mem.alias_size_in_bytes), "temporaries": int(mem.temp_size_in_bytes)}
+    out = {
+        "arguments": int(mem.argument_size_in_bytes),
+        "outputs": int(mem.output_size_in_bytes),
+        "aliased": int(mem.alias_size_in_bytes),
+        "temporaries": int(mem.temp_size_in_bytes),
+    }
     out["peak"] = out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"]
     return out
 
@@ -303,16 +332,21 @@ def activation_bytes(cfg, config: LlavaConfig, mesh_shape, *, platform: str = "c
     p = vis.num_patches + 1
     v_heads = max(1, vis.num_heads // tp)
     v_scores = images * v_heads * p * p * 4 if xla else images * v_heads * p * 4 * 2
-    v_layer = images * p * jnp.dtype(vis.dtype).itemsize * (4 * vis.hidden_size + 2 * vis.intermediate_size / tp) \
+    v_layer = (
+        images * p * jnp.dtype(vis.dtype).itemsize * (4 * vis.hidden_size + 2 * vis.intermediate_size / tp)
         + 2 * v_scores
+    )
     vision_trained = not cfg.model.freeze_vision and trained("vision/layers/mlp/fc1/kernel")
     vision = v_layer * (config.vision_layers_used if vision_trained else 1)
     projector = images * p * a * (config.projector.in_features + 2 * d)
     embeds = 2 * tok * d * a  # the merged input embeddings and their gradient
     transients = {"layer backward": llm_transient, "loss chunk": loss, "vision tower": vision + projector}
     peak_name = max(transients, key=transients.get)
-    parts = {"saved for backward": llm_saved, "input embeddings": embeds,
-             f"largest transient: {peak_name}": transients[peak_name]}
+    parts = {
+        "saved for backward": llm_saved,
+        "input embeddings": embeds,
+        f"largest transient: {peak_name}": transients[peak_name],
+    }
     return {name: int(v) for name, v in parts.items()}
 
 
@@ -346,8 +380,14 @@ class MemoryPlan:
 
     @property
     def total(self) -> int:
-        return (self.params_trainable + self.params_frozen + self.optimizer + self.gradients + self.batch
-                + self.activation_total)
+        return (
+            self.params_trainable
+            + self.params_frozen
+            + self.optimizer
+            + self.gradients
+            + self.batch
+            + self.activation_total
+        )
 
     @property
     def fits(self) -> bool | None:
@@ -357,8 +397,15 @@ class MemoryPlan:
         return self.total * 1.1 <= self.hbm_bytes
 
 
-def make_plan(cfg, mesh_shape, *, hbm_gib: float | None = None, preset: str | None = None,
-              platform: str = "cpu", rules: Rules = DEFAULT_RULES) -> MemoryPlan:
+def make_plan(
+    cfg,
+    mesh_shape,
+    *,
+    hbm_gib: float | None = None,
+    preset: str | None = None,
+    platform: str = "cpu",
+    rules: Rules = DEFAULT_RULES,
+) -> MemoryPlan:
     """The memory plan of experiment config `cfg` on a (data, fsdp, tensor) mesh of that shape."""
     base, source = base_model_config(cfg, preset)
     config = train_model_config(cfg, base)
@@ -372,11 +419,16 @@ def make_plan(cfg, mesh_shape, *, hbm_gib: float | None = None, preset: str | No
     shards = mesh_shape[0] * mesh_shape[1]
     batch_bytes = math.ceil(_tree_bytes(batch) / shards)
     return MemoryPlan(
-        mesh=tuple(int(s) for s in mesh_shape), model=source,
-        params_trainable=per_device_bytes(trainable, t_sh), params_frozen=per_device_bytes(frozen, f_sh),
-        optimizer=per_device_bytes(opt_state, o_sh), gradients=grads, batch=batch_bytes,
+        mesh=tuple(int(s) for s in mesh_shape),
+        model=source,
+        params_trainable=per_device_bytes(trainable, t_sh),
+        params_frozen=per_device_bytes(frozen, f_sh),
+        optimizer=per_device_bytes(opt_state, o_sh),
+        gradients=grads,
+        batch=batch_bytes,
         activations=activation_bytes(cfg, config, mesh_shape, platform=platform),
-        hbm_bytes=None if hbm_gib is None else int(hbm_gib * GIB), attention=attention_kind(config, platform),
+        hbm_bytes=None if hbm_gib is None else int(hbm_gib * GIB),
+        attention=attention_kind(config, platform),
     )
 
 
@@ -411,16 +463,20 @@ def parse_mesh(text: str | None, devices: int) -> tuple[int, int, int]:
 def format_plan(plan: MemoryPlan) -> str:
     """A table of the plan in GiB."""
     g = lambda n: f"{n / GIB:9.3f} GiB"
-    head = (f"model: {plan.model}; mesh data={plan.mesh[0]} fsdp={plan.mesh[1]} tensor={plan.mesh[2]}; "
-            f"attention: {plan.attention}")
+    head = (
+        f"model: {plan.model}; mesh data={plan.mesh[0]} fsdp={plan.mesh[1]} tensor={plan.mesh[2]}; "
+        f"attention: {plan.attention}"
+    )
     row = lambda label, n: f"{label:<38}{g(n)}"
-    lines = [head,
-             row("  parameters, trainable (float32)", plan.params_trainable),
-             row("  parameters, frozen", plan.params_frozen),
-             row("  optimizer state", plan.optimizer),
-             row("  gradients (float32)", plan.gradients),
-             row("  batch", plan.batch),
-             row("  activations (estimate)", plan.activation_total)]
+    lines = [
+        head,
+        row("  parameters, trainable (float32)", plan.params_trainable),
+        row("  parameters, frozen", plan.params_frozen),
+        row("  optimizer state", plan.optimizer),
+        row("  gradients (float32)", plan.gradients),
+        row("  batch", plan.batch),
+        row("  activations (estimate)", plan.activation_total),
+    ]
     lines += [row(f"    {name}", v) for name, v in plan.activations.items()]
     lines.append(row("  total per device", plan.total))
     if plan.hbm_bytes is not None:
@@ -428,6 +484,7 @@ def format_plan(plan: MemoryPlan) -> str:
         lines.append(f"  {verdict} in {plan.hbm_bytes / GIB:.1f} GiB (with 10% headroom)")
     if plan.compiled:
         c = plan.compiled
-        lines.append(f"  compiled step: arguments {g(c['arguments'])}, temporaries {g(c['temporaries'])}, "
-                     f"peak {g(c['peak'])}")
+        lines.append(
+            f"  compiled step: arguments {g(c['arguments'])}, temporaries {g(c['temporaries'])}, peak {g(c['peak'])}"
+        )
     return "\n".join(lines)

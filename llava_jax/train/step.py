@@ -9,7 +9,8 @@ micro-batches equals the large batch exactly.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.struct
 import jax
@@ -35,8 +36,7 @@ class TrainState(flax.struct.PyTreeNode):
     rng: jax.Array
 
 
-def batch_loss(trainable, frozen, batch, rng, *, config: LlavaConfig, freeze_vision: bool = True,
-               chunk: int = 512):
+def batch_loss(trainable, frozen, batch, rng, *, config: LlavaConfig, freeze_vision: bool = True, chunk: int = 512):
     """(summed NLL, supervised tokens) of one (micro-)batch.
 
     batch: input_ids/labels/positions/segment_ids int32[B, T], images float32[B, M, S, S, 3].
@@ -46,8 +46,15 @@ def batch_loss(trainable, frozen, batch, rng, *, config: LlavaConfig, freeze_vis
     images = batch.get("images")
     if images is not None and images.shape[1] == 0:
         images = None
-    hidden, _ = model.apply({"params": params}, batch["input_ids"], images, positions=batch["positions"],
-                            segment_ids=batch["segment_ids"], return_hidden=True, rngs={"dropout": rng})
+    hidden, _ = model.apply(
+        {"params": params},
+        batch["input_ids"],
+        images,
+        positions=batch["positions"],
+        segment_ids=batch["segment_ids"],
+        return_hidden=True,
+        rngs={"dropout": rng},
+    )
     targets = shifted_targets(batch["labels"], batch["segment_ids"])
     head = lambda h: model.apply({"params": params}, h, method=LlavaModel.logits_from_hidden)
     return chunked_cross_entropy(hidden[:, :-1], targets, head, chunk)
@@ -55,16 +62,27 @@ def batch_loss(trainable, frozen, batch, rng, *, config: LlavaConfig, freeze_vis
 
 def _split_micro(batch: dict, n: int) -> dict:
     """[B, ...] -> [n, B/n, ...] taking rows strided, so each micro-batch spans every data shard."""
+
     def split(x):
         b = x.shape[0]
         if b % n:
             raise ValueError(f"batch of {b} rows does not split into {n} micro-batches")
         return x.reshape((b // n, n) + x.shape[1:]).swapaxes(0, 1)
+
     return jax.tree.map(split, batch)
 
 
-def train_step(state: TrainState, batch: dict, *, config: LlavaConfig, optimizer: optax.GradientTransformation,
-               lr_fn: Callable, micro_batches: int = 1, freeze_vision: bool = True, loss_chunk: int = 512):
+def train_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    config: LlavaConfig,
+    optimizer: optax.GradientTransformation,
+    lr_fn: Callable,
+    micro_batches: int = 1,
+    freeze_vision: bool = True,
+    loss_chunk: int = 512,
+):
     """One optimizer step over a global batch (see module docstring). Returns (state, metrics)."""
     batch = {k: batch[k] for k in BATCH_KEYS if k in batch}
     total = jnp.sum(shifted_targets(batch["labels"], batch["segment_ids"]) != IGNORE_INDEX)

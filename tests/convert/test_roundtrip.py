@@ -69,8 +69,7 @@ def test_bin_checkpoint_and_in_memory_layout(hf_dir, inputs, tmp_path):
     os.makedirs(tmp_path / "bin")
     shutil.copy(os.path.join(src, "config.json"), tmp_path / "bin")
     torch.save(dict(hf.state_dict()), tmp_path / "bin" / "pytorch_model.bin")
-    np.testing.assert_allclose(llava_jax.load(str(tmp_path / "bin")).logits(ids, pixels, mask), expected,
-                               atol=1e-6)
+    np.testing.assert_allclose(llava_jax.load(str(tmp_path / "bin")).logits(ids, pixels, mask), expected, atol=1e-6)
 
 
 def _original_layout(src, dst, with_vision: bool):
@@ -92,14 +91,23 @@ def _original_layout(src, dst, with_vision: bool):
                 continue
             new = key.replace("vision_tower.", "model.vision_tower.vision_tower.vision_model.")
         renamed[new] = value
-    write_safetensors(os.path.join(dst, "model.safetensors"), iter(renamed.items()),
-                      {k: (v.shape, v.dtype) for k, v in renamed.items()})
+    write_safetensors(
+        os.path.join(dst, "model.safetensors"),
+        iter(renamed.items()),
+        {k: (v.shape, v.dtype) for k, v in renamed.items()},
+    )
     with open(os.path.join(src, "config.json")) as f:
         hf = json.load(f)
     flat = dict(hf["text_config"])
-    flat.update(model_type="llava_llama", mm_vision_tower="openai/clip-vit-large-patch14-336",
-                mm_hidden_size=hf["vision_config"]["hidden_size"], mm_projector_type="mlp2x_gelu",
-                mm_vision_select_layer=-2, mm_vision_select_feature="patch", image_aspect_ratio="pad")
+    flat.update(
+        model_type="llava_llama",
+        mm_vision_tower="openai/clip-vit-large-patch14-336",
+        mm_hidden_size=hf["vision_config"]["hidden_size"],
+        mm_projector_type="mlp2x_gelu",
+        mm_vision_select_layer=-2,
+        mm_vision_select_feature="patch",
+        image_aspect_ratio="pad",
+    )
     with open(os.path.join(dst, "config.json"), "w") as f:
         json.dump(flat, f)
     # The original repo's image sentinel is not a vocabulary id: use the first id past the vocab.
@@ -113,10 +121,16 @@ def _clip_dir(src, dst):
     os.makedirs(dst)
     with open(os.path.join(src, "config.json")) as f:
         CLIPVisionConfig(**json.load(f)["vision_config"]).save_pretrained(dst)
-    tensors = {k.replace("vision_tower.", "vision_model."): v for k, v in _tensors(src).items()
-               if k.startswith("vision_tower.")}
-    write_safetensors(os.path.join(dst, "model.safetensors"), iter(tensors.items()),
-                      {k: (v.shape, v.dtype) for k, v in tensors.items()})
+    tensors = {
+        k.replace("vision_tower.", "vision_model."): v
+        for k, v in _tensors(src).items()
+        if k.startswith("vision_tower.")
+    }
+    write_safetensors(
+        os.path.join(dst, "model.safetensors"),
+        iter(tensors.items()),
+        {k: (v.shape, v.dtype) for k, v in tensors.items()},
+    )
 
 
 def test_original_layout_loads_to_same_logits(hf_dir, inputs, tmp_path):
@@ -151,8 +165,7 @@ def test_load_components_stage1(hf_dir, tmp_path):
     model = llava_jax.load_components(str(tmp_path / "clip"), str(tmp_path / "llama"))
     reference = llava_jax.load(src)
     for part in ("vision", "llm"):
-        for a, b in zip(*(map(np.asarray, __import__("jax").tree.leaves(m.params[part]))
-                          for m in (model, reference))):
+        for a, b in zip(*(map(np.asarray, __import__("jax").tree.leaves(m.params[part])) for m in (model, reference))):
             np.testing.assert_array_equal(a, b)
     assert model.params["projector"]["linear_1"]["kernel"].shape == (32, 64)
     assert model.config.image_token_index == hf.config.text_config.vocab_size
@@ -211,8 +224,11 @@ def _rewrite(src, dst, edit):
     shutil.copytree(src, dst)
     tensors = edit(_tensors(dst))
     os.remove(os.path.join(dst, "model.safetensors"))
-    write_safetensors(os.path.join(dst, "model.safetensors"), iter(tensors.items()),
-                      {k: (v.shape, v.dtype) for k, v in tensors.items()})
+    write_safetensors(
+        os.path.join(dst, "model.safetensors"),
+        iter(tensors.items()),
+        {k: (v.shape, v.dtype) for k, v in tensors.items()},
+    )
 
 
 def test_missing_tensor(hf_dir, tmp_path):
@@ -227,8 +243,11 @@ def test_misshaped_tensor(hf_dir, tmp_path):
     src, _ = hf_dir
     key = "multi_modal_projector.linear_2.weight"
     _rewrite(src, tmp_path / "m", lambda t: {**t, key: np.zeros((64, 63), np.float32)})
-    with pytest.raises(CheckpointError, match=r"'multi_modal_projector.linear_2.weight'.*shape \(64, 63\), "
-                                              r"expected \(64, 64\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"'multi_modal_projector.linear_2.weight'.*shape \(64, 63\), "
+        r"expected \(64, 64\)",
+    ):
         llava_jax.load(str(tmp_path / "m"))
 
 

@@ -84,10 +84,7 @@ def write_tokenizer(directory: str, vocab_size: int = 512) -> str:
     lines = [SYSTEM, "USER: ASSISTANT: USER: ASSISTANT:"] * 20
     for _ in range(3000):
         n = rng.randint(3, 15)
-        lines.append(
-            " ".join(rng.choice(WORDS) for _ in range(n))
-            + rng.choice([".", "?", "!", ","])
-        )
+        lines.append(" ".join(rng.choice(WORDS) for _ in range(n)) + rng.choice([".", "?", "!", ","]))
     lines += ["Ünïcödé 日本語のテスト café naïve 12345 67890 émoji 🐱"] * 5
     corpus = os.path.join(directory, "corpus.txt")
     with open(corpus, "w", encoding="utf-8") as f:
@@ -166,11 +163,7 @@ def write_dataset(
     base = photos()
     examples = []
     for i in range(n):
-        text_only = (
-            stage == 2
-            and text_only_every
-            and i % text_only_every == text_only_every - 1
-        )
+        text_only = stage == 2 and text_only_every and i % text_only_every == text_only_every - 1
         example = {"id": f"ex{i:04d}"}
         if not text_only:
             w, h = image_sizes[i % len(image_sizes)]
@@ -201,9 +194,7 @@ def write_dataset(
     path = os.path.join(directory, "data." + fmt)
     with open(path, "w", encoding="utf-8") as f:
         if fmt == "jsonl":
-            f.write(
-                "\n".join(json.dumps(e, ensure_ascii=False) for e in examples) + "\n"
-            )
+            f.write("\n".join(json.dumps(e, ensure_ascii=False) for e in examples) + "\n")
         else:
             json.dump(examples, f, ensure_ascii=False, indent=1)
     return path, image_root

@@ -57,9 +57,7 @@ def bad_dataset(tmp_path_factory):
         }
         for i in range(6)
     ]
-    good += [
-        {"id": f"text{i}", "conversations": qa("Hi?", f"Hello {i}.")} for i in range(3)
-    ]
+    good += [{"id": f"text{i}", "conversations": qa("Hi?", f"Hello {i}.")} for i in range(3)]
     bad = {
         "missing_file": ({"image": "nope.jpg", "conversations": qa()}, "missing_image"),
         "truncated": (
@@ -94,8 +92,7 @@ def bad_dataset(tmp_path_factory):
     records += [json.dumps({"id": k, **e}).encode() for k, (e, _) in bad.items()]
     # Invalid UTF-8 inside one record.
     records.append(
-        b'{"id": "latin1", "conversations": [{"from": "human", "value": "caf\xe9?"}, '
-        b'{"from": "gpt", "value": "ok"}]}'
+        b'{"id": "latin1", "conversations": [{"from": "human", "value": "caf\xe9?"}, {"from": "gpt", "value": "ok"}]}'
     )
     path = root / "data.json"
     path.write_bytes(b"[\n" + b",\n".join(records) + b"\n]")
@@ -140,11 +137,7 @@ def test_corrupt_image_is_blanked_out_of_its_row(bad_dataset, tokenizer):
     path, images, _, _ = bad_dataset
     source = JsonSource(path, images)
     # Only the truncated-image sample and good ones, packed two images per row.
-    keep = [
-        i
-        for i in range(len(source))
-        if source[i]["id"] in ("truncated", "good0", "good1")
-    ]
+    keep = [i for i in range(len(source)) if source[i]["id"] in ("truncated", "good0", "good1")]
 
     class Subset:
         def __len__(self):

@@ -37,12 +37,8 @@ HF_CHAT_TEMPLATE = (
 
 
 def test_vicuna_v1_single_turn_generation_prompt():
-    assert generation_prompt("vicuna_v1", "What is this?") == (
-        VICUNA + " USER: <image>\nWhat is this? ASSISTANT:"
-    )
-    assert generation_prompt("v1", "What is this?", image=False) == (
-        VICUNA + " USER: What is this? ASSISTANT:"
-    )
+    assert generation_prompt("vicuna_v1", "What is this?") == (VICUNA + " USER: <image>\nWhat is this? ASSISTANT:")
+    assert generation_prompt("v1", "What is this?", image=False) == (VICUNA + " USER: What is this? ASSISTANT:")
 
 
 def test_vicuna_v1_multi_turn():
@@ -53,26 +49,19 @@ def test_vicuna_v1_multi_turn():
         ("ASSISTANT", None),
     ]
     assert render("vicuna_v1", turns, image=True) == (
-        VICUNA
-        + " USER: <image>\nWhat is this? ASSISTANT: A cat.</s>USER: Color? ASSISTANT:"
+        VICUNA + " USER: <image>\nWhat is this? ASSISTANT: A cat.</s>USER: Color? ASSISTANT:"
     )
     done = turns[:3] + [("ASSISTANT", "Black.")]
     assert render("vicuna_v1", done, image=True) == (
-        VICUNA
-        + " USER: <image>\nWhat is this? ASSISTANT: A cat.</s>USER: Color? ASSISTANT: Black.</s>"
+        VICUNA + " USER: <image>\nWhat is this? ASSISTANT: A cat.</s>USER: Color? ASSISTANT: Black.</s>"
     )
     # The data's role names work too.
     data_turns = [("human", "What is this?"), ("gpt", "A cat.")]
-    assert (
-        render("vicuna_v1", data_turns)
-        == VICUNA + " USER: What is this? ASSISTANT: A cat.</s>"
-    )
+    assert render("vicuna_v1", data_turns) == VICUNA + " USER: What is this? ASSISTANT: A cat.</s>"
 
 
 def test_llava_v1_system_prompt():
-    assert (
-        generation_prompt("llava_v1", "Hi") == LLAVA + " USER: <image>\nHi ASSISTANT:"
-    )
+    assert generation_prompt("llava_v1", "Hi") == LLAVA + " USER: <image>\nHi ASSISTANT:"
 
 
 def test_image_moved_to_front():
@@ -93,27 +82,17 @@ def test_image_moved_to_front():
 def test_plain():
     # get_prompt of the PLAIN style: messages followed by "\n", empty ones omitted.
     assert render("plain", [("user", "<image>"), ("assistant", None)]) == "<image>\n"
-    assert (
-        render("plain", [("user", "Q"), ("assistant", None)], image=True)
-        == "<image>\nQ\n"
-    )
+    assert render("plain", [("user", "Q"), ("assistant", None)], image=True) == "<image>\nQ\n"
     # Training text is preprocess_plain's: the image, the caption, "\n".
-    segments = training_segments(
-        "plain", [("human", "<image>\nDescribe."), ("gpt", "A red bus.")]
-    )
+    segments = training_segments("plain", [("human", "<image>\nDescribe."), ("gpt", "A red bus.")])
     assert segments == [("<image>", False), ("A red bus.\n", True)]
 
 
 def test_llava_hf_matches_the_checkpoint_chat_template(tokenizer):
-    assert (
-        generation_prompt("llava_hf", "What is this?")
-        == "USER: <image>\nWhat is this? ASSISTANT:"
-    )
+    assert generation_prompt("llava_hf", "What is this?") == "USER: <image>\nWhat is this? ASSISTANT:"
     turns = [("user", "What is this?"), ("assistant", "A cat."), ("user", "Color?")]
     ours = generation_prompt(LLAVA_HF, turns)
-    assert (
-        ours == "USER: <image>\nWhat is this? ASSISTANT: A cat. USER: Color? ASSISTANT:"
-    )
+    assert ours == "USER: <image>\nWhat is this? ASSISTANT: A cat. USER: Color? ASSISTANT:"
     messages = [
         {
             "role": "user",
@@ -142,9 +121,7 @@ def test_training_segments_concatenate_to_the_prompt():
         segments = training_segments(name, turns)
         assert "".join(text for text, _ in segments) == render(name, turns)
         supervised = [text for text, flag in segments if flag]
-        sep2 = get_template(
-            name
-        ).sep2.strip()  # a whitespace separator is not supervised
+        sep2 = get_template(name).sep2.strip()  # a whitespace separator is not supervised
         assert supervised == [" A1." + sep2, "  42" + sep2]
 
 
@@ -160,6 +137,4 @@ def test_errors():
     with pytest.raises(ValueError, match="last turn"):
         generation_prompt("vicuna_v1", [("user", "a"), ("assistant", "b")])
     with pytest.raises(ValueError, match="one user and one assistant"):
-        training_segments(
-            "plain", [("human", "<image>"), ("gpt", "a"), ("human", "b"), ("gpt", "c")]
-        )
+        training_segments("plain", [("human", "<image>"), ("gpt", "a"), ("human", "b"), ("gpt", "c")])

@@ -81,9 +81,7 @@ def supervised_runs(out):
 def test_tokenizer_image_token_is_the_reference(tokenizer, prompt):
     expected = reference_tokenizer_image_token(prompt, tokenizer, IMG)
     assert tokenizer_image_token(prompt, tokenizer, image_token_index=IMG) == expected
-    expanded = tokenizer_image_token(
-        prompt, tokenizer, image_token_index=IMG, image_seq_length=5
-    )
+    expanded = tokenizer_image_token(prompt, tokenizer, image_token_index=IMG, image_seq_length=5)
     assert expanded.count(IMG) == 5 * prompt.count("<image>")
     assert [t for t in expanded if t != IMG] == [t for t in expected if t != IMG]
 
@@ -116,32 +114,22 @@ CONVERSATIONS = {
 
 @pytest.mark.parametrize("name", sorted(CONVERSATIONS))
 @pytest.mark.parametrize("template", ["vicuna_v1", "llava_v1", "llava_hf"])
-def test_labels_supervise_exactly_each_reply_and_its_separator(
-    tokenizer, name, template
-):
+def test_labels_supervise_exactly_each_reply_and_its_separator(tokenizer, name, template):
     turns = CONVERSATIONS[name]
     out = encode(example(turns), tokenizer, template=template)
-    placed = [
-        (r, move_image_to_front(v, training=True) if "<image>" in v else v)
-        for r, v in turns
-    ]
+    placed = [(r, move_image_to_front(v, training=True) if "<image>" in v else v) for r, v in turns]
     prompt = render(template, placed)
     assert out["input_ids"].dtype == np.int32 and out["labels"].dtype == np.int32
     assert out["input_ids"].tolist() == tokenizer_image_token(
         prompt, tokenizer, image_token_index=IMG, image_seq_length=ISL
     )
     assert out["input_ids"].tolist().count(IMG) == ISL
-    assert (
-        out["labels"][0] == IGNORE_INDEX
-        and out["input_ids"][0] == tokenizer.bos_token_id
-    )
+    assert out["labels"][0] == IGNORE_INDEX and out["input_ids"][0] == tokenizer.bos_token_id
     assert (out["labels"][out["input_ids"] == IMG] == IGNORE_INDEX).all()
     sep2 = "</s>" if template != "llava_hf" else ""
     replies = [v for r, v in turns if r == "gpt"]
     runs = supervised_runs(out)
-    assert [tokenizer.decode(run) for run in runs] == [
-        reply + sep2 for reply in replies
-    ]
+    assert [tokenizer.decode(run) for run in runs] == [reply + sep2 for reply in replies]
     assert out["image"] == "img.jpg"
 
 
@@ -159,9 +147,7 @@ def reference_v1_labels(prompt, tokenizer, input_ids):
             break
         parts[0] += sep
         round_len = len(reference_tokenizer_image_token(rou, tokenizer, IMG))
-        instruction_len = (
-            len(reference_tokenizer_image_token(parts[0], tokenizer, IMG)) - 2
-        )
+        instruction_len = len(reference_tokenizer_image_token(parts[0], tokenizer, IMG)) - 2
         if i != 0 and not tokenizer.legacy:
             round_len -= 1
             instruction_len -= 1
@@ -175,13 +161,8 @@ def test_agrees_with_reference_masking_where_the_reference_is_consistent(tokeniz
     agreed = 0
     for turns in CONVERSATIONS.values():
         out = encode(example(turns), tokenizer, isl=1)
-        placed = [
-            (r, move_image_to_front(v, training=True) if "<image>" in v else v)
-            for r, v in turns
-        ]
-        reference = reference_v1_labels(
-            render("vicuna_v1", placed), tokenizer, out["input_ids"].tolist()
-        )
+        placed = [(r, move_image_to_front(v, training=True) if "<image>" in v else v) for r, v in turns]
+        reference = reference_v1_labels(render("vicuna_v1", placed), tokenizer, out["input_ids"].tolist())
         if reference is not None:
             assert out["labels"].tolist() == reference
             agreed += 1
@@ -191,9 +172,7 @@ def test_agrees_with_reference_masking_where_the_reference_is_consistent(tokeniz
 
 
 def test_text_only_sample_has_no_image(tokenizer):
-    out = encode(
-        example([("human", "Hi there?"), ("gpt", "Hello.")], image=None), tokenizer
-    )
+    out = encode(example([("human", "Hi there?"), ("gpt", "Hello.")], image=None), tokenizer)
     assert out["image"] is None and IMG not in out["input_ids"]
     assert [tokenizer.decode(r) for r in supervised_runs(out)] == ["Hello.</s>"]
 
@@ -244,9 +223,7 @@ def test_truncation(tokenizer):
         max_length=300,
     )
     assert len(out["input_ids"]) == len(out["labels"]) == 300
-    full = encode(
-        example([("human", "Q?"), ("gpt", long_answer)], image=None), tokenizer
-    )
+    full = encode(example([("human", "Q?"), ("gpt", long_answer)], image=None), tokenizer)
     np.testing.assert_array_equal(out["input_ids"], full["input_ids"][:300])
     # An image sample whose placeholders would be cut is dropped, not cut.
     ex = example([("human", "<image>\nQ?"), ("gpt", long_answer)])
@@ -254,10 +231,7 @@ def test_truncation(tokenizer):
     image_end = whole["input_ids"].tolist().index(IMG) + ISL
     first_supervised = int(np.flatnonzero(whole["labels"] != IGNORE_INDEX)[0])
     ok = encode(ex, tokenizer, max_length=first_supervised + 1)
-    assert (
-        ok["input_ids"].tolist().count(IMG) == ISL
-        and (ok["labels"] != IGNORE_INDEX).sum() == 1
-    )
+    assert ok["input_ids"].tolist().count(IMG) == ISL and (ok["labels"] != IGNORE_INDEX).sum() == 1
     with pytest.raises(DataError) as e:
         encode(ex, tokenizer, max_length=image_end - 1)
     assert e.value.reason == "image_cut_by_truncation" and e.value.sample_id == "s"
@@ -269,9 +243,7 @@ def test_truncation(tokenizer):
 BAD = {  # case: (example, reason)
     "no_conversations": ({"id": "b1", "image": "x.jpg"}, "no_conversations"),
     "two_humans": (
-        example(
-            [("human", "<image>\nQ"), ("human", "Q2"), ("gpt", "A")], sample_id="b2"
-        ),
+        example([("human", "<image>\nQ"), ("human", "Q2"), ("gpt", "A")], sample_id="b2"),
         "not_alternating",
     ),
     "unknown_role": (
@@ -292,9 +264,7 @@ BAD = {  # case: (example, reason)
         "multiple_image_tokens",
     ),
     "two_markers_two_turns": (
-        example(
-            [("human", "<image>\nQ"), ("gpt", "A"), ("human", "<image>"), ("gpt", "B")]
-        ),
+        example([("human", "<image>\nQ"), ("gpt", "A"), ("human", "<image>"), ("gpt", "B")]),
         "multiple_image_tokens",
     ),
     "marker_in_answer": (
@@ -361,15 +331,9 @@ def test_tokenization_mismatch_is_detected(tmp_path):
     from tokenizers import Tokenizer, models, processors, trainers
 
     tk = Tokenizer(models.BPE(unk_token="<unk>"))
-    trainer = trainers.BpeTrainer(
-        vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False
-    )
-    tk.train_from_iterator(
-        ["USER: ok? ASSISTANT: Yes"] * 50 + ["abcdefghijklmnopqrstuvwxyz .,?'"], trainer
-    )
-    tk.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", tk.token_to_id("<s>"))]
-    )
+    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    tk.train_from_iterator(["USER: ok? ASSISTANT: Yes"] * 50 + ["abcdefghijklmnopqrstuvwxyz .,?'"], trainer)
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tk.token_to_id("<s>"))])
     transformers.PreTrainedTokenizerFast(
         tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     ).save_pretrained(tmp_path)

@@ -21,9 +21,7 @@ from tests.data.helpers import photos
 
 
 def hf_processor(size=336):
-    return CLIPImageProcessorPil(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
-    )
+    return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
 def hf_pixels(image, size=336):
@@ -59,16 +57,12 @@ def test_real_photos_match_hf(mode):
     for photo in photos():
         pil = Image.fromarray(photo)
         reference = hf_pixels(pil if mode == "square" else expand_to_square(pil))
-        np.testing.assert_allclose(
-            preprocess_image(photo, mode=mode), reference, atol=1e-5
-        )
+        np.testing.assert_allclose(preprocess_image(photo, mode=mode), reference, atol=1e-5)
 
 
 def test_other_size():
     pil = Image.fromarray(photos()[0])
-    np.testing.assert_allclose(
-        preprocess_image(pil, mode="square", size=224), hf_pixels(pil, 224), atol=1e-5
-    )
+    np.testing.assert_allclose(preprocess_image(pil, mode="square", size=224), hf_pixels(pil, 224), atol=1e-5)
 
 
 def test_pad_is_centred_on_mean_colour():
@@ -124,16 +118,10 @@ def test_files_bytes_and_exif_as_hf_load_image(tmp_path):
     for mode in ("square", "pad"):
         hf = hf_load_image(str(path))
         reference = hf_pixels(hf if mode == "square" else expand_to_square(hf))
-        np.testing.assert_allclose(
-            preprocess_image(str(path), mode=mode), reference, atol=1e-5
-        )
-        np.testing.assert_allclose(
-            preprocess_image(path.read_bytes(), mode=mode), reference, atol=1e-5
-        )
+        np.testing.assert_allclose(preprocess_image(str(path), mode=mode), reference, atol=1e-5)
+        np.testing.assert_allclose(preprocess_image(path.read_bytes(), mode=mode), reference, atol=1e-5)
     # RGBA files: HF `load_image` converts (drops alpha), as the LLaVA repo's `.convert("RGB")`.
-    rgba = Image.fromarray(
-        np.random.default_rng(3).integers(0, 256, (40, 30, 4), dtype=np.uint8)
-    )
+    rgba = Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 30, 4), dtype=np.uint8))
     rgba.save(tmp_path / "a.png")
     np.testing.assert_allclose(
         preprocess_image(str(tmp_path / "a.png")),

@@ -44,19 +44,13 @@ def per_token_loss(params, batch):
     feats = batch["images"].reshape(b, -1, ISL, SIZE * SIZE * 3 // ISL) @ params["img"]
     feats = feats.reshape(b, -1, D)  # [B, M * ISL, D], images in order
     slot = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, feats.shape[1] - 1)
-    x = jnp.where(
-        is_image[..., None], jnp.take_along_axis(feats, slot[..., None], axis=1), x
-    )
+    x = jnp.where(is_image[..., None], jnp.take_along_axis(feats, slot[..., None], axis=1), x)
     q, k, v = jnp.einsum("btd,cdnh->cbtnh", x, params["qkv"])
-    h = reference_attention(
-        q, k, v, causal=True, segment_ids=batch["segment_ids"]
-    ).reshape(b, t, D)
+    h = reference_attention(q, k, v, causal=True, segment_ids=batch["segment_ids"]).reshape(b, t, D)
     logits = (x + h) @ params["out"]
     targets = labels[:, 1:]
     logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-    nll = -jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)[
-        ..., 0
-    ]
+    nll = -jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0]
     nll = jnp.where(targets != IGNORE_INDEX, nll, 0.0)
     return jnp.pad(nll, ((0, 0), (1, 0)))  # aligned with the target token
 
@@ -69,9 +63,7 @@ def sample_losses(params, batch):
         seg = np.asarray(batch["segment_ids"][r])
         for s in np.unique(seg[seg > 0]):
             mask = seg == s
-            out[tuple(np.asarray(batch["input_ids"][r])[mask].tolist())] = losses[r][
-                mask
-            ].sum()
+            out[tuple(np.asarray(batch["input_ids"][r])[mask].tolist())] = losses[r][mask].sum()
     return out
 
 
@@ -97,15 +89,11 @@ def test_packed_equals_unpacked_per_sample_loss(dataset, tokenizer):
     assert n_multi >= 4  # rows really hold several samples
     unpacked = {}
     # One sample per row, padded to the same length: one compiled shape.
-    one = dataclasses.replace(
-        config, batching="pad", global_batch_size=1, pad_multiple=256
-    )
+    one = dataclasses.replace(config, batching="pad", global_batch_size=1, pad_multiple=256)
     for batch in create_loader(one, source, tokenizer):
         unpacked.update(sample_losses(params, batch))
     encode = EncodeFn(tokenizer, config)
     keys = {tuple(encode(source[i])["input_ids"].tolist()) for i in range(len(source))}
-    assert (
-        set(unpacked) == keys and set(packed) <= keys and len(packed) >= 0.8 * len(keys)
-    )
+    assert set(unpacked) == keys and set(packed) <= keys and len(packed) >= 0.8 * len(keys)
     for key, loss in packed.items():
         np.testing.assert_allclose(loss, unpacked[key], rtol=1e-5, atol=1e-5)

@@ -40,15 +40,8 @@ def test_assemble_row_layout():
     assert row["segment_ids"].tolist() == [1, 1, 1, 2, 2, 2, 2, 0, 0, 0]
     assert row["positions"].tolist() == [0, 1, 2, 0, 1, 2, 3, 0, 0, 0]
     # The first token of each sample is never a target (no cross-sample prediction).
-    assert (
-        row["labels"].tolist()
-        == [IGNORE_INDEX, 2, 3, IGNORE_INDEX, 11, 12, 13] + [IGNORE_INDEX] * 3
-    )
-    assert (
-        row["_images"] == ["A"]
-        and row["_image_segments"] == [1]
-        and row["_ids"] == ["a", "b"]
-    )
+    assert row["labels"].tolist() == [IGNORE_INDEX, 2, 3, IGNORE_INDEX, 11, 12, 13] + [IGNORE_INDEX] * 3
+    assert row["_images"] == ["A"] and row["_image_segments"] == [1] and row["_ids"] == ["a", "b"]
     with pytest.raises(ValueError, match="tokens"):
         assemble_row([a, b], 6)
 
@@ -67,12 +60,8 @@ def test_grouped_order_single_modality_batches():
     random_spreads = [np.ptp(np.abs(lengths[rng.choice(103, 8)])) for _ in order]
     assert np.mean(spreads) < 0.5 * np.mean(random_spreads)
     # Seeded: same seed and epoch -> same order; another epoch -> another order.
-    np.testing.assert_array_equal(
-        order, grouped_order(lengths, 8, seed=3, epoch=0, group_factor=4)
-    )
-    assert not np.array_equal(
-        order, grouped_order(lengths, 8, seed=3, epoch=1, group_factor=4)
-    )
+    np.testing.assert_array_equal(order, grouped_order(lengths, 8, seed=3, epoch=0, group_factor=4))
+    assert not np.array_equal(order, grouped_order(lengths, 8, seed=3, epoch=1, group_factor=4))
     # group_factor=1 is the reference: sorted (longest first) within each batch only.
     ref = grouped_order(lengths, 8, seed=3, epoch=0, group_factor=1)
     for batch in ref:
@@ -99,9 +88,7 @@ def elements(n, seed=0, skip_every=0):
 
 
 def pack(ds, window=16):
-    return PackIterDataset(
-        ds.to_iter_dataset(), max_length=100, max_images=2, window=window, seed=7
-    )
+    return PackIterDataset(ds.to_iter_dataset(), max_length=100, max_images=2, window=window, seed=7)
 
 
 def test_pack_iter_covers_everything_once():
@@ -111,9 +98,7 @@ def test_pack_iter_covers_everything_once():
     real = [e["id"] for e in source if "_skip" not in e]
     assert sorted(ids) == sorted(real)
     skipped = [s for row in rows for s in row["_skipped"]]
-    assert sorted(s[0] for s in skipped) == sorted(
-        e["id"] for e in source if "_skip" in e
-    )
+    assert sorted(s[0] for s in skipped) == sorted(e["id"] for e in source if "_skip" in e)
     assert sum(int(row["skipped"]) for row in rows) == len(skipped)
     for row in rows:
         assert len(row["_images"]) <= 2 and (row["segment_ids"] > 0).sum() <= 100

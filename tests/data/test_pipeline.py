@@ -87,9 +87,7 @@ def check_layout(batch, config):
 
 
 def image_of(example, config):
-    return preprocess_image(
-        example["image"], mode=config.image_mode, size=config.image_size
-    )
+    return preprocess_image(example["image"], mode=config.image_mode, size=config.image_size)
 
 
 def test_pack_one_epoch(source, tokenizer, encoded):
@@ -110,9 +108,7 @@ def test_pack_one_epoch(source, tokenizer, encoded):
                 # Images are in the order of their placeholders within the row.
                 k = slot.get(b, 0)
                 slot[b] = k + 1
-                np.testing.assert_array_equal(
-                    batch["images"][b, k], image_of(example, CONFIG)
-                )
+                np.testing.assert_array_equal(batch["images"][b, k], image_of(example, CONFIG))
     # drop_remainder may leave out the last partial batch; nothing appears twice.
     assert len(seen) == len(set(seen)) and len(seen) >= 0.8 * len(encoded)
     assert sum(loader.skipped.values()) == 0
@@ -130,10 +126,7 @@ def test_pad_mode_one_epoch(source, tokenizer, encoded):
         assert t % config.pad_multiple == 0 and t <= config.max_length
         assert batch["images"].shape == (4, 1, 28, 28, 3)
         rows = list(segments(batch))
-        assert all(
-            len(np.unique(batch["segment_ids"][b][batch["segment_ids"][b] > 0])) <= 1
-            for b in range(4)
-        )
+        assert all(len(np.unique(batch["segment_ids"][b][batch["segment_ids"][b] > 0])) <= 1 for b in range(4))
         kinds = {encoded[key]["image"] is not None for _, key, _ in rows}
         assert len(kinds) == 1  # every global batch is all-image or all-text
         seen += [encoded[key]["id"] for _, key, _ in rows]
@@ -147,35 +140,22 @@ def test_process_slices_partition_the_data(source, tokenizer, encoded, batching)
     per_process = []
     for p in range(2):
         ids = []
-        for batch in create_loader(
-            config, source, tokenizer, process_index=p, process_count=2
-        ):
+        for batch in create_loader(config, source, tokenizer, process_index=p, process_count=2):
             assert batch["input_ids"].shape[0] == 2  # local rows = global / processes
             ids += [encoded[key]["id"] for _, key, _ in segments(batch)]
         per_process.append(ids)
     assert not set(per_process[0]) & set(per_process[1])
     if batching == "pad":
         # Padding mode splits each global batch: the union is the single-process epoch.
-        assert sorted(per_process[0] + per_process[1]) == sorted(
-            e["id"] for e in encoded.values()
-        )
+        assert sorted(per_process[0] + per_process[1]) == sorted(e["id"] for e in encoded.values())
         single = [b for b in create_loader(config, source, tokenizer)]
-        local = [
-            list(
-                create_loader(
-                    config, source, tokenizer, process_index=p, process_count=2
-                )
-            )
-            for p in range(2)
-        ]
+        local = [list(create_loader(config, source, tokenizer, process_index=p, process_count=2)) for p in range(2)]
         for g, batch in enumerate(single):
             for p in range(2):
                 part = local[p][g]
                 t = batch["input_ids"].shape[1]
                 part = pad_batch_to(part, t) if part["input_ids"].shape[1] < t else part
-                np.testing.assert_array_equal(
-                    part["input_ids"], batch["input_ids"][2 * p : 2 * p + 2]
-                )
+                np.testing.assert_array_equal(part["input_ids"], batch["input_ids"][2 * p : 2 * p + 2])
 
 
 def take(loader, n):
@@ -261,15 +241,11 @@ def test_loader_state_keeps_skip_counts(source, tokenizer):
 def test_estimate_rows(source, tokenizer):
     rows = sum(
         b["input_ids"].shape[0]
-        for b in create_loader(
-            dataclasses.replace(CONFIG, global_batch_size=1), source, tokenizer
-        )
+        for b in create_loader(dataclasses.replace(CONFIG, global_batch_size=1), source, tokenizer)
     )
     estimate = estimate_rows(CONFIG, source, tokenizer)
     assert abs(estimate - rows) <= 0.2 * rows
-    assert estimate_rows(
-        dataclasses.replace(CONFIG, batching="pad"), source, tokenizer
-    ) == len(source)
+    assert estimate_rows(dataclasses.replace(CONFIG, batching="pad"), source, tokenizer) == len(source)
 
 
 def test_config_validation():

@@ -97,9 +97,7 @@ def test_record_roundtrip():
     }
     back = deserialize_record(serialize_record(ex, b"\xff\xd8jpeg"))
     assert back == {**ex, "image": b"\xff\xd8jpeg"}
-    text_only = deserialize_record(
-        serialize_record({"id": "t", "conversations": []}, None)
-    )
+    text_only = deserialize_record(serialize_record({"id": "t", "conversations": []}, None))
     assert text_only["image"] is None
     assert deserialize_record(b"garbage", 3)["_reason"] == "malformed"
 
@@ -110,9 +108,7 @@ def test_pack_cli_roundtrip(tmp_path, capsys):
     # One example whose image file is missing: skipped at pack time, listed by id.
     os.remove(os.path.join(root, examples[4]["image"]))
     out = str(tmp_path / "packed")
-    rc = cli.main(
-        ["data", "pack", path, root, out, "--shard-size", "10", "--workers", "2"]
-    )
+    rc = cli.main(["data", "pack", path, root, out, "--shard-size", "10", "--workers", "2"])
     assert rc == 0
     assert "wrote 22 of 23" in capsys.readouterr().out
     with open(os.path.join(out, "metadata.json")) as f:
@@ -126,22 +122,15 @@ def test_pack_cli_roundtrip(tmp_path, capsys):
     json_source = JsonSource(path, root)
     for i, expected in enumerate(kept):
         got = source[i]
-        assert (
-            got["id"] == expected["id"]
-            and got["conversations"] == expected["conversations"]
-        )
+        assert got["id"] == expected["id"] and got["conversations"] == expected["conversations"]
         if "image" in expected:
             with open(os.path.join(root, expected["image"]), "rb") as f:
                 assert got["image"] == f.read()
         else:
             assert got["image"] is None
-    np.testing.assert_array_equal(
-        source.modality_lengths(), np.delete(json_source.modality_lengths(), 4)
-    )
+    np.testing.assert_array_equal(source.modality_lengths(), np.delete(json_source.modality_lengths(), 4))
     # Strict mode stops at the missing image with its id.
-    rc = cli.main(
-        ["data", "pack", path, root, str(tmp_path / "strict"), "--on-error", "strict"]
-    )
+    rc = cli.main(["data", "pack", path, root, str(tmp_path / "strict"), "--on-error", "strict"])
     assert rc == 1 and examples[4]["id"] in capsys.readouterr().out
 
 
@@ -162,17 +151,12 @@ def test_tfds_builder(tmp_path):
         json.dump(examples, f)
     data_dir = str(tmp_path / "tfds")
     builder = LlavaJson(config="custom", data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
-    )
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
     source = tfds_source(data_dir, config="custom")
     assert len(source) == 9
     for i, expected in enumerate(examples):
         got = source[i]
-        assert (
-            got["id"] == expected["id"]
-            and got["conversations"] == expected["conversations"]
-        )
+        assert got["id"] == expected["id"] and got["conversations"] == expected["conversations"]
         if "image" in expected:
             assert got["image"] == (manual / expected["image"]).read_bytes()
         else:

@@ -53,9 +53,7 @@ def test_same_seed_gives_byte_identical_files(data, tmp_path):
         _files(tmp_path / "again"),
     )
     assert sorted(first) == sorted(second)
-    assert len(first) == 4 + SIZES["num_captions"] + SIZES["num_eval"] + sum(
-        "image" in r for r in data[2]
-    )
+    assert len(first) == 4 + SIZES["num_captions"] + SIZES["num_eval"] + sum("image" in r for r in data[2])
     assert first == second
     other = syn.write_synthetic_dataset(tmp_path / "other", seed=4, **SIZES)
     with open(other["qa"], "rb") as a, open(again["qa"], "rb") as b:
@@ -151,9 +149,7 @@ def _check_answer(scene, item):
     elif qtype == "position":
         assert answer in positions
     else:
-        thing = re.search(
-            r"(?:there|see|find) an? ([a-z ]+?)(?: in the \w+)?\?", question
-        )
+        thing = re.search(r"(?:there|see|find) an? ([a-z ]+?)(?: in the \w+)?\?", question)
         words = thing.group(1).split()
         present = (words[0] in colors) if words[-1] == "shape" else (words[0] in kinds)
         assert answer == ("yes" if present else "no"), (question, answer, scene)
@@ -255,9 +251,7 @@ def test_score_synthetic_on_hand_made_predictions():
         "existence",
         "overall",
     }
-    assert result["chance"]["overall"] == pytest.approx(
-        (2 * 100 / 6 + 25 + 20 + 2 * 50) / 6
-    )
+    assert result["chance"]["overall"] == pytest.approx((2 * 100 / 6 + 25 + 20 + 2 * 50) / 6)
     records = [{"question_id": k, "text": v} for k, v in predictions.items()]
     assert syn.score_synthetic(records, items) == result
 
@@ -272,9 +266,7 @@ def test_tokenizer_is_llama_style_with_llava_hf_image_token(tokenizer):
     )
     assert tokenizer.convert_tokens_to_ids(["<image>", "<pad>"]) == [v, v + 1]
     assert tokenizer.pad_token_id == v + 1 and tokenizer.image_token_id == v
-    ids = tokenizer(
-        "USER: <image>\nWhat color is the shape? ASSISTANT: Red</s>"
-    ).input_ids
+    ids = tokenizer("USER: <image>\nWhat color is the shape? ASSISTANT: Red</s>").input_ids
     assert ids[0] == 1 and ids[-1] == 2 and ids.count(1) == 1
     assert ids.count(v) == 1
     assert tokenizer.convert_ids_to_tokens(ids[ids.index(v) + 1]) == "<0x0A>"
@@ -320,27 +312,14 @@ def test_shipped_tokenizer_equals_a_rebuild(tmp_path):
             open(os.path.join(shipped, name)) as b,
         ):
             assert json.load(a) == json.load(b), name
-    models = [
-        spm.SentencePieceProcessor(model_file=os.path.join(d, "tokenizer.model"))
-        for d in (rebuilt, shipped)
-    ]
-    vocab = [
-        [
-            (m.id_to_piece(i), m.get_score(i), m.is_byte(i))
-            for i in range(m.get_piece_size())
-        ]
-        for m in models
-    ]
-    assert vocab[0] == vocab[1], (
-        "shipped tokenizer is stale: rebuild it (see module doc)"
-    )
+    models = [spm.SentencePieceProcessor(model_file=os.path.join(d, "tokenizer.model")) for d in (rebuilt, shipped)]
+    vocab = [[(m.id_to_piece(i), m.get_score(i), m.is_byte(i)) for i in range(m.get_piece_size())] for m in models]
+    assert vocab[0] == vocab[1], "shipped tokenizer is stale: rebuild it (see module doc)"
     size = os.path.getsize(os.path.join(shipped, "tokenizer.model"))
     assert size < 16_000
 
 
-@pytest.mark.parametrize(
-    "template,split", [("plain", "stage1"), ("vicuna_v1", "stage2")]
-)
+@pytest.mark.parametrize("template,split", [("plain", "stage1"), ("vicuna_v1", "stage2")])
 def test_every_sample_encodes_with_the_real_pipeline(data, tokenizer, template, split):
     records = data[1] if split == "stage1" else data[2]
     image_id = tokenizer.image_token_id

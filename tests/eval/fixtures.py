@@ -27,9 +27,7 @@ def _loader_questions(d, folder, rows, category="default"):
     records, table = [], {}
     for i, (qid, image, text, reply) in enumerate(rows):
         write_image(os.path.join(d, folder, image), color=(40 * i % 255, 90, 160))
-        records.append(
-            {"question_id": qid, "image": image, "text": text, "category": category}
-        )
+        records.append({"question_id": qid, "image": image, "text": text, "category": category})
         table[f"<image>\n{text}"] = reply
     return records, table
 
@@ -44,26 +42,18 @@ def vqav2(d):
     write_jsonl(os.path.join(d, "llava_vqav2_mscoco_test-dev2015.jsonl"), records)
     write_jsonl(
         os.path.join(d, "llava_vqav2_mscoco_test2015.jsonl"),
-        records
-        + [{"question_id": 4, "image": "x.jpg", "text": "?", "category": "default"}],
+        records + [{"question_id": 4, "image": "x.jpg", "text": "?", "category": "default"}],
     )
     answers = {1: ["2"] * 10, 2: ["yes"] * 2 + ["no"] * 8, 3: ["red"] * 10}
     write_json(
         os.path.join(d, "val_annotations.json"),
-        {
-            "annotations": [
-                {"question_id": q, "answers": [{"answer": a} for a in ans]}
-                for q, ans in answers.items()
-            ]
-        },
+        {"annotations": [{"question_id": q, "answers": [{"answer": a} for a in ans]} for q, ans in answers.items()]},
     )
     return table
 
 
 def vizwiz(d):
-    unans = (
-        "When the provided information is insufficient, respond with 'Unanswerable'."
-    )
+    unans = "When the provided information is insufficient, respond with 'Unanswerable'."
     rows = [
         (
             0,
@@ -89,8 +79,7 @@ def vizwiz(d):
             },
             {
                 "image": "VizWiz_test_00000001.jpg",
-                "answers": [{"answer": "water"}] * 8
-                + [{"answer": "bottle of water"}] * 2,
+                "answers": [{"answer": "water"}] * 8 + [{"answer": "bottle of water"}] * 2,
             },
         ],
     )
@@ -160,12 +149,8 @@ def pope(d):
         write_image(os.path.join(d, "val2014", image))
         question = f"Is there a {obj} in the image?"
         text = f"{question}\n{SA}"
-        records.append(
-            {"question_id": i, "image": image, "text": text, "category": category}
-        )
-        labels.setdefault(category, []).append(
-            {"question_id": i, "image": image, "text": question, "label": label}
-        )
+        records.append({"question_id": i, "image": image, "text": text, "category": category})
+        labels.setdefault(category, []).append({"question_id": i, "image": image, "text": question, "label": label})
         table[f"<image>\n{text}"] = reply
     write_jsonl(os.path.join(d, "llava_pope_test.jsonl"), records)
     for category, rows in labels.items():
@@ -223,9 +208,7 @@ def mme(d):
     for category, images in spec.items():
         for image, nested, qas in images:
             img_dir = os.path.join(release, category, "images" if nested else "")
-            qa_dir = os.path.join(
-                release, category, "questions_answers_YN" if nested else ""
-            )
+            qa_dir = os.path.join(release, category, "questions_answers_YN" if nested else "")
             write_image(os.path.join(img_dir, image))
             lines = []
             for question, gt, reply in qas:
@@ -244,9 +227,7 @@ def mme(d):
                 )
                 table[f"<image>\n{text}"] = reply
             os.makedirs(qa_dir, exist_ok=True)
-            with open(
-                os.path.join(qa_dir, os.path.splitext(image)[0] + ".txt"), "w"
-            ) as f:
+            with open(os.path.join(qa_dir, os.path.splitext(image)[0] + ".txt"), "w") as f:
                 f.writelines(lines)
     write_jsonl(os.path.join(d, "llava_mme.jsonl"), records)
     return table
@@ -328,8 +309,6 @@ class Scripted:
         out = []
         for r in requests:
             message = message_of(r.prompt)
-            self.seen.append(
-                (message, None if r.image is None else r.image.size, r.max_new_tokens)
-            )
+            self.seen.append((message, None if r.image is None else r.image.size, r.max_new_tokens))
             out.append(self.table[message])
         return out

@@ -39,10 +39,7 @@ def _tsv(path, rows):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         f.write("\t".join(MMBENCH_HEADER) + "\n")
-        f.writelines(
-            "\t".join(str(row.get(c, "")) for c in MMBENCH_HEADER) + "\n"
-            for row in rows
-        )
+        f.writelines("\t".join(str(row.get(c, "")) for c in MMBENCH_HEADER) + "\n" for row in rows)
 
 
 def mmbench(d):
@@ -203,8 +200,7 @@ def scienceqa(d):
             "conversations": [
                 {
                     "from": "human",
-                    "value": "Context: Look at the picture.\nQuestion: Pick B\n"
-                    "Options: (A) x (B) y\n<image>",
+                    "value": "Context: Look at the picture.\nQuestion: Pick B\nOptions: (A) x (B) y\n<image>",
                 },
                 {"from": "gpt", "value": "The answer is A."},
             ],
@@ -213,18 +209,16 @@ def scienceqa(d):
     write_json(os.path.join(d, "llava_test_CQM-A.json"), questions)
     return {
         f"<image>\nContext: N/A\nQuestion: Which is hot?\nOptions: (A) ice (B) fire\n{MC}": "B",
-        f"Context: Animals vary.\nQuestion: Which is a mammal?\nOptions: (A) shark (B) whale (C) frog\n{MC}": "The answer is B.",
+        f"Context: Animals vary.\nQuestion: Which is a mammal?\nOptions: (A) shark (B) whale (C) frog\n{MC}": (
+            "The answer is B."
+        ),
         f"<image>\nContext: Look at the picture.\nQuestion: Pick B\nOptions: (A) x (B) y\n{MC}": "C",
     }
 
 
 def seed(d):
     def text(q, choices):
-        return (
-            q
-            + "".join(f"\n{letter}. {c}" for letter, c in zip("ABCD", choices))
-            + f"\n{MC}"
-        )
+        return q + "".join(f"\n{letter}. {c}" for letter, c in zip("ABCD", choices)) + f"\n{MC}"
 
     spec = [
         (101, "image", 1, "SEED-Bench-image/a.jpg", "Where is this?", "A", "A"),

@@ -71,13 +71,8 @@ def test_mme(tmp_path):
     # artwork: two-space question variant matched; "Nope" reads as no
     assert m["artwork/score"] == 200.0
     assert m["perception"] == 325.0 and m["cognition"] == 50.0
-    lines = fixtures.read_text(
-        os.path.join(out, "mme_results", "artwork.txt")
-    ).splitlines()
-    assert (
-        lines[0]
-        == "10002.txt\tIs this artwork created by Leonardo?  Please answer yes or no.\tYes\tYes"
-    )
+    lines = fixtures.read_text(os.path.join(out, "mme_results", "artwork.txt")).splitlines()
+    assert lines[0] == "10002.txt\tIs this artwork created by Leonardo?  Please answer yes or no.\tYes\tYes"
 
 
 def test_mmbench_circular(tmp_path):
@@ -91,14 +86,9 @@ def test_mmbench_circular(tmp_path):
         sheet = z.read("xl/worksheets/sheet1.xml").decode()
     header = ["index", "question", "A", "B", "C", "D", "prediction", "answer", "split"]
     for col, name in zip("ABCDEFGHI", header):
-        assert (
-            f'<c r="{col}1" t="inlineStr"><is><t xml:space="preserve">{name}</t>'
-            in sheet
-        )
+        assert f'<c r="{col}1" t="inlineStr"><is><t xml:space="preserve">{name}</t>' in sheet
     assert '<c r="A4"><v>1</v></c>' in sheet  # third row: index 1
-    assert (
-        '<c r="E4"' not in sheet
-    )  # its option C ("None") is a missing cell, as in pandas
+    assert '<c r="E4"' not in sheet  # its option C ("None") is a missing cell, as in pandas
     assert '<t xml:space="preserve">The answer is B</t>' in sheet
 
 
@@ -106,9 +96,7 @@ def test_mmbench_all_rounds(tmp_path):
     r, _, scripted = _run(tmp_path, "mmbench", all_rounds=True)
     assert r["questions"] == 3 + 3 + 2 + 2
     # sky: every rotation right; dogs: one of two rounds right in each row
-    assert (
-        r["metrics"]["accuracy"] == 80.0 and r["metrics"]["circular_accuracy"] == 50.0
-    )
+    assert r["metrics"]["accuracy"] == 80.0 and r["metrics"]["circular_accuracy"] == 50.0
     assert len(scripted.seen) == 10
 
 
@@ -148,10 +136,7 @@ def test_seed(tmp_path):
     # replies must equal the letter exactly: "B." is wrong
     assert m["accuracy"] == 75.0 and m["image_accuracy"] == pytest.approx(200 / 3)
     assert m["video_accuracy"] == 100.0
-    assert (
-        m["dimension/Instances Counting"] == 50.0
-        and m["dimension/Scene Understanding"] == 100.0
-    )
+    assert m["dimension/Instances Counting"] == 50.0 and m["dimension/Scene Understanding"] == 100.0
     upload = fixtures.read_jsonl(os.path.join(out, "seed_bench_upload.jsonl"))
     assert upload[2] == {"question_id": "103", "prediction": "B."}
 
@@ -220,9 +205,7 @@ def test_gpt_graded_files(tmp_path):
 def test_limit_and_score_only(tmp_path):
     d, table = fixtures.make("pope", str(tmp_path / "data"))
     out = str(tmp_path / "out")
-    evaluate(
-        "pope", fixtures.Scripted(table), DataConfig(d, limit=3), out, progress=False
-    )
+    evaluate("pope", fixtures.Scripted(table), DataConfig(d, limit=3), out, progress=False)
     rescored = evaluate("pope", None, DataConfig(d, limit=3), out, progress=False)
     assert rescored["answered"] == 3 and rescored["throughput"] is None
     assert rescored["metrics"]["adversarial/count"] == 3

@@ -51,9 +51,7 @@ def model(model_dir):
 def _answerer(model, batch_size):
     from llava_jax.eval.model_answerer import ModelAnswerer
 
-    return ModelAnswerer(
-        model, model_id="tiny-llava", batch_size=batch_size, length_multiple=32
-    )
+    return ModelAnswerer(model, model_id="tiny-llava", batch_size=batch_size, length_multiple=32)
 
 
 def test_every_benchmark_runs_on_a_tiny_model(tmp_path, model):
@@ -73,10 +71,7 @@ def test_every_benchmark_runs_on_a_tiny_model(tmp_path, model):
         assert r["answered"] == r["questions"] > 0, name
         assert r["throughput"]["answered_this_run"] == r["questions"]
         records = fixtures.read_jsonl(os.path.join(out, "answers.jsonl"))
-        assert all(
-            isinstance(x["text"], str) and x["model_id"] == "tiny-llava"
-            for x in records
-        )
+        assert all(isinstance(x["text"], str) and x["model_id"] == "tiny-llava" for x in records)
 
 
 def test_answers_do_not_depend_on_batching_and_match_chat(tmp_path, model):
@@ -98,22 +93,10 @@ def test_answers_do_not_depend_on_batching_and_match_chat(tmp_path, model):
 
     from PIL import Image
 
-    records = fixtures.read_jsonl(
-        os.path.join(d, "llava_vqav2_mscoco_test-dev2015.jsonl")
-    )
-    images = [
-        Image.open(os.path.join(d, "test2015", r["image"])).convert("RGB")
-        for r in records
-    ]
-    chat = model.chat(
-        images, [r["text"] for r in records], max_new_tokens=NEW_TOKENS, temperature=0.0
-    )
-    ours = [
-        x["text"]
-        for x in fixtures.read_jsonl(
-            os.path.join(str(tmp_path / "b3"), "answers.jsonl")
-        )
-    ]
+    records = fixtures.read_jsonl(os.path.join(d, "llava_vqav2_mscoco_test-dev2015.jsonl"))
+    images = [Image.open(os.path.join(d, "test2015", r["image"])).convert("RGB") for r in records]
+    chat = model.chat(images, [r["text"] for r in records], max_new_tokens=NEW_TOKENS, temperature=0.0)
+    ours = [x["text"] for x in fixtures.read_jsonl(os.path.join(str(tmp_path / "b3"), "answers.jsonl"))]
     assert ours == chat
     assert len(set(ours)) > 1  # the invariances above are not vacuous
 
@@ -158,9 +141,7 @@ def test_sharded_batch_gives_the_same_answers(tmp_path, model_dir, model):
     import llava_jax
     from llava_jax.sharding import MESH_PRESETS, make_mesh
 
-    mesh = make_mesh(
-        MESH_PRESETS["data"]
-    )  # the 8 simulated CPU devices of the test set-up
+    mesh = make_mesh(MESH_PRESETS["data"])  # the 8 simulated CPU devices of the test set-up
     sharded = llava_jax.load(model_dir, dtype="float32", mesh=mesh)
     assert _answerer(sharded, 3).batch_size == mesh.shape["data"]
     d, _ = fixtures.make("pope", str(tmp_path / "data"))
@@ -176,7 +157,5 @@ def test_sharded_batch_gives_the_same_answers(tmp_path, model_dir, model):
             max_new_tokens=NEW_TOKENS,
             progress=False,
         )
-        texts.append(
-            [x["text"] for x in fixtures.read_jsonl(os.path.join(out, "answers.jsonl"))]
-        )
+        texts.append([x["text"] for x in fixtures.read_jsonl(os.path.join(out, "answers.jsonl"))])
     assert texts[0] == texts[1]

@@ -15,9 +15,7 @@ SYS = (
 
 
 def test_render_vicuna_v1():
-    assert prompts.render_prompt("<image>\nWhat is this?") == (
-        SYS + " USER: <image>\nWhat is this? ASSISTANT:"
-    )
+    assert prompts.render_prompt("<image>\nWhat is this?") == (SYS + " USER: <image>\nWhat is this? ASSISTANT:")
 
 
 def test_render_llava_v1_and_unknown():
@@ -26,35 +24,26 @@ def test_render_llava_v1_and_unknown():
         "The assistant gives helpful, detailed, and polite answers to the human's questions. "
         "USER: Hi ASSISTANT:"
     )
-    assert (
-        prompts.render_prompt("<image>\nHi", "llava_hf")
-        == "USER: <image>\nHi ASSISTANT:"
-    )
+    assert prompts.render_prompt("<image>\nHi", "llava_hf") == "USER: <image>\nHi ASSISTANT:"
     with pytest.raises(ValueError):
         prompts.render_prompt("Hi", "plain")
 
 
 def test_question_text_builders():
-    assert prompts.short_answer("Is it red?") == (
-        "Is it red?\nAnswer the question using a single word or phrase."
-    )
+    assert prompts.short_answer("Is it red?") == ("Is it red?\nAnswer the question using a single word or phrase.")
     assert prompts.vizwiz("What is this?") == (
         "What is this?\nWhen the provided information is insufficient, respond with "
         "'Unanswerable'.\nAnswer the question using a single word or phrase."
     )
     assert prompts.textvqa("what brand?", ["DAKOTA", "Single-Use"]) == (
-        "what brand?\nReference OCR token: DAKOTA, Single-Use\n"
-        "Answer the question using a single word or phrase."
+        "what brand?\nReference OCR token: DAKOTA, Single-Use\nAnswer the question using a single word or phrase."
     )
-    assert prompts.textvqa("what brand?", []) == (
-        "what brand?\nAnswer the question using a single word or phrase."
-    )
+    assert prompts.textvqa("what brand?", []) == ("what brand?\nAnswer the question using a single word or phrase.")
     assert prompts.mme("Is there a dog? Please answer yes or no.") == (
         "Is there a dog?\nAnswer the question using a single word or phrase."
     )
     assert prompts.multiple_choice("How many?", ["one", "two", "three", "four"]) == (
-        "How many?\nA. one\nB. two\nC. three\nD. four\n"
-        "Answer with the option's letter from the given choices directly."
+        "How many?\nA. one\nB. two\nC. three\nD. four\nAnswer with the option's letter from the given choices directly."
     )
     assert prompts.mmbench("How many dogs?", ["1", "2"], "Look closely.") == (
         "Look closely.\nHow many dogs?\nA. 1\nB. 2"
@@ -94,10 +83,8 @@ EXPECTED_FIRST_MESSAGE = {
     "with 'Unanswerable'.\nAnswer the question using a single word or phrase.",
     "textvqa": "<image>\nwhat brand is this?\nReference OCR token: DAKOTA, DIGITAL\n"
     "Answer the question using a single word or phrase.",
-    "pope": "<image>\nIs there a dog in the image?\n"
-    "Answer the question using a single word or phrase.",
-    "mme": "<image>\nIs there a dog in this image?\n"
-    "Answer the question using a single word or phrase.",
+    "pope": "<image>\nIs there a dog in the image?\nAnswer the question using a single word or phrase.",
+    "mme": "<image>\nIs there a dog in this image?\nAnswer the question using a single word or phrase.",
     "mmbench": "<image>\nWhat color is the sky?\nA. blue\nB. red\nC. green\n"
     "Answer with the option's letter from the given choices directly.",
     "mmbench_cn": "<image>\n天空是什么颜色？\nA. 蓝色\nB. 红色\n请直接回答选项字母。",
@@ -116,9 +103,7 @@ def test_benchmark_first_prompt(tmp_path, name):
     items = BENCHMARKS[name].load(DataConfig(d))
     message = EXPECTED_FIRST_MESSAGE[name]
     assert items[0].message == message
-    assert (
-        prompts.render_prompt(items[0].message) == f"{SYS} USER: {message} ASSISTANT:"
-    )
+    assert prompts.render_prompt(items[0].message) == f"{SYS} USER: {message} ASSISTANT:"
 
 
 def test_recorded_prompt_fields(tmp_path):

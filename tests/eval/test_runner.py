@@ -23,10 +23,7 @@ def _items(n, image_every=None):
 
 
 def test_batches_keep_order_and_split_on_image_presence():
-    items = [
-        Item(str(i), i, "m", "p", image=(lambda: None) if i in (2, 3) else None)
-        for i in range(7)
-    ]
+    items = [Item(str(i), i, "m", "p", image=(lambda: None) if i in (2, 3) else None) for i in range(7)]
     batches = make_batches(items, 3)
     assert [[it.key for it in b] for b in batches] == [
         ["0", "1"],
@@ -108,9 +105,7 @@ def test_resume_after_interruption_gives_the_same_file(tmp_path):
     part = str(tmp_path / "part.jsonl")
     interrupted = FunctionAnswerer(flaky, "scripted")
     with pytest.raises(_Interrupt):
-        run_items(
-            items, interrupted, part, batch_size=3, max_new_tokens=4, progress=False
-        )
+        run_items(items, interrupted, part, batch_size=3, max_new_tokens=4, progress=False)
     with open(part, "a") as f:  # a write cut short by the kill
         f.write('{"question_id": 3, "prompt": "Is th')
     assert len(load_answers(part)) == 3

@@ -26,9 +26,7 @@ def test_pope_yes_no(reply, label):
 
 
 def test_binary_metrics_hand_computed_and_empty_denominators():
-    m = pope.binary_metrics(
-        ["yes", "yes", "no", "no", "yes"], ["yes", "no", "yes", "no", "yes"]
-    )
+    m = pope.binary_metrics(["yes", "yes", "no", "no", "yes"], ["yes", "no", "yes", "no", "yes"])
     assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (2, 1, 1, 1)
     assert m["accuracy"] == 60.0 and m["precision"] == pytest.approx(200 / 3)
     assert m["recall"] == pytest.approx(200 / 3) and m["f1"] == pytest.approx(200 / 3)
@@ -64,16 +62,12 @@ def test_mme_original_question():
         ("c", "2.txt", "Is it? Please answer yes or no."): "No",
     }
     sa = "\nAnswer the question using a single word or phrase."
-    assert mme.original_question("Is it?" + sa, "c", "1.txt", truth) == (
-        "Is it?  Please answer yes or no."
-    )
-    assert mme.original_question("Is it?" + sa, "c", "2.txt", truth) == (
+    assert mme.original_question("Is it?" + sa, "c", "1.txt", truth) == ("Is it?  Please answer yes or no.")
+    assert mme.original_question("Is it?" + sa, "c", "2.txt", truth) == ("Is it? Please answer yes or no.")
+    # a prompt that kept MME's instruction is used as is
+    assert mme.original_question("Is it? Please answer yes or no.", "c", "2.txt", truth) == (
         "Is it? Please answer yes or no."
     )
-    # a prompt that kept MME's instruction is used as is
-    assert mme.original_question(
-        "Is it? Please answer yes or no.", "c", "2.txt", truth
-    ) == ("Is it? Please answer yes or no.")
 
 
 @pytest.mark.parametrize(
@@ -123,15 +117,9 @@ def test_scienceqa_parse(reply, letter):
 
 def test_textvqa_question_recovery():
     sa = "Answer the question using a single word or phrase."
-    assert (
-        vqa.textvqa_question(f"What Brand?\nReference OCR token: A, B\n{sa}")
-        == "what brand?"
-    )
+    assert vqa.textvqa_question(f"What Brand?\nReference OCR token: A, B\n{sa}") == "what brand?"
     assert vqa.textvqa_question(f"What Brand?\n{sa}") == "what brand?"
-    assert (
-        vqa.textvqa_question("OCR tokens: a b. Question: What now? Short answer:")
-        == "what now?"
-    )
+    assert vqa.textvqa_question("OCR tokens: a b. Question: What now? Short answer:") == "what now?"
     with pytest.raises(EvalDataError):
         vqa.textvqa_question("one line")
 
@@ -163,9 +151,7 @@ def test_reference_pixels_follow_the_reference_pipeline():
     clear = Image.new("RGBA", (28, 28), (10, 20, 30, 0))
     np.testing.assert_array_equal(
         reference_pixels(clear, mode="pad", size=28),
-        preprocess_image(
-            Image.new("RGB", (28, 28), (10, 20, 30)), mode="square", size=28
-        ),
+        preprocess_image(Image.new("RGB", (28, 28), (10, 20, 30)), mode="square", size=28),
     )
     # ... and padding an RGBA image fills with the opaque mean colour.
     wide = Image.new("RGBA", (28, 14), (10, 20, 30, 0))

@@ -32,9 +32,9 @@ def left_padded_batch(config, lengths=(14, 9, 11), images=(1, 1, 0), seed=0):
         row = rng.integers(3, config.text_config.vocab_size - 1, size=n)
         row[0] = 1  # BOS
         for i in range(k):
-            row[2 + i * (per + 1):2 + i * (per + 1) + per] = config.image_token_index
-        ids[b, t - n:] = row
-        mask[b, t - n:] = 1
+            row[2 + i * (per + 1) : 2 + i * (per + 1) + per] = config.image_token_index
+        ids[b, t - n :] = row
+        mask[b, t - n :] = 1
     s = config.vision_config.image_size
     pixels = rng.standard_normal((sum(images), 3, s, s)).astype(np.float32)
     return ids, pixels, mask
@@ -54,5 +54,4 @@ def chat_model():
     tok = synthetic_tokenizer()
     image_id = tok.convert_tokens_to_ids("<image>")
     assert image_id == tok.vocab_size
-    return llava_jax.random_model(tiny(vocab_size=tok.vocab_size, image_token_index=image_id), seed=3,
-                                  tokenizer=tok)
+    return llava_jax.random_model(tiny(vocab_size=tok.vocab_size, image_token_index=image_id), seed=3, tokenizer=tok)

@@ -7,8 +7,10 @@ from PIL import Image
 from llava_jax.infer.chat import ImageError, build_prompt, chat, encode_batch
 from llava_jax.infer.generate import generate
 
-SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-          "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,10 @@ def test_prompt_puts_the_image_first_like_llava():
     assert build_prompt("What is this?\n<image>", True) == f"{SYSTEM} USER: <image>\nWhat is this? ASSISTANT:"
     assert build_prompt("Hi", False) == f"{SYSTEM} USER: Hi ASSISTANT:"
     turns = [("user", "What is this?"), ("assistant", "A cat."), ("user", "Color?")]
-    assert build_prompt(turns, True) == f"{SYSTEM} USER: <image>\nWhat is this? ASSISTANT: A cat.</s>USER: Color? ASSISTANT:"
+    assert (
+        build_prompt(turns, True)
+        == f"{SYSTEM} USER: <image>\nWhat is this? ASSISTANT: A cat.</s>USER: Color? ASSISTANT:"
+    )
     assert build_prompt("Describe.", True, "llava_hf") == "USER: <image>\nDescribe. ASSISTANT:"
 
 
@@ -37,7 +42,7 @@ def test_chat_answers_match_generate(chat_model, photos):
     assert (ids == chat_model.config.image_token_index).sum() == chat_model.config.image_seq_length
     tokens = generate(chat_model, ids, pixels, mask, max_new_tokens=8, pad_to_multiple=16)[0]
     tokens = [int(t) for t in tokens]
-    tokens = tokens[:tokens.index(2)] if 2 in tokens else tokens
+    tokens = tokens[: tokens.index(2)] if 2 in tokens else tokens
     assert answer[0] == chat_model.tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
 

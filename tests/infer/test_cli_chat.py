@@ -31,8 +31,19 @@ def _args(*argv):
 
 
 def test_one_shot_prompt_prints_the_answer(chat_model, model_dir, image_path, capsys):
-    argv = ["chat", "--model", model_dir, "--image", image_path, "--prompt", "What is this?", "--temperature", "0",
-            "--max-new-tokens", "8"]
+    argv = [
+        "chat",
+        "--model",
+        model_dir,
+        "--image",
+        image_path,
+        "--prompt",
+        "What is this?",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "8",
+    ]
     assert main(argv) == 0
     expected = chat(chat_model, image_path, "What is this?", max_new_tokens=8)[0]
     assert capsys.readouterr().out.strip() == expected

@@ -19,9 +19,10 @@ def _hf_generate(hf, ids, pixels, mask, torch, **kw):
     if pixels is not None and len(pixels):
         inputs["pixel_values"] = torch.tensor(pixels)
     with torch.no_grad():
-        out = hf.generate(**inputs, do_sample=False, max_new_tokens=N, output_scores=True,
-                          return_dict_in_generate=True, **kw)
-    return out.sequences[:, ids.shape[1]:].numpy(), torch.stack(out.scores, 1).numpy()
+        out = hf.generate(
+            **inputs, do_sample=False, max_new_tokens=N, output_scores=True, return_dict_in_generate=True, **kw
+        )
+    return out.sequences[:, ids.shape[1] :].numpy(), torch.stack(out.scores, 1).numpy()
 
 
 def test_greedy_single_prompt_matches_hf(hf_pair, torch_cpu):
@@ -56,24 +57,25 @@ def test_eos_stops_rows_like_hf(hf_pair, torch_cpu):
         hits = np.nonzero(free[b] == eos)[0]
         if len(hits):  # the row ends with its first EOS, then pads
             k = hits[0]
-            np.testing.assert_array_equal(out[b, :k + 1], free[b, :k + 1])
-            assert (out[b, k + 1:] == 0).all()
+            np.testing.assert_array_equal(out[b, : k + 1], free[b, : k + 1])
+            assert (out[b, k + 1 :] == 0).all()
         else:
-            np.testing.assert_array_equal(out[b], free[b, :out.shape[1]])
+            np.testing.assert_array_equal(out[b], free[b, : out.shape[1]])
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_cached_logits_equal_full_sequence_logits(hf_pair, layout):
     hf, model = hf_pair
     ids, pixels, mask = left_padded_batch(hf.config, **BATCH, seed=0)
-    out, logits = model.generate(ids, pixels, mask, max_new_tokens=N, eos_token_id=(), layout=layout,
-                                 return_logits=True)
+    out, logits = model.generate(
+        ids, pixels, mask, max_new_tokens=N, eos_token_id=(), layout=layout, return_logits=True
+    )
     # (A generated image id would read as a placeholder in the uncached pass; this seed emits none.)
     assert not (out[:, :-1] == hf.config.image_token_index).any()
     full_ids = np.concatenate([ids, out[:, :-1]], axis=1)
     full_mask = np.concatenate([mask, np.ones_like(out[:, :-1])], axis=1)
     # Uncached: one forward over prompt + generated tokens; position t predicts token t + 1.
-    full = model.logits(full_ids, pixels, full_mask)[:, ids.shape[1] - 1:]
+    full = model.logits(full_ids, pixels, full_mask)[:, ids.shape[1] - 1 :]
     np.testing.assert_allclose(logits, full, atol=1e-4, rtol=0)
 
 
@@ -86,10 +88,9 @@ def test_batch_equals_one_at_a_time(hf_pair):
     for b in range(3):
         keep = mask[b].astype(bool)
         n_img = int((ids[b] == hf.config.image_token_index).sum() // hf.config.image_seq_length)
-        row_pixels = pixels[k:k + n_img] if n_img else None
+        row_pixels = pixels[k : k + n_img] if n_img else None
         k += n_img
-        single = model.generate(ids[b:b + 1, keep], row_pixels, max_new_tokens=N, eos_token_id=(),
-                                pad_to_multiple=16)
+        single = model.generate(ids[b : b + 1, keep], row_pixels, max_new_tokens=N, eos_token_id=(), pad_to_multiple=16)
         np.testing.assert_array_equal(single[0], batch[b])
 
 
@@ -114,8 +115,9 @@ def test_top_k_and_top_p_restrict_the_draw(hf_pair):
     for kw in ({"top_k": 1}, {"top_p": 1e-6}):
         sampled = model.generate(ids, pixels, mask, max_new_tokens=N, eos_token_id=(), temperature=2.0, **kw)
         np.testing.assert_array_equal(sampled, greedy)
-    out, logits = model.generate(ids, pixels, mask, max_new_tokens=N, eos_token_id=(), temperature=3.0, top_k=5,
-                                 seed=1, return_logits=True)
+    out, logits = model.generate(
+        ids, pixels, mask, max_new_tokens=N, eos_token_id=(), temperature=3.0, top_k=5, seed=1, return_logits=True
+    )
     top5 = np.argsort(-logits, axis=-1)[..., :5]
     assert all(out[0, i] in top5[0, i] for i in range(N))
 
@@ -153,11 +155,12 @@ def test_stop_strings_and_streaming(chat_model):
     cut = next(k for k in range(1, 25) if stop in tok.decode(free[0, :k], skip_special_tokens=True))
 
     deltas = []
-    out = chat_model.generate(ids, max_new_tokens=24, eos_token_id=(), stop_strings=[stop],
-                              stream=lambda d: deltas.append(d[0]))
+    out = chat_model.generate(
+        ids, max_new_tokens=24, eos_token_id=(), stop_strings=[stop], stream=lambda d: deltas.append(d[0])
+    )
     np.testing.assert_array_equal(out[0], free[0, :cut])
     streamed = "".join(deltas)
-    assert stop not in streamed and streamed == text[:text.index(stop)]
+    assert stop not in streamed and streamed == text[: text.index(stop)]
     assert len(deltas) > 1
 
     # Streaming alone reproduces the whole text (byte-fallback runs included) and the same tokens.

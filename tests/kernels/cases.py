@@ -85,22 +85,20 @@ def check_against_reference(impl: str, case: Case, seed: int = 0):
         return jnp.sum(out.astype(jnp.float32) * do), out
 
     def kernel(q, k, v):
-        return attention(q, k, v, causal=case.causal, impl=impl, interpret=case.interpret,
-                         scale=case.scale, **kw)
+        return attention(q, k, v, causal=case.causal, impl=impl, interpret=case.interpret, scale=case.scale, **kw)
 
     def reference(q, k, v):
         return reference_attention(q, k, v, causal=case.causal, scale=case.scale, **kw)
 
-    grads, out = jax.jit(jax.grad(lambda *a: loss(kernel, *a), argnums=(0, 1, 2),
-                                  has_aux=True))(q, k, v)
+    grads, out = jax.jit(jax.grad(lambda *a: loss(kernel, *a), argnums=(0, 1, 2), has_aux=True))(q, k, v)
     f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-    ref_grads, ref_out = jax.jit(jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2),
-                                          has_aux=True))(*f32)
+    ref_grads, ref_out = jax.jit(jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2), has_aux=True))(*f32)
     assert out.dtype == q.dtype and out.shape == q.shape
     for name, got, want in [("out", out, ref_out), *zip(("dq", "dk", "dv"), grads, ref_grads)]:
         assert got.dtype == q.dtype, name
-        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want), atol=tol,
-                                   rtol=tol, err_msg=f"{impl} {case} {name}")
+        np.testing.assert_allclose(
+            np.asarray(got, np.float32), np.asarray(want), atol=tol, rtol=tol, err_msg=f"{impl} {case} {name}"
+        )
     if "padding_mask" in kw and case.causal:
         # The left-padded row has empty softmax rows: the reference gives exactly 0.
         assert float(jnp.abs(ref_out[0, 0]).max()) == 0.0
@@ -113,15 +111,24 @@ def check_against_reference(impl: str, case: Case, seed: int = 0):
 FAST_CASES = [
     Case("f32-causal-gqa-packed-577", "float32", True, 577, n=4, k=2, segments=3),
     Case("bf16-full-577", "bfloat16", False, 577, n=2, k=2),
-    Case("f32-causal-scattered-pad-h128", "float32", True, 256, h=128, batch=2, segments=3,
-         scattered=True, padding=True),
-    Case("f32-causal-cross-kvseg-scale", "float32", True, 130, s=300, kv_segments=True,
-         scale=0.3),
+    Case(
+        "f32-causal-scattered-pad-h128", "float32", True, 256, h=128, batch=2, segments=3, scattered=True, padding=True
+    ),
+    Case("f32-causal-cross-kvseg-scale", "float32", True, 130, s=300, kv_segments=True, scale=0.3),
     Case("bf16-causal-tiny", "bfloat16", True, 5, n=2, k=1, interpret=True),
 ]
 SLOW_CASES = [
-    Case("f32-full-pad-1000-h128", "float32", False, 1000, n=2, k=2, h=128, batch=2,
-         padding=True),
-    Case("bf16-causal-mqa-packed-pad-1000-h128", "bfloat16", True, 1000, n=2, k=1, h=128,
-         batch=2, segments=4, padding=True),
+    Case("f32-full-pad-1000-h128", "float32", False, 1000, n=2, k=2, h=128, batch=2, padding=True),
+    Case(
+        "bf16-causal-mqa-packed-pad-1000-h128",
+        "bfloat16",
+        True,
+        1000,
+        n=2,
+        k=1,
+        h=128,
+        batch=2,
+        segments=4,
+        padding=True,
+    ),
 ]

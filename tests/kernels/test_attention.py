@@ -38,13 +38,16 @@ def test_auto_on_cpu_is_the_reference():
     assert select_impl(q, k, v, causal=True) == "xla"
 
 
-@pytest.mark.parametrize("backend,dtype,masked,want", [
-    ("gpu", jnp.bfloat16, False, "cudnn"),
-    ("gpu", jnp.bfloat16, True, "pallas_gpu"),  # segment ids: cuDNN would need a dense mask
-    ("gpu", jnp.float32, False, "pallas_gpu"),  # cuDNN has no float32
-    ("tpu", jnp.bfloat16, True, "splash"),
-    ("cpu", jnp.bfloat16, True, "xla"),
-])
+@pytest.mark.parametrize(
+    "backend,dtype,masked,want",
+    [
+        ("gpu", jnp.bfloat16, False, "cudnn"),
+        ("gpu", jnp.bfloat16, True, "pallas_gpu"),  # segment ids: cuDNN would need a dense mask
+        ("gpu", jnp.float32, False, "pallas_gpu"),  # cuDNN has no float32
+        ("tpu", jnp.bfloat16, True, "splash"),
+        ("cpu", jnp.bfloat16, True, "xla"),
+    ],
+)
 def test_auto_choice_per_backend(backend, dtype, masked, want):
     q, k, v = _qkv(dtype=dtype)
     seg = jnp.zeros((1, 64), jnp.int32) if masked else None
@@ -62,14 +65,11 @@ def test_unsupported_combinations_say_why():
     assert "T == S" in unsupported_reason("cudnn", qt, kt, vt, causal=True, backend="gpu")
     qh, kh, vh = _qkv(h=512, dtype=jnp.bfloat16)
     assert "head_dim" in unsupported_reason("cudnn", qh, kh, vh, causal=True, backend="gpu")
-    assert "head_dim" in unsupported_reason("pallas_gpu", qh, kh, vh, causal=True,
-                                            backend="gpu")
-    assert "backend" in unsupported_reason("pallas_gpu", q, k, v, causal=True, backend="tpu",
-                                           interpret=False)
+    assert "head_dim" in unsupported_reason("pallas_gpu", qh, kh, vh, causal=True, backend="gpu")
+    assert "backend" in unsupported_reason("pallas_gpu", q, k, v, causal=True, backend="tpu", interpret=False)
     assert "backend" in unsupported_reason("splash", q, k, v, causal=True, backend="gpu")
     ql, kl, vl = _qkv(t=64, s=32)
-    assert "more queries" in unsupported_reason("splash", ql, kl, vl, causal=True,
-                                                backend="tpu")
+    assert "more queries" in unsupported_reason("splash", ql, kl, vl, causal=True, backend="tpu")
     qi, ki, vi = _qkv(dtype=jnp.int32)
     assert "dtype" in unsupported_reason("splash", qi, ki, vi, causal=True, backend="tpu")
 
@@ -96,11 +96,15 @@ def test_fold_segments_and_rows_with_keys_match_the_dense_mask():
     kv_seg = jnp.asarray(rng.integers(1, 4, (b, s)), jnp.int32)
     pad = jnp.asarray(rng.random((b, s)) > 0.3)
     for causal in (True, False):
-        for kw in [{"padding_mask": pad}, {"segment_ids": seg, "kv_segment_ids": kv_seg},
-                   {"segment_ids": seg, "kv_segment_ids": kv_seg, "padding_mask": pad}]:
+        for kw in [
+            {"padding_mask": pad},
+            {"segment_ids": seg, "kv_segment_ids": kv_seg},
+            {"segment_ids": seg, "kv_segment_ids": kv_seg, "padding_mask": pad},
+        ]:
             dense = np.asarray(build_mask(b, t, s, causal=causal, **kw))
-            q_seg, k_seg = masks.fold_segments(kw.get("segment_ids"), kw.get("kv_segment_ids"),
-                                               kw.get("padding_mask"), t=t, s=s)
+            q_seg, k_seg = masks.fold_segments(
+                kw.get("segment_ids"), kw.get("kv_segment_ids"), kw.get("padding_mask"), t=t, s=s
+            )
             folded = np.asarray(q_seg)[:, :, None] == np.asarray(k_seg)[:, None, :]
             if causal:
                 folded &= np.arange(s)[None, None] <= np.arange(t)[None, :, None] + s - t
@@ -119,11 +123,14 @@ def _tensor_sizes(hlo_text: str):
     return [math.prod(int(d) for d in m.rstrip("x").split("x")) for m in dims]
 
 
-@pytest.mark.parametrize("impl,platform,kernel_call", [
-    ("pallas_gpu", "cuda", "__gpu$xla.gpu.triton"),
-    ("splash", "tpu", "tpu_custom_call"),
-    ("xla", "cpu", None),
-])
+@pytest.mark.parametrize(
+    "impl,platform,kernel_call",
+    [
+        ("pallas_gpu", "cuda", "__gpu$xla.gpu.triton"),
+        ("splash", "tpu", "tpu_custom_call"),
+        ("xla", "cpu", None),
+    ],
+)
 def test_no_dense_mask_on_kernel_paths(impl, platform, kernel_call):
     """The compiled (not interpreted) program for GPU / TPU, forward and backward, holds no
     tensor as large as one head's [T, S] mask; the XLA reference does (the check works)."""
@@ -132,8 +139,11 @@ def test_no_dense_mask_on_kernel_paths(impl, platform, kernel_call):
     kv = jax.ShapeDtypeStruct((b, t, kh, h), jnp.bfloat16)
     ids = jax.ShapeDtypeStruct((b, t), jnp.int32)
     pad = jax.ShapeDtypeStruct((b, t), jnp.bool_)
-    fn = {"pallas_gpu": pallas_gpu.attention, "splash": splash.attention,
-          "xla": lambda *a, interpret, **kw: reference_attention(*a, **kw)}[impl]
+    fn = {
+        "pallas_gpu": pallas_gpu.attention,
+        "splash": splash.attention,
+        "xla": lambda *a, interpret, **kw: reference_attention(*a, **kw),
+    }[impl]
 
     def loss_and_grads(q, k, v, seg, pad):
         def loss(q, k, v):
@@ -142,8 +152,7 @@ def test_no_dense_mask_on_kernel_paths(impl, platform, kernel_call):
 
         return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
 
-    lowered = jax.jit(loss_and_grads).trace(q, kv, kv, ids, pad).lower(
-        lowering_platforms=(platform,))
+    lowered = jax.jit(loss_and_grads).trace(q, kv, kv, ids, pad).lower(lowering_platforms=(platform,))
     text = lowered.as_text()
     biggest = max(_tensor_sizes(text))
     if kernel_call is None:

@@ -22,8 +22,7 @@ def test_matches_reference_long(case):
 
 def test_causal_with_more_queries_than_keys():
     """End-aligned causal: the first T - S query rows see no key and give 0 (splash refuses)."""
-    check_against_reference("pallas_gpu", Case("f32-causal-t40-s24", "float32", True, 40, s=24,
-                                                n=2, k=2))
+    check_against_reference("pallas_gpu", Case("f32-causal-t40-s24", "float32", True, 40, s=24, n=2, k=2))
 
 
 def _dense_visible(q_seg, kv_seg, t, s, tp, sp, causal):
@@ -48,13 +47,13 @@ def test_tile_ranges_cover_every_visible_pair(causal, t, s):
     q_seg = np.stack([np.arange(tp) // 48, np.sort(rng.integers(0, 3, tp))])
     kv_seg = np.stack([np.arange(sp) // 48, np.sort(rng.integers(0, 3, sp))])
     kv_seg[1, 40:50] = -5
-    cfg = pallas_gpu._Config(causal=causal, scale=1.0, t=t, s=s, tp=tp, sp=sp, has_seg=True,
-                             blocks=blocks, interpret=True)
+    cfg = pallas_gpu._Config(
+        causal=causal, scale=1.0, t=t, s=s, tp=tp, sp=sp, has_seg=True, blocks=blocks, interpret=True
+    )
     all_ranges = jax.jit(pallas_gpu._all_ranges, static_argnums=(2, 3))  # one compile, not 50
     fwd, dq, dkv = all_ranges(jnp.asarray(q_seg), jnp.asarray(kv_seg), cfg, 2)
     vis = _dense_visible(q_seg, kv_seg, t, s, tp, sp, causal)
-    for ranges, bq, bk, transpose in [(fwd, 32, 16, False), (dq, 16, 32, False),
-                                      (dkv, 16, 16, True)]:
+    for ranges, bq, bk, transpose in [(fwd, 32, 16, False), (dq, 16, 32, False), (dkv, 16, 16, True)]:
         ranges = np.asarray(ranges)
         tiles = vis.reshape(2, tp // bq, bq, sp // bk, bk).transpose(0, 1, 3, 2, 4)
         any_vis, all_vis = tiles.any((-1, -2)), tiles.all((-1, -2))

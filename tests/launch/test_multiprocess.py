@@ -21,8 +21,11 @@ REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / "launch" / "local.sh"
 STEPS = 12
 OVERRIDES = [
-    f"--config.num_steps={STEPS}", "--config.checkpoint.every_steps=2", "--config.progress=False",
-    "--config.data.synthetic.num_captions=96", "--config.data.synthetic.num_qa=16",
+    f"--config.num_steps={STEPS}",
+    "--config.checkpoint.every_steps=2",
+    "--config.progress=False",
+    "--config.data.synthetic.num_captions=96",
+    "--config.data.synthetic.num_qa=16",
     "--config.data.synthetic.num_eval=8",
 ]
 RTOL = 1e-5
@@ -55,8 +58,9 @@ def _env(root: Path) -> dict:
 
 def _local(n: int, workdir: Path, logdir: Path, *, options=(), train=(), timeout: float = 600):
     cmd = ["bash", str(LOCAL), "--logdir", str(logdir), *options, str(n), *_train_args(workdir), *train]
-    return subprocess.run(cmd, cwd=REPO, env=_env(workdir.parent), check=False, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        cmd, cwd=REPO, env=_env(workdir.parent), check=False, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _kill_run(workdir: Path, logdir: Path) -> dict:
@@ -79,10 +83,14 @@ def _kill_run(workdir: Path, logdir: Path) -> dict:
             time.sleep(0.1)
         survivor_s = time.time() - killed_at
         launcher_rc = launcher.wait(timeout=300)
-    return {"survivor_s": survivor_s, "launcher_rc": launcher_rc,
-            "survivor_status": int(status_file.read_text()) if status_file.exists() else None,
-            "survivor_log": (logdir / "process_0.log").read_text(), "checkpoints": _committed_steps(workdir),
-            "losses": _losses(workdir)}
+    return {
+        "survivor_s": survivor_s,
+        "launcher_rc": launcher_rc,
+        "survivor_status": int(status_file.read_text()) if status_file.exists() else None,
+        "survivor_log": (logdir / "process_0.log").read_text(),
+        "checkpoints": _committed_steps(workdir),
+        "losses": _losses(workdir),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +139,9 @@ def test_killed_peer_stops_the_survivor_with_a_clear_error(runs):
     assert a["survivor_s"] < PEER_LOSS_LIMIT_S, a["survivor_log"][-3000:]
     assert a["survivor_status"] not in (None, 0)
     assert a["launcher_rc"] != 0
-    assert "lost a peer process" in a["survivor_log"] or "another task died" in a["survivor_log"], \
-        a["survivor_log"][-3000:]
+    assert "lost a peer process" in a["survivor_log"] or "another task died" in a["survivor_log"], a["survivor_log"][
+        -3000:
+    ]
 
 
 @pytest.mark.slow
@@ -161,6 +170,5 @@ def test_local_sh_usage_errors():
     """Not slow: argument checking happens before any Python starts."""
     proc = subprocess.run(["bash", str(LOCAL)], check=False, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "number of processes" in proc.stderr
-    proc = subprocess.run(["bash", str(LOCAL), "--bogus", "2"], check=False, capture_output=True, text=True,
-                          timeout=30)
+    proc = subprocess.run(["bash", str(LOCAL), "--bogus", "2"], check=False, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "unknown option" in proc.stderr

@@ -14,10 +14,22 @@ REPO = Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "launch"
 SCRIPTS = [LAUNCH / "local.sh", LAUNCH / "tpu_pod.sh", LAUNCH / "slurm.sbatch"]
 ENV = {
-    "NAME": "llava-ft13b", "IMAGE": "example/llava-jax:tag", "BUCKET": "my-bucket", "KSA": "llava-jax",
-    "TPU_ACCELERATOR": "tpu-v5p-slice", "TPU_TOPOLOGY": "4x4x4", "HOSTS": "16", "CHIPS_PER_HOST": "4",
-    "GPU_ACCELERATOR": "nvidia-h100-80gb", "NODES": "2", "MAX_RESTARTS": "10",
-    "CONFIG": "configs/finetune_13b.py", "RUN": "runs/ft13b", "MESH_DATA": "4", "MESH_FSDP": "4", "MESH_TENSOR": "1",
+    "NAME": "llava-ft13b",
+    "IMAGE": "example/llava-jax:tag",
+    "BUCKET": "my-bucket",
+    "KSA": "llava-jax",
+    "TPU_ACCELERATOR": "tpu-v5p-slice",
+    "TPU_TOPOLOGY": "4x4x4",
+    "HOSTS": "16",
+    "CHIPS_PER_HOST": "4",
+    "GPU_ACCELERATOR": "nvidia-h100-80gb",
+    "NODES": "2",
+    "MAX_RESTARTS": "10",
+    "CONFIG": "configs/finetune_13b.py",
+    "RUN": "runs/ft13b",
+    "MESH_DATA": "4",
+    "MESH_FSDP": "4",
+    "MESH_TENSOR": "1",
 }
 
 
@@ -43,8 +55,14 @@ def _gpu_flags() -> list[str]:
 
 def _xla_accepts(flags: list[str]) -> subprocess.CompletedProcess:
     env = dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env, check=False,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", "import jax; jax.devices()"],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_gpu_xla_flags_exist_in_the_pinned_jaxlib():

@@ -16,8 +16,13 @@ ROPES = {
     "default": None,
     "linear": {"rope_type": "linear", "factor": 2.0},
     "dynamic": {"rope_type": "dynamic", "factor": 2.0},
-    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 32},
+    "llama3": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32,
+    },
 }
 
 
@@ -28,8 +33,9 @@ def _load_llama(tmp_path, torch, text):
     hf = perturb_norms(LlamaForCausalLM(LlamaConfig(**text)).eval())
     save(hf, str(tmp_path))
     config = LlavaConfig.from_hf(hf_llava_config(text=text).to_dict())
-    params = read_params(config, canonical_sources(weight_files(str(tmp_path)), where="t"),
-                         dtype="float32", parts=("llm",))["llm"]
+    params = read_params(
+        config, canonical_sources(weight_files(str(tmp_path)), where="t"), dtype="float32", parts=("llm",)
+    )["llm"]
     return hf, config.llm, params
 
 
@@ -60,11 +66,18 @@ def test_cached_decode_equals_full_sequence(tmp_path, torch_cpu):
     embeds = model.apply({"params": params}, ids, method=LlamaModel.embed)
     full, _ = model.apply({"params": params}, embeds, positions)
     cache = init_cache(config, 2, 16)
-    prefill, cache = model.apply({"params": params}, embeds[:, :6], positions[:, :6],
-                                 padding_mask=jnp.ones((2, 6), bool), cache=cache)
+    prefill, cache = model.apply(
+        {"params": params}, embeds[:, :6], positions[:, :6], padding_mask=jnp.ones((2, 6), bool), cache=cache
+    )
     np.testing.assert_allclose(np.asarray(prefill), np.asarray(full[:, :6]), atol=1e-5)
     for t in range(6, 10):
         valid = jnp.broadcast_to(jnp.arange(16) <= t, (2, 16))
-        step, cache = decoder.apply({"params": params}, embeds[:, t:t + 1], positions[:, t:t + 1],
-                                    padding_mask=valid, cache=cache, cache_index=jnp.int32(t))
+        step, cache = decoder.apply(
+            {"params": params},
+            embeds[:, t : t + 1],
+            positions[:, t : t + 1],
+            padding_mask=valid,
+            cache=cache,
+            cache_index=jnp.int32(t),
+        )
         np.testing.assert_allclose(np.asarray(step[:, 0]), np.asarray(full[:, t]), atol=1e-4)

@@ -11,8 +11,9 @@ TOL = 1e-4
 
 def _hf_logits(model, ids, pixels, mask, torch):
     with torch.no_grad():
-        return model(input_ids=torch.tensor(ids), pixel_values=torch.tensor(pixels),
-                     attention_mask=torch.tensor(mask)).logits.numpy()
+        return model(
+            input_ids=torch.tensor(ids), pixel_values=torch.tensor(pixels), attention_mask=torch.tensor(mask)
+        ).logits.numpy()
 
 
 CASES = {
@@ -21,10 +22,12 @@ CASES = {
     "layer-1": dict(vision_feature_layer=-1),
     "strategy_full": dict(vision_feature_select_strategy="full"),
     "layers_list": dict(vision_feature_layer=[-3, -1]),
-    "tied_rope_linear": dict(text=dict(tie_word_embeddings=True,
-                                       rope_parameters={"rope_type": "linear", "factor": 2.0,
-                                                        "rope_theta": 5000.0}),
-                             tie_word_embeddings=True),
+    "tied_rope_linear": dict(
+        text=dict(
+            tie_word_embeddings=True, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0}
+        ),
+        tie_word_embeddings=True,
+    ),
 }
 
 

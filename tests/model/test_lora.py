@@ -27,8 +27,13 @@ def test_adapters_start_at_the_base_model_and_merge_exactly():
     np.testing.assert_allclose(out, ref, atol=1e-6)  # B = 0 at the start
     # Trained adapters: merged weights give the adapted model's logits.
     params = jax.tree_util.tree_map_with_path(
-        lambda p, x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(len(str(p))), x.shape)
-        if "lora_b" in jax.tree_util.keystr(p) else x, params)
+        lambda p, x: (
+            x + 0.05 * jax.random.normal(jax.random.PRNGKey(len(str(p))), x.shape)
+            if "lora_b" in jax.tree_util.keystr(p)
+            else x
+        ),
+        params,
+    )
     adapted, _ = LlavaModel(cfg).apply({"params": params}, ids, images)
     merged, merged_cfg = merge_lora(params, cfg)
     assert merged_cfg.llm.lora_rank == 0

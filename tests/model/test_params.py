@@ -14,8 +14,7 @@ def test_parameter_count_matches_released_models(preset, released):
 
 
 def test_hf_vocab_variant_counts():
-    assert count_params(abstract_params(llava_v15_7b(vocab_size=32064))) > count_params(
-        abstract_params(llava_v15_7b()))
+    assert count_params(abstract_params(llava_v15_7b(vocab_size=32064))) > count_params(abstract_params(llava_v15_7b()))
 
 
 def test_every_parameter_has_logical_axes():

@@ -26,9 +26,15 @@ def synthetic_dir(tmp_path_factory):
 
 
 def _config(synthetic_dir, *overrides, stage="pretrain"):
-    base = [f"--config.data.synthetic.directory={synthetic_dir}", "--config.data.synthetic.num_captions=96",
-            "--config.data.synthetic.num_qa=96", "--config.data.synthetic.num_eval=8", "--config.progress=False",
-            "--config.batch_size=8", "--config.checkpoint.every_steps=2"]
+    base = [
+        f"--config.data.synthetic.directory={synthetic_dir}",
+        "--config.data.synthetic.num_captions=96",
+        "--config.data.synthetic.num_qa=96",
+        "--config.data.synthetic.num_eval=8",
+        "--config.progress=False",
+        "--config.batch_size=8",
+        "--config.checkpoint.every_steps=2",
+    ]
     return load_config(f"{TINY}:{stage}", base + list(overrides))
 
 
@@ -51,12 +57,18 @@ def test_both_stages_learn_and_train_only_their_parameters(synthetic_dir, tmp_pa
 
     # Stage 1 trains the projector against a frozen LLM. A random tiny LLM's head gives near-uniform
     # logits that no input can sharpen, so give the frozen LLM a pretrained model's logit scale.
-    init = llava_jax.random_model(tiny(vocab_size=832, image_token_index=768, image_size=56),
-                                  tokenizer=synthetic_tokenizer())
+    init = llava_jax.random_model(
+        tiny(vocab_size=832, image_token_index=768, image_size=56), tokenizer=synthetic_tokenizer()
+    )
     init.params["llm"]["lm_head"]["kernel"] = init.params["llm"]["lm_head"]["kernel"] * 30.0
     init.save(str(tmp_path / "init"))
-    stage1 = _config(synthetic_dir, "--config.init.kind=llava", f"--config.init.path={tmp_path / 'init'}",
-                     "--config.optim.lr=1e-2", "--config.num_steps=24")
+    stage1 = _config(
+        synthetic_dir,
+        "--config.init.kind=llava",
+        f"--config.init.path={tmp_path / 'init'}",
+        "--config.optim.lr=1e-2",
+        "--config.num_steps=24",
+    )
     run(stage1, str(tmp_path / "s1"))
     losses = _losses(tmp_path / "s1")
     assert len(losses) == 24
@@ -66,8 +78,13 @@ def test_both_stages_learn_and_train_only_their_parameters(synthetic_dir, tmp_pa
     assert _same(before.params["llm"], after.params["llm"])
     assert not _same(before.params["projector"], after.params["projector"])
 
-    stage2 = _config(synthetic_dir, f"--config.init.path={tmp_path / 's1' / 'final'}", "--config.num_steps=24",
-                     "--config.optim.lr=2e-3", stage="finetune")
+    stage2 = _config(
+        synthetic_dir,
+        f"--config.init.path={tmp_path / 's1' / 'final'}",
+        "--config.num_steps=24",
+        "--config.optim.lr=2e-3",
+        stage="finetune",
+    )
     run(stage2, str(tmp_path / "s2"))
     losses = _losses(tmp_path / "s2")
     assert np.mean(losses[-4:]) < losses[0] - 1.0, losses
@@ -82,11 +99,21 @@ def test_both_stages_learn_and_train_only_their_parameters(synthetic_dir, tmp_pa
 @pytest.mark.slow
 def test_same_losses_on_every_mesh(synthetic_dir, tmp_path):
     results = {}
-    for name, mesh in {"single": (1, 1, 1, 1), "data": (8, 1, 1, 0), "fsdp": (1, 8, 1, 0),
-                       "mixed": (2, 2, 2, 0)}.items():
-        cfg = _config(synthetic_dir, "--config.num_steps=3", f"--config.mesh.data={mesh[0]}",
-                      f"--config.mesh.fsdp={mesh[1]}", f"--config.mesh.tensor={mesh[2]}",
-                      f"--config.mesh.num_devices={mesh[3]}", "--config.checkpoint.async_save=False")
+    for name, mesh in {
+        "single": (1, 1, 1, 1),
+        "data": (8, 1, 1, 0),
+        "fsdp": (1, 8, 1, 0),
+        "mixed": (2, 2, 2, 0),
+    }.items():
+        cfg = _config(
+            synthetic_dir,
+            "--config.num_steps=3",
+            f"--config.mesh.data={mesh[0]}",
+            f"--config.mesh.fsdp={mesh[1]}",
+            f"--config.mesh.tensor={mesh[2]}",
+            f"--config.mesh.num_devices={mesh[3]}",
+            "--config.checkpoint.async_save=False",
+        )
         run(cfg, str(tmp_path / name))
         results[name] = _losses(tmp_path / name)
     for name, losses in results.items():
@@ -94,11 +121,24 @@ def test_same_losses_on_every_mesh(synthetic_dir, tmp_path):
 
 
 def _train_cmd(workdir, synthetic_dir, steps):
-    return [sys.executable, "-m", "llava_jax.cli", "train", "--config", TINY, "--workdir", str(workdir),
-            f"--config.num_steps={steps}", f"--config.data.synthetic.directory={synthetic_dir}",
-            "--config.data.synthetic.num_captions=96", "--config.data.synthetic.num_qa=96",
-            "--config.data.synthetic.num_eval=8", "--config.progress=False", "--config.batch_size=8",
-            "--config.checkpoint.every_steps=2"]
+    return [
+        sys.executable,
+        "-m",
+        "llava_jax.cli",
+        "train",
+        "--config",
+        TINY,
+        "--workdir",
+        str(workdir),
+        f"--config.num_steps={steps}",
+        f"--config.data.synthetic.directory={synthetic_dir}",
+        "--config.data.synthetic.num_captions=96",
+        "--config.data.synthetic.num_qa=96",
+        "--config.data.synthetic.num_eval=8",
+        "--config.progress=False",
+        "--config.batch_size=8",
+        "--config.checkpoint.every_steps=2",
+    ]
 
 
 @pytest.mark.slow
@@ -106,8 +146,9 @@ def test_resume_after_sigkill_continues_exactly(synthetic_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT}
     subprocess.run(_train_cmd(tmp_path / "full", synthetic_dir, 10), check=True, env=env, capture_output=True)
     expected = _losses(tmp_path / "full")
-    proc = subprocess.Popen(_train_cmd(tmp_path / "cut", synthetic_dir, 10), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_cmd(tmp_path / "cut", synthetic_dir, 10), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 600
     while time.time() < deadline and len(read_metrics(tmp_path / "cut")) < 5:
         if proc.poll() is not None:
@@ -127,8 +168,14 @@ def test_resume_after_sigkill_continues_exactly(synthetic_dir, tmp_path):
 
 @pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_dir, tmp_path):
-    cfg = _config(synthetic_dir, "--config.num_steps=6", "--config.optim.lr=1e30", "--config.optim.warmup_ratio=0.0",
-                  "--config.checkpoint.every_steps=1", "--config.checkpoint.async_save=False")
+    cfg = _config(
+        synthetic_dir,
+        "--config.num_steps=6",
+        "--config.optim.lr=1e30",
+        "--config.optim.warmup_ratio=0.0",
+        "--config.checkpoint.every_steps=1",
+        "--config.checkpoint.async_save=False",
+    )
     with pytest.raises(TrainingDiverged, match=r"step 2: non-finite loss"):
         run(cfg, str(tmp_path / "nan"))
     steps = sorted(int(d) for d in os.listdir(tmp_path / "nan" / "checkpoints") if d.isdigit())
@@ -137,14 +184,26 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_dir,
 
 
 def test_config_overrides():
-    from llava_jax.train.experiment import apply_overrides
     from llava_jax.train.defaults import stage2
+    from llava_jax.train.experiment import apply_overrides
 
-    c = apply_overrides(stage2(), ["--config.optim.lr=3e-5", "--config.model.freeze_vision=false",
-                                   "--config.trainable=['^projector/']", "--config.data.template=plain",
-                                   "--config.batch_size=64"])
+    c = apply_overrides(
+        stage2(),
+        [
+            "--config.optim.lr=3e-5",
+            "--config.model.freeze_vision=false",
+            "--config.trainable=['^projector/']",
+            "--config.data.template=plain",
+            "--config.batch_size=64",
+        ],
+    )
     assert (c.optim.lr, c.model.freeze_vision, list(c.trainable), c.data.template, c.batch_size) == (
-        3e-5, False, ["^projector/"], "plain", 64)
+        3e-5,
+        False,
+        ["^projector/"],
+        "plain",
+        64,
+    )
     with pytest.raises(KeyError, match="unknown config field 'optim.nope'"):
         apply_overrides(stage2(), ["--config.optim.nope=1"])
     with pytest.raises(ValueError, match="expected int"):

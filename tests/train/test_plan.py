@@ -7,9 +7,15 @@ from llava_jax.sharding import MeshConfig, make_mesh
 from llava_jax.train import plan as planning
 from llava_jax.train.experiment import load_config
 
-BENCH_SMALL = ["--config.init.preset=bench_small", "--config.init.vocab_size=0", "--config.init.image_token_index=0",
-               "--config.init.image_size=0", "--config.data.max_length=512", "--config.data.pad_multiple=512",
-               "--config.batch_size=8"]
+BENCH_SMALL = [
+    "--config.init.preset=bench_small",
+    "--config.init.vocab_size=0",
+    "--config.init.image_token_index=0",
+    "--config.init.image_size=0",
+    "--config.data.max_length=512",
+    "--config.data.pad_multiple=512",
+    "--config.batch_size=8",
+]
 STAGE2 = ["--config.trainable=['^projector/','^llm/']"]
 
 
@@ -24,10 +30,13 @@ def _compare(overrides):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [
-    pytest.param([], id="tiny-stage1-remat-none"),
-    pytest.param(BENCH_SMALL + STAGE2 + ["--config.model.remat_policy=full"], id="bench_small-stage2-remat-full"),
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param([], id="tiny-stage1-remat-none"),
+        pytest.param(BENCH_SMALL + STAGE2 + ["--config.model.remat_policy=full"], id="bench_small-stage2-remat-full"),
+    ],
+)
 def test_estimate_matches_compiled_step(overrides):
     """Parameters + optimizer + batch are XLA's argument bytes exactly; the total is within 30% of its peak."""
     assert jax.device_count() == 8
@@ -74,11 +83,15 @@ def test_remat_policies_order_and_tensor_parallelism():
 def test_cli_plan(capsys):
     from llava_jax.cli import main
 
-    assert main(["plan", "--config", "configs/pretrain_13b.py", "--devices", "16", "--hbm-gib", "95",
-                 "--platform", "tpu"]) == 0
+    assert (
+        main(["plan", "--config", "configs/pretrain_13b.py", "--devices", "16", "--hbm-gib", "95", "--platform", "tpu"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "preset llava_v15_13b" in out and "smallest fsdp that fits" in out
-    assert main(["plan", "--config", "configs/finetune_7b.py", "--mesh", "2,8,1", "--hbm-gib", "1",
-                 "--platform", "gpu"]) == 0
+    assert (
+        main(["plan", "--config", "configs/finetune_7b.py", "--mesh", "2,8,1", "--hbm-gib", "1", "--platform", "gpu"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "does NOT fit" in out and "no fsdp size fits" in out

@@ -31,7 +31,8 @@ def _batch(hf, batch=4, length=16, seed=0):
 
 def _jax_batch(model, ids, pixels, labels):
     return {
-        "input_ids": jnp.asarray(ids, jnp.int32), "labels": jnp.asarray(labels, jnp.int32),
+        "input_ids": jnp.asarray(ids, jnp.int32),
+        "labels": jnp.asarray(labels, jnp.int32),
         "positions": jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape),
         "segment_ids": jnp.ones(ids.shape, jnp.int32),
         "images": jnp.asarray(images_per_row(ids, pixels, model.config)),
@@ -42,8 +43,7 @@ def test_loss_and_gradients_match_pytorch(hf_and_jax, torch_cpu):
     hf, model = hf_and_jax
     ids, pixels, labels = _batch(hf)
     hf.zero_grad()
-    out = hf(input_ids=torch_cpu.tensor(ids), pixel_values=torch_cpu.tensor(pixels),
-             labels=torch_cpu.tensor(labels))
+    out = hf(input_ids=torch_cpu.tensor(ids), pixel_values=torch_cpu.tensor(pixels), labels=torch_cpu.tensor(labels))
     out.loss.backward()
     trainable, frozen = split(model.params, ["^projector/", "^llm/"])
     batch = _jax_batch(model, ids, pixels, labels)
@@ -70,8 +70,13 @@ def test_loss_and_gradients_match_pytorch(hf_and_jax, torch_cpu):
 
 def _state(model, patterns, tx):
     trainable, frozen = split(model.params, patterns)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=trainable, frozen=frozen, opt_state=tx.init(trainable),
-                      rng=jax.random.PRNGKey(0))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=trainable,
+        frozen=frozen,
+        opt_state=tx.init(trainable),
+        rng=jax.random.PRNGKey(0),
+    )
 
 
 @pytest.mark.slow
@@ -93,8 +98,9 @@ def test_micro_batches_equal_the_large_batch(hf_and_jax):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)  # Adam normalises: compare at 1% of lr
 
 
-@pytest.mark.parametrize("patterns, changed", [(["^projector/"], {"projector"}),
-                                               (["^projector/", "^llm/"], {"projector", "llm"})])
+@pytest.mark.parametrize(
+    "patterns, changed", [(["^projector/"], {"projector"}), (["^projector/", "^llm/"], {"projector", "llm"})]
+)
 def test_only_trainable_parameters_change(hf_and_jax, patterns, changed):
     hf, model = hf_and_jax
     batch = _jax_batch(model, *_batch(hf, seed=2))

@@ -38,9 +38,7 @@ def _with_image(text: str, rng: random.Random) -> str:
     return f"<image>\n{text}" if rng.random() < 0.6 else f"{text}\n<image>"
 
 
-def caption_sample(
-    index: int, *, seed: int = 0, image_ext: str = "png"
-) -> tuple[dict, Scene]:
+def caption_sample(index: int, *, seed: int = 0, image_ext: str = "png") -> tuple[dict, Scene]:
     """Stage-1 sample `index`: `({"id", "image", "conversations"}, scene)`, LCS-558K layout."""
     rng = sample_rng(seed, "stage1", index)
     scene = sample_scene(rng)
@@ -57,7 +55,9 @@ def caption_sample(
 def instruct_sample(
     index: int, *, seed: int = 0, text_only: bool = False, image_ext: str = "png"
 ) -> tuple[dict, Scene | None]:
-    """Stage-2 sample `index`: `(record, scene)` in the mix665k layout; text-only records have no `"image"` and scene None.
+    """Stage-2 sample `index`: `(record, scene)` in the mix665k layout.
+
+    Text-only records have no `"image"` and scene None.
 
     An image sample has 1-3 rounds, each a question of a random type (60% short,
     with `SHORT_ANSWER_SUFFIX`), sometimes a detailed description; `<image>` is
@@ -85,9 +85,7 @@ def instruct_sample(
     return record, scene
 
 
-def eval_item(
-    index: int, *, seed: int = 0, image_ext: str = "png"
-) -> tuple[dict, Scene]:
+def eval_item(index: int, *, seed: int = 0, image_ext: str = "png") -> tuple[dict, Scene]:
     """Held-out question `index`: `({"question_id", "image", "text", "category", "answer"}, scene)`.
 
     `text` is a short question ending in `SHORT_ANSWER_SUFFIX` (as in LLaVA's
@@ -170,13 +168,9 @@ def write_synthetic_dataset(
       `synthetic_dataset_paths(out_dir)`.
     """
     if image_format not in _FORMATS:
-        raise ValueError(
-            f"image_format must be one of {sorted(_FORMATS)}, got {image_format!r}"
-        )
+        raise ValueError(f"image_format must be one of {sorted(_FORMATS)}, got {image_format!r}")
     if not 0.0 <= text_only_fraction < 1.0:
-        raise ValueError(
-            f"text_only_fraction must be in [0, 1), got {text_only_fraction}"
-        )
+        raise ValueError(f"text_only_fraction must be in [0, 1), got {text_only_fraction}")
     paths = synthetic_dataset_paths(out_dir)
     manifest = {
         "generator": "llava_jax.data.synthetic",
@@ -209,9 +203,7 @@ def write_synthetic_dataset(
     stage2 = []
     for i in range(num_qa):
         text_only = _is_text_only(i, text_only_fraction)
-        record, scene = instruct_sample(
-            i, seed=seed, text_only=text_only, image_ext=image_format
-        )
+        record, scene = instruct_sample(i, seed=seed, text_only=text_only, image_ext=image_format)
         if scene is not None:
             save(record, scene)
         stage2.append(record)

@@ -73,9 +73,7 @@ def chance_levels(
         for item in eval_items:
             counts[item["category"]] += 1
     total = sum(counts.values())
-    out["overall"] = (
-        sum(out[t] * n for t, n in counts.items()) / total if total else 0.0
-    )
+    out["overall"] = sum(out[t] * n for t, n in counts.items()) / total if total else 0.0
     return out
 
 

@@ -83,9 +83,7 @@ def describe(scene: Scene) -> str:
     )
 
 
-def make_question(
-    scene: Scene, qtype: str, rng: random.Random, *, short: bool
-) -> tuple[str, str]:
+def make_question(scene: Scene, qtype: str, rng: random.Random, *, short: bool) -> tuple[str, str]:
     """A `(question, answer)` pair of type `qtype` (one of `QUESTION_TYPES`) about `scene`.
 
     Short: the question ends with `"\\n" + SHORT_ANSWER_SUFFIX` and the answer is
@@ -124,9 +122,7 @@ def make_question(
             )
         else:
             subject = f"the shape {where}"
-            question = rng.choice(
-                (f"What shape is {where}?", f"Which shape is {where}?")
-            )
+            question = rng.choice((f"What shape is {where}?", f"Which shape is {where}?"))
         short_a, long_a = target.kind, f"{_cap(subject)} is a {target.kind}."
     elif qtype == "count":
         question = rng.choice(
@@ -139,9 +135,7 @@ def make_question(
         )
         n = len(shapes)
         short_a = str(n)
-        long_a = (
-            f"There {'is' if n == 1 else 'are'} {_number(n, 'shape')} in the image."
-        )
+        long_a = f"There {'is' if n == 1 else 'are'} {_number(n, 'shape')} in the image."
     elif qtype == "position":
         if unique_kind and rng.random() < 0.5:
             subject = f"the {target.kind}"
@@ -216,14 +210,10 @@ def text_only_round(rng: random.Random) -> tuple[str, str]:
     if kind == 3:
         if rng.random() < 0.5:
             return "Which colors can the shapes have?", (
-                "The shapes can be "
-                + _listing(list(COLORS)).replace(" and ", " or ")
-                + "."
+                "The shapes can be " + _listing(list(COLORS)).replace(" and ", " or ") + "."
             )
         return "Which shapes do you know?", (
-            "I know "
-            + _listing([s + ("es" if s.endswith("s") else "s") for s in SHAPES])
-            + "."
+            "I know " + _listing([s + ("es" if s.endswith("s") else "s") for s in SHAPES]) + "."
         )
     return rng.choice(("Hello!", "Hi!", "What can you do?")), (
         "Hello! Show me an image and I will tell you about the shapes in it."

@@ -77,9 +77,7 @@ def sample_rng(seed: int, split: str, index: int) -> random.Random:
 
 
 def _jitter_rgb(rng: random.Random, rgb: tuple[int, int, int]) -> tuple[int, int, int]:
-    return tuple(
-        min(255, max(0, c + rng.randint(-_COLOR_JITTER, _COLOR_JITTER))) for c in rgb
-    )
+    return tuple(min(255, max(0, c + rng.randint(-_COLOR_JITTER, _COLOR_JITTER))) for c in rgb)
 
 
 def sample_scene(rng: random.Random) -> Scene:

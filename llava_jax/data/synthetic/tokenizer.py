@@ -87,9 +87,7 @@ def tokenizer_corpus() -> list[str]:
         turns = [(t["from"], t["value"]) for t in record["conversations"]]
         lines.append(render("vicuna_v1", turns, image="image" in record))
         item = eval_item(i, seed=_CORPUS_SEED)[0]
-        lines.append(
-            generation_prompt("vicuna_v1", item["text"]) + " " + item["answer"]
-        )
+        lines.append(generation_prompt("vicuna_v1", item["text"]) + " " + item["answer"])
     out = []
     for line in lines:
         for special in (IMAGE_TOKEN, *SPECIAL_TOKENS):
@@ -141,9 +139,7 @@ def train_sentencepiece() -> bytes:
     import sentencepiece as spm
 
     writer = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(tokenizer_corpus()), model_writer=writer, **_TRAINER_ARGS
-    )
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(tokenizer_corpus()), model_writer=writer, **_TRAINER_ARGS)
     return writer.getvalue()
 
 
