@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from llava_jax.config import LlamaConfig, VisionConfig, _compose  # noqa: E402
+from llava_jax.config import LlamaConfig, VisionConfig, compose_llava  # noqa: E402
 from llava_jax.convert.hf import write_hf_weights  # noqa: E402
 from llava_jax.model.params import abstract_params, count_params  # noqa: E402
 
@@ -43,15 +43,10 @@ def synthetic_config():
         num_kv_heads=16,
         head_dim=128,
     )
-    return _compose(
+    return compose_llava(
         vision,
         llm,
-        feature_layer=-2,
-        strategy="default",
         image_token_index=32000,
-        projector_act="gelu",
-        projector_bias=True,
-        aspect="pad",
     )
 
 

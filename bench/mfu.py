@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def model_config(smoke: bool):
-    from llava_jax.config import LlamaConfig, VisionConfig, _compose, tiny
+    from llava_jax.config import LlamaConfig, VisionConfig, compose_llava, tiny
 
     if smoke:
         return tiny(vocab_size=512, image_size=28)
@@ -38,15 +38,10 @@ def model_config(smoke: bool):
         head_dim=128,
         max_position_embeddings=4096,
     )
-    return _compose(
+    return compose_llava(
         vision,
         llm,
-        feature_layer=-2,
-        strategy="default",
         image_token_index=32000,
-        projector_act="gelu",
-        projector_bias=True,
-        aspect="pad",
     )
 
 

@@ -291,17 +291,12 @@ def load_components(
     vision_cfg = vision_config_from_hf(_read_json(os.path.join(vision_dir, "config.json")))
     llm_cfg = llama_config_from_hf(_read_json(os.path.join(llm_dir, "config.json")))
     if config is None:
-        from llava_jax.config import _compose
+        from llava_jax.config import compose_llava
 
-        config = _compose(
+        config = compose_llava(
             vision_cfg,
             llm_cfg,
-            feature_layer=-2,
-            strategy="default",
             image_token_index=llm_cfg.vocab_size,
-            projector_act="gelu",
-            projector_bias=True,
-            aspect="pad",
         )
     config = config.with_dtype(dtype)
     params = _vision_from_dir(vision_dir, config, dtype, mesh, rules)

@@ -389,7 +389,24 @@ def vision_config_from_hf(vision: Mapping) -> VisionConfig:
     )
 
 
-def _compose(vision, llm, *, feature_layer, strategy, image_token_index, projector_act, projector_bias, aspect):
+def compose_llava(
+    vision: VisionConfig,
+    llm: LlamaConfig,
+    *,
+    image_token_index: int | None = None,
+    feature_layer: int | tuple[int, ...] | list[int] = -2,
+    strategy: str = "default",
+    projector_act: str = "gelu",
+    projector_bias: bool = True,
+    aspect: str = "pad",
+) -> LlavaConfig:
+    """A `LlavaConfig` joining `vision` and `llm` with LLaVA-1.5's settings unless told otherwise.
+
+    The projector is sized from the two towers; `image_token_index` defaults to the first
+    id past the LLM's vocabulary (the original repo's convention).
+    """
+    if image_token_index is None:
+        image_token_index = llm.vocab_size
     feature_layer = tuple(feature_layer) if isinstance(feature_layer, list) else int(feature_layer)
     n_layers = 1 if isinstance(feature_layer, int) else len(feature_layer)
     seq = vision.num_patches + (1 if strategy == "full" else 0)
@@ -421,7 +438,7 @@ def _from_hf_llava(hf: Mapping) -> LlavaConfig:
     if vision_d.get("model_type", "clip_vision_model") not in ("clip_vision_model", "clip"):
         raise ConfigError(f"vision_config model_type {vision_d.get('model_type')!r} is not supported (only CLIP)")
     vision = vision_config_from_hf({"image_size": 336, "patch_size": 14, **vision_d})
-    config = _compose(
+    config = compose_llava(
         vision,
         llama_config_from_hf(text),
         feature_layer=hf.get("vision_feature_layer", -2),
@@ -450,7 +467,7 @@ def _from_original(hf: Mapping, vision_hf: Mapping | None) -> LlavaConfig:
     vision = vision_config_from_hf(vision_hf) if vision_hf else clip_vit_l14_336()
     if int(hf.get("mm_hidden_size", vision.hidden_size)) != vision.hidden_size:
         raise ConfigError(f"mm_hidden_size {hf['mm_hidden_size']} != vision hidden size {vision.hidden_size}")
-    return _compose(
+    return compose_llava(
         vision,
         llama_config_from_hf(hf),
         feature_layer=int(hf.get("mm_vision_select_layer", -2)),
@@ -471,15 +488,10 @@ def clip_vit_l14_336() -> VisionConfig:
 
 def _llava(llm: LlamaConfig, vocab_size: int) -> LlavaConfig:
     llm = dataclasses.replace(llm, vocab_size=vocab_size)
-    return _compose(
+    return compose_llava(
         clip_vit_l14_336(),
         llm,
-        feature_layer=-2,
-        strategy="default",
         image_token_index=32000,
-        projector_act="gelu",
-        projector_bias=True,
-        aspect="pad",
     )
 
 
@@ -527,15 +539,10 @@ def bench_small(vocab_size: int = 32064) -> LlavaConfig:
         head_dim=64,
         max_position_embeddings=4096,
     )
-    return _compose(
+    return compose_llava(
         vision,
         llm,
-        feature_layer=-2,
-        strategy="default",
         image_token_index=32000,
-        projector_act="gelu",
-        projector_bias=True,
-        aspect="pad",
     )
 
 
@@ -556,15 +563,10 @@ def tiny(
         head_dim=16,
         max_position_embeddings=512,
     )
-    return _compose(
+    return compose_llava(
         vision,
         llm,
-        feature_layer=-2,
-        strategy="default",
         image_token_index=vocab_size - 1 if image_token_index is None else image_token_index,
-        projector_act="gelu",
-        projector_bias=True,
-        aspect="pad",
     )
 
 
@@ -574,3 +576,6 @@ PRESETS = {
     "bench_small": bench_small,
     "tiny": tiny,
 }
+
+
+_compose = compose_llava  # older private name, kept for callers outside the package

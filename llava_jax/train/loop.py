@@ -9,7 +9,6 @@ workdir does nothing.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
 import os
@@ -31,7 +30,7 @@ from llava_jax.train.flops import peak_flops, train_step_flops
 from llava_jax.train.metrics import MetricsWriter
 from llava_jax.train.optim import OptimConfig, make_optimizer
 from llava_jax.train.partition import merge, split
-from llava_jax.train.step import BATCH_KEYS, TrainState, train_step
+from llava_jax.train.step import BATCH_KEYS, TrainState, jit_train_step
 
 log = logging.getLogger(__name__)
 FINAL_DIR = "final"
@@ -256,19 +255,15 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
             print(f"resumed from {ckpt.directory} step {start}")
     shardings = _state_shardings(state)
     batch_sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
-    step_fn = jax.jit(
-        functools.partial(
-            train_step,
-            config=model.config,
-            optimizer=optimizer,
-            lr_fn=lr_fn,
-            micro_batches=cfg.micro_batches,
-            freeze_vision=cfg.model.freeze_vision,
-            loss_chunk=cfg.loss_chunk,
-        ),
-        in_shardings=(shardings, batch_sharding),
-        out_shardings=(shardings, None),
-        donate_argnums=0,
+    step_fn = jit_train_step(
+        config=model.config,
+        optimizer=optimizer,
+        lr_fn=lr_fn,
+        micro_batches=cfg.micro_batches,
+        freeze_vision=cfg.model.freeze_vision,
+        loss_chunk=cfg.loss_chunk,
+        state_shardings=shardings,
+        batch_sharding=batch_sharding,
     )
     writer = MetricsWriter(workdir, enabled=is_primary())
     peak = peak_flops(jax.devices()[0].device_kind, cfg.peak_tflops * 1e12 if cfg.peak_tflops else None)

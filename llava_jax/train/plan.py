@@ -15,7 +15,6 @@ N query heads, K kv heads, H head dim, V vocab, P image patches, L layers.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -82,19 +81,14 @@ def base_model_config(cfg, preset: str | None = None) -> tuple[LlavaConfig, str]
         if init.kind == "components" and all(
             os.path.exists(os.path.join(d, "config.json")) for d in (init.vision_dir, init.llm_dir)
         ):
-            from llava_jax.config import _compose
+            from llava_jax.config import compose_llava
 
             llm = llama_config_from_hf(_read_json(os.path.join(init.llm_dir, "config.json")))
             vision = vision_config_from_hf(_read_json(os.path.join(init.vision_dir, "config.json")))
-            config = _compose(
+            config = compose_llava(
                 vision,
                 llm,
-                feature_layer=-2,
-                strategy="default",
                 image_token_index=llm.vocab_size,
-                projector_act="gelu",
-                projector_bias=True,
-                aspect="pad",
             )
             return config, f"{init.vision_dir} + {init.llm_dir}"
         preset = _guess_preset(cfg)
@@ -220,7 +214,7 @@ def compiled_memory(cfg, config: LlavaConfig, mesh, rules: Rules = DEFAULT_RULES
     """
     from flax import linen as nn
 
-    from llava_jax.train.step import TrainState, train_step
+    from llava_jax.train.step import TrainState, jit_train_step
 
     trainable, frozen, opt_state, optimizer, lr_fn = abstract_state(cfg, config)
     t_sh, f_sh, o_sh = state_shardings(cfg, config, mesh, opt_state, rules)
@@ -237,19 +231,15 @@ def compiled_memory(cfg, config: LlavaConfig, mesh, rules: Rules = DEFAULT_RULES
     shardings = jax.tree.map(lambda x: x.sharding, state)
     batch_sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
     batch = {k: sds(v, batch_sharding) for k, v in abstract_batch(cfg, config).items()}
-    step_fn = jax.jit(
-        functools.partial(
-            train_step,
-            config=config,
-            optimizer=optimizer,
-            lr_fn=lr_fn,
-            micro_batches=cfg.micro_batches,
-            freeze_vision=cfg.model.freeze_vision,
-            loss_chunk=cfg.loss_chunk,
-        ),
-        in_shardings=(shardings, batch_sharding),
-        out_shardings=(shardings, None),
-        donate_argnums=0,
+    step_fn = jit_train_step(
+        config=config,
+        optimizer=optimizer,
+        lr_fn=lr_fn,
+        micro_batches=cfg.micro_batches,
+        freeze_vision=cfg.model.freeze_vision,
+        loss_chunk=cfg.loss_chunk,
+        state_shardings=shardings,
+        batch_sharding=batch_sharding,
     )
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         compiled = step_fn.lower(state, batch).compile()

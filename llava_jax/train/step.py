@@ -121,3 +121,32 @@ def train_step(
         "train/tokens": total,
     }
     return new_state, metrics
+
+
+def jit_train_step(
+    *,
+    config: LlavaConfig,
+    optimizer: optax.GradientTransformation,
+    lr_fn: Callable,
+    micro_batches: int,
+    freeze_vision: bool,
+    loss_chunk: int,
+    state_shardings,
+    batch_sharding,
+):
+    """`train_step` jitted with explicit state/batch shardings and the state donated (updated in place)."""
+    step = functools.partial(
+        train_step,
+        config=config,
+        optimizer=optimizer,
+        lr_fn=lr_fn,
+        micro_batches=micro_batches,
+        freeze_vision=freeze_vision,
+        loss_chunk=loss_chunk,
+    )
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, None),
+        donate_argnums=0,
+    )
