@@ -58,10 +58,13 @@ def main() -> int:
         "step_seconds": results["step_seconds"],
     }
     print(json.dumps(out, indent=2))
-    print(f"\n| wall min | CPU min | load 1/5/15 before -> after | overall | color | existence |\n|---|---|---|---|---|---|\n"
-          f"| {out['wall_minutes']} | {out['cpu_minutes']} | {'/'.join(map(str, out['load_before']))} -> "
-          f"{'/'.join(map(str, out['load_after']))} | {results['accuracy']['overall']:.1f} | "
-          f"{results['accuracy']['color']:.1f} | {results['accuracy']['existence']:.1f} |")
+    print(
+        "\n| wall min | CPU min | load 1/5/15 before -> after | overall | color | existence |\n"
+        "|---|---|---|---|---|---|\n"
+        f"| {out['wall_minutes']} | {out['cpu_minutes']} | {'/'.join(map(str, out['load_before']))} -> "
+        f"{'/'.join(map(str, out['load_after']))} | {results['accuracy']['overall']:.1f} | "
+        f"{results['accuracy']['color']:.1f} | {results['accuracy']['existence']:.1f} |"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

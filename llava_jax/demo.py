@@ -47,21 +47,28 @@ def default_config_path() -> str:
     """`configs/demo.py` of the source tree this package runs from."""
     import llava_jax
 
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(llava_jax.__file__))), "configs",
-                        "demo.py")
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(llava_jax.__file__))), "configs", "demo.py")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `llava-jax demo`."""
-    parser.add_argument("--workdir", default=DEFAULT_WORKDIR,
-                        help=f"where data, checkpoints and results go (default {DEFAULT_WORKDIR}); "
-                             "rerunning with the same directory reuses finished steps")
-    parser.add_argument("--quick", action="store_true",
-                        help="a few steps per stage on a few samples (checks the machinery, learns nothing)")
-    parser.add_argument("--config", default=None,
-                        help="experiment file with stage0/stage1/stage2 configs (default: configs/demo.py)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed of the fresh chat image (default: a new one each run)")
+    parser.add_argument(
+        "--workdir",
+        default=DEFAULT_WORKDIR,
+        help=f"where data, checkpoints and results go (default {DEFAULT_WORKDIR}); "
+        "rerunning with the same directory reuses finished steps",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few steps per stage on a few samples (checks the machinery, learns nothing)",
+    )
+    parser.add_argument(
+        "--config", default=None, help="experiment file with stage0/stage1/stage2 configs (default: configs/demo.py)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed of the fresh chat image (default: a new one each run)"
+    )
     parser.add_argument("--eval-batch-size", type=int, default=128, help="held-out questions answered per batch")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -107,8 +114,7 @@ def _log(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def _stage_config(config_path: str, stage: str, quick: bool, *, data_dir: str, init_path: str | None,
-                  progress: bool):
+def _stage_config(config_path: str, stage: str, quick: bool, *, data_dir: str, init_path: str | None, progress: bool):
     from llava_jax.train.experiment import load_config
 
     cfg = load_config(f"{config_path}:{stage}{'_quick' if quick else ''}")
@@ -212,21 +218,33 @@ def run(args: argparse.Namespace) -> int:
     tower_cfg = load_config(f"{config_path}:stage0a{suffix}")
     syn = tower_cfg.synthetic
     paths = synthetic_dataset_paths(data_dir)
-    step("data", paths["manifest"], lambda: write_synthetic_dataset(
-        data_dir, num_captions=syn.num_captions, num_qa=syn.num_qa, num_eval=syn.num_eval,
-        image_size=syn.image_size, seed=syn.seed),
+    step(
+        "data",
+        paths["manifest"],
+        lambda: write_synthetic_dataset(
+            data_dir,
+            num_captions=syn.num_captions,
+            num_qa=syn.num_qa,
+            num_eval=syn.num_eval,
+            image_size=syn.image_size,
+            seed=syn.seed,
+        ),
         message=f"{syn.num_captions} captions, {syn.num_qa} conversations, {syn.num_eval} held-out questions, "
-                f"{syn.image_size} px")
+        f"{syn.image_size} px",
+    )
     tower_init = os.path.join(dirs["stage0a"], "init")
-    step("stage0a", dirs["stage0a"], lambda: demo_towers.run_tower_stage(
-        tower_cfg, dirs["stage0a"], synthetic_tokenizer_path(), progress=progress),
-        done=_finished(tower_init), message="tower pretraining (the vision tower as a scene classifier)")
+    step(
+        "stage0a",
+        dirs["stage0a"],
+        lambda: demo_towers.run_tower_stage(tower_cfg, dirs["stage0a"], synthetic_tokenizer_path(), progress=progress),
+        done=_finished(tower_init),
+        message="tower pretraining (the vision tower as a scene classifier)",
+    )
 
     inits = {"stage0b": tower_init, "stage1": towers_dir, "stage2": os.path.join(dirs["stage1"], "final")}
     for name, title in STAGES:
         final = os.path.join(dirs[name], "final")
-        cfg = _stage_config(config_path, name, args.quick, data_dir=data_dir, init_path=inits[name],
-                            progress=progress)
+        cfg = _stage_config(config_path, name, args.quick, data_dir=data_dir, init_path=inits[name], progress=progress)
         if name == "stage0b":
             cfg.data.json = os.path.join(workdir, "stage0b_language.json")
             cfg.data.image_root = paths["image_root"]
@@ -234,17 +252,33 @@ def run(args: argparse.Namespace) -> int:
                 demo_towers.write_language_mix(paths["captions"], paths["qa"], cfg.data.json)
         step(name, dirs[name], functools.partial(train, cfg, dirs[name]), done=_finished(final), message=title)
         if name == "stage0b":
-            step("towers", towers_dir, functools.partial(demo_towers.make_towers, final, towers_dir),
-                 done=_finished(towers_dir), message="stage 0's tower and LLM with a fresh projector")
-    step("export", hf_dir, lambda: export_hf(final_dir, hf_dir), done=_finished(hf_dir),
-         message="HF LLaVA directory")
+            step(
+                "towers",
+                towers_dir,
+                functools.partial(demo_towers.make_towers, final, towers_dir),
+                done=_finished(towers_dir),
+                message="stage 0's tower and LLM with a fresh projector",
+            )
+    step("export", hf_dir, lambda: export_hf(final_dir, hf_dir), done=_finished(hf_dir), message="HF LLaVA directory")
 
     model = load(final_dir)
     predictions = os.path.join(workdir, "eval", "predictions.jsonl")
     scores: dict = {}
-    ran = step("eval", predictions, lambda: scores.update(report.evaluate(
-        model, paths["eval"], paths["image_root"], predictions, batch_size=args.eval_batch_size,
-        progress=progress)), message="greedy answers to the held-out questions")
+    ran = step(
+        "eval",
+        predictions,
+        lambda: scores.update(
+            report.evaluate(
+                model,
+                paths["eval"],
+                paths["image_root"],
+                predictions,
+                batch_size=args.eval_batch_size,
+                progress=progress,
+            )
+        ),
+        message="greedy answers to the held-out questions",
+    )
     if not ran:  # scored from the saved answers
         scores = report.evaluate(model, paths["eval"], paths["image_root"], predictions)
 
@@ -253,8 +287,14 @@ def run(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     chat = report.chat_about_fresh_image(model, seed, os.path.join(workdir, "chat"))
     timings.record("plot+chat", time.time() - t0)
-    results = report.write_results(os.path.join(workdir, "results.json"), scores, timings, curves,
-                                   model=model, quick=args.quick,
-                                   tower_accuracy=report.read_json(os.path.join(dirs["stage0a"], "accuracy.json")))
+    results = report.write_results(
+        os.path.join(workdir, "results.json"),
+        scores,
+        timings,
+        curves,
+        model=model,
+        quick=args.quick,
+        tower_accuracy=report.read_json(os.path.join(dirs["stage0a"], "accuracy.json")),
+    )
     report.print_summary(results, timings, curves, chat, workdir=workdir, this_run_s=time.time() - t_start)
     return 0

@@ -15,18 +15,33 @@ SYNTHETIC_VOCAB = 832  # the synthetic tokenizer has 770 ids; padded to a multip
 SYNTHETIC_IMAGE_TOKEN = 768  # `<image>` in the synthetic tokenizer
 
 
-def demo(vocab_size: int = SYNTHETIC_VOCAB, image_token_index: int = SYNTHETIC_IMAGE_TOKEN,
-         image_size: int = 56) -> LlavaConfig:
+def demo(
+    vocab_size: int = SYNTHETIC_VOCAB, image_token_index: int = SYNTHETIC_IMAGE_TOKEN, image_size: int = 56
+) -> LlavaConfig:
     """The demo LLaVA: ViT 3 x 128 (patch 14) + LLaMA 4 x 128 (MLP 512, 4 heads), ~1.3M parameters."""
     vision = VisionConfig(
         hidden_size=128, intermediate_size=512, num_layers=3, num_heads=4, image_size=image_size, patch_size=14
     )
     llm = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=128, intermediate_size=512, num_layers=4, num_heads=4,
-        num_kv_heads=4, head_dim=32, max_position_embeddings=512,
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=512,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=4,
+        head_dim=32,
+        max_position_embeddings=512,
     )
-    return _compose(vision, llm, feature_layer=-2, strategy="default", image_token_index=image_token_index,
-                    projector_act="gelu", projector_bias=True, aspect="pad")
+    return _compose(
+        vision,
+        llm,
+        feature_layer=-2,
+        strategy="default",
+        image_token_index=image_token_index,
+        projector_act="gelu",
+        projector_bias=True,
+        aspect="pad",
+    )
 
 
 def register() -> None:

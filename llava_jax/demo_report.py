@@ -10,8 +10,12 @@ import numpy as np
 
 EVAL_MAX_NEW_TOKENS = 8  # short answers are one word and `</s>`
 CHAT_MAX_NEW_TOKENS = 64
-STAGE_TITLES = {"stage0a": "stage 0a tower", "stage0b": "stage 0b LLM", "stage1": "stage 1 projector",
-                "stage2": "stage 2 instruct"}
+STAGE_TITLES = {
+    "stage0a": "stage 0a tower",
+    "stage0b": "stage 0b LLM",
+    "stage1": "stage 1 projector",
+    "stage2": "stage 2 instruct",
+}
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -34,8 +38,12 @@ def prompt_length(model, question: str) -> int:
     from llava_jax.infer.chat import build_prompt
 
     c = model.config
-    ids = tokenizer_image_token(build_prompt(question, True), model.tokenizer, image_token_index=c.image_token_index,
-                                image_seq_length=c.image_seq_length)
+    ids = tokenizer_image_token(
+        build_prompt(question, True),
+        model.tokenizer,
+        image_token_index=c.image_token_index,
+        image_seq_length=c.image_seq_length,
+    )
     return len(ids)
 
 
@@ -53,24 +61,37 @@ def answer_questions(model, items: list[dict], image_root: str, *, batch_size: i
     out = []
     bar = _progress(len(items), "eval", progress)
     for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
+        chunk = items[start : start + batch_size]
         rows = chunk + [chunk[-1]] * (batch_size - len(chunk))
         images = []
         for item in rows:
             with Image.open(os.path.join(image_root, item["image"])) as im:
                 images.append(im.convert("RGB"))
-        answers = model.chat(images, [item["text"] for item in rows], template="vicuna_v1",
-                             max_new_tokens=EVAL_MAX_NEW_TOKENS, pad_to_multiple=width)
+        answers = model.chat(
+            images,
+            [item["text"] for item in rows],
+            template="vicuna_v1",
+            max_new_tokens=EVAL_MAX_NEW_TOKENS,
+            pad_to_multiple=width,
+        )
         for item, text in zip(chunk, answers):
-            out.append({"question_id": item["question_id"], "prompt": item["text"], "text": text,
-                        "category": item["category"], "answer": item["answer"]})
+            out.append(
+                {
+                    "question_id": item["question_id"],
+                    "prompt": item["text"],
+                    "text": text,
+                    "category": item["category"],
+                    "answer": item["answer"],
+                }
+            )
         bar.update(len(chunk))
     bar.close()
     return out
 
 
-def evaluate(model, eval_path: str, image_root: str, predictions_path: str, *, batch_size: int = 128,
-             progress: bool = True) -> dict:
+def evaluate(
+    model, eval_path: str, image_root: str, predictions_path: str, *, batch_size: int = 128, progress: bool = True
+) -> dict:
     """Scores (`score_synthetic`) of `model` on the held-out split; answers cached in `predictions_path`."""
     from llava_jax.data.synthetic import load_eval_items, score_synthetic
 
@@ -132,8 +153,11 @@ def plot_losses(stage_dirs: dict[str, str], path: str) -> dict[str, dict]:
         ax.plot(x, _ema(losses), color=color, linewidth=1.8, label=STAGE_TITLES.get(name, name))
         if offset:
             ax.axvline(offset + 0.5, color="0.6", linestyle=":", linewidth=1)
-        summary[name] = {"steps": int(steps[-1]), "first_loss": float(losses[0]),
-                         "last_loss": float(losses[-10:].mean())}
+        summary[name] = {
+            "steps": int(steps[-1]),
+            "first_loss": float(losses[0]),
+            "last_loss": float(losses[-10:].mean()),
+        }
         offset = int(x[-1])
     ax.set_xlabel("optimizer step (stages in sequence)")
     ax.set_ylabel("training loss (nats per supervised token)")
@@ -167,8 +191,11 @@ def chat_about_fresh_image(model, seed: int, out_dir: str) -> dict:
     for qtype in ("color", "existence", "count"):
         turns.append(make_question(scene, qtype, rng, short=True))
     answers = model.chat(image, [q for q, _ in turns], template="vicuna_v1", max_new_tokens=CHAT_MAX_NEW_TOKENS)
-    transcript = {"seed": seed, "image": image_path,
-                  "turns": [{"question": q, "answer": a, "truth": t} for (q, t), a in zip(turns, answers)]}
+    transcript = {
+        "seed": seed,
+        "image": image_path,
+        "turns": [{"question": q, "answer": a, "truth": t} for (q, t), a in zip(turns, answers)],
+    }
     _write_atomic(os.path.join(out_dir, "transcript.json"), json.dumps(transcript, indent=2))
     return transcript
 
@@ -181,8 +208,9 @@ def read_json(path: str):
         return json.load(f)
 
 
-def write_results(path: str, scores: dict, timings, curves: dict, *, model, quick: bool,
-                  tower_accuracy: dict | None = None) -> dict:
+def write_results(
+    path: str, scores: dict, timings, curves: dict, *, model, quick: bool, tower_accuracy: dict | None = None
+) -> dict:
     """`results.json`: accuracy and chance per type (percent), minutes, per-step times, losses, model size."""
     import jax
 
@@ -224,7 +252,8 @@ def print_summary(results: dict, timings, curves: dict, chat: dict, *, workdir: 
         question = turn["question"].split("\n")[0]
         print(f"  USER: {question}\n  ASSISTANT: {turn['answer']}\n  (truth: {turn['truth']})")
     print(line)
-    print(f"total {results['minutes']:.1f} min of demo steps (this run {this_run_s / 60:.1f} min); "
-          f"{results['device']}")
-    print(f"results {os.path.join(workdir, 'results.json')}, plot {os.path.join(workdir, 'loss.png')}, "
-          f"model {os.path.join(workdir, 'stage2', 'final')}, HF {os.path.join(workdir, 'hf')}")
+    print(f"total {results['minutes']:.1f} min of demo steps (this run {this_run_s / 60:.1f} min); {results['device']}")
+    print(
+        f"results {os.path.join(workdir, 'results.json')}, plot {os.path.join(workdir, 'loss.png')}, "
+        f"model {os.path.join(workdir, 'stage2', 'final')}, HF {os.path.join(workdir, 'hf')}"
+    )

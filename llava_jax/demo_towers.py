@@ -69,8 +69,7 @@ class TowerClassifier(nn.Module):
     def __call__(self, images):
         """images float32[B, S, S, 3] -> (image logits [B, sum(IMAGE_HEADS)], token logits [B, P, sum(TOKEN_HEADS)])."""
         c = self.config
-        states = VisionTower(c.vision, num_layers_to_run=c.vision_layers_used, name="vision")(
-            images, c.feature_layers)
+        states = VisionTower(c.vision, num_layers_to_run=c.vision_layers_used, name="vision")(images, c.feature_layers)
         features = nn.LayerNorm(name="head_norm")(states[0][:, 1:])  # the patch tokens LLaVA projects
         image = nn.Dense(sum(IMAGE_HEADS), name="image_head")(features.reshape(features.shape[0], -1))
         return image, nn.Dense(sum(TOKEN_HEADS), name="token_head")(features)
@@ -80,7 +79,7 @@ def _heads(logits, labels, sizes):
     """Mean cross entropy and accuracy [len(sizes)] of consecutive heads along the last axis."""
     loss, correct, start = 0.0, [], 0
     for i, n in enumerate(sizes):
-        part = logits[..., start:start + n]
+        part = logits[..., start : start + n]
         loss += optax.softmax_cross_entropy_with_integer_labels(part, labels[..., i]).mean()
         correct.append((jnp.argmax(part, -1) == labels[..., i]).mean())
         start += n
@@ -99,9 +98,14 @@ def _loss(params, module, images, labels):
 def _summary(acc) -> dict:
     acc = np.asarray(acc)
     n = len(IMAGE_HEADS)
-    return {"color_acc": float(acc[:NUM_SLOTS].mean()), "kind_acc": float(acc[NUM_SLOTS:2 * NUM_SLOTS].mean()),
-            "count_acc": float(acc[n - 1]), "token_color_acc": float(acc[n]),
-            "token_kind_acc": float(acc[n + 1]), "token_slot_acc": float(acc[n + 2])}
+    return {
+        "color_acc": float(acc[:NUM_SLOTS].mean()),
+        "kind_acc": float(acc[NUM_SLOTS : 2 * NUM_SLOTS].mean()),
+        "count_acc": float(acc[n - 1]),
+        "token_color_acc": float(acc[n]),
+        "token_kind_acc": float(acc[n + 1]),
+        "token_slot_acc": float(acc[n + 2]),
+    }
 
 
 def training_set(num: int, image_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -117,8 +121,19 @@ def training_set(num: int, image_size: int, seed: int = 0) -> tuple[np.ndarray, 
     return np.stack(images).astype(np.float32), np.stack(labels)
 
 
-def pretrain_tower(config: LlavaConfig, images: np.ndarray, labels: np.ndarray, *, steps: int, batch_size: int,
-                   lr: float, seed: int = 0, progress: bool = True, log=None, every: int = 10) -> tuple[dict, dict]:
+def pretrain_tower(
+    config: LlavaConfig,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int = 0,
+    progress: bool = True,
+    log=None,
+    every: int = 10,
+) -> tuple[dict, dict]:
     """Train the tower and heads with AdamW (warmup + cosine); `log(step, metrics)` every `every` steps.
 
     Returns:
@@ -147,8 +162,12 @@ def pretrain_tower(config: LlavaConfig, images: np.ndarray, labels: np.ndarray, 
         params, opt_state, loss, acc = step(params, opt_state, images[idx], labels[idx])
         if i % every == 0 or i == steps - 1:
             metrics = {"loss": float(loss), **_summary(acc)}
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}", color=f"{metrics['token_color_acc']:.2f}",
-                            kind=f"{metrics['token_kind_acc']:.2f}", slot=f"{metrics['token_slot_acc']:.2f}")
+            bar.set_postfix(
+                loss=f"{metrics['loss']:.3f}",
+                color=f"{metrics['token_color_acc']:.2f}",
+                kind=f"{metrics['token_kind_acc']:.2f}",
+                slot=f"{metrics['token_slot_acc']:.2f}",
+            )
             if log is not None:
                 log(i + 1, metrics)
     return jax.device_get(params), metrics
@@ -167,7 +186,8 @@ def held_out_set(num: int, image_size: int, seed: int = 0) -> tuple[np.ndarray, 
 def tower_accuracy(config: LlavaConfig, params: dict, images: np.ndarray, labels: np.ndarray) -> dict:
     """Held-out accuracy of the heads: per image slot colour, slot kind, count; per token colour, kind, slot."""
     _, acc = jax.jit(functools.partial(_loss, module=TowerClassifier(config)))(
-        params, images=jnp.asarray(images), labels=jnp.asarray(labels))
+        params, images=jnp.asarray(images), labels=jnp.asarray(labels)
+    )
     return _summary(acc)
 
 
@@ -191,10 +211,19 @@ def run_tower_stage(cfg, out_dir: str, tokenizer_path: str, *, progress: bool = 
     images, labels = training_set(cfg.num_images, size, seed=cfg.synthetic.seed)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "metrics.jsonl"), "w") as f:
-        write = lambda step, m: (f.write(json.dumps({"step": step, "train/loss": m["loss"], **m}) + "\n"),
-                                 f.flush())
-        params, _ = pretrain_tower(config, images, labels, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                                   seed=cfg.seed, progress=progress, log=write, every=1)
+        write = lambda step, m: (f.write(json.dumps({"step": step, "train/loss": m["loss"], **m}) + "\n"), f.flush())
+        params, _ = pretrain_tower(
+            config,
+            images,
+            labels,
+            steps=cfg.steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            seed=cfg.seed,
+            progress=progress,
+            log=write,
+            every=1,
+        )
     held = held_out_set(min(500, cfg.synthetic.num_eval), size, seed=cfg.synthetic.seed)
     accuracy = tower_accuracy(config, params, *held)
     with open(os.path.join(out_dir, "accuracy.json"), "w") as f:
