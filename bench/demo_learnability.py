@@ -1,0 +1,188 @@
+"""How fast does the demo's LLM learn to answer questions about an image? (a diagnostic for issue 7)
+
+  .venv/bin/python bench/demo_learnability.py workdir_demo/towers [--types color,existence]
+      [--llm 2x64x4 --init-scale 4] [--lr 3e-3] [--steps 1500] [--describe] [--induction-steps 300]
+
+Starts from a demo checkpoint (its trained vision tower; with `--llm LxDxH` a fresh
+LLaMA of that shape replaces its LLM), trains projector + LLM on single short
+questions of the given types (`vicuna_v1`, the stage-2 format) and prints, every
+`--every` steps, the held-out accuracy of the first answer token per type beside
+chance. Count questions are learned in a few hundred steps; colour and existence
+questions, which need the question's referent bound to the image tokens, are not
+(see bench/RESULTS.md). `--describe` puts the scene's text description in the
+prompt (the same task in pure text); `--induction-steps N` first trains the LLM
+on N steps of repeated random token sequences (induction heads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from llava_jax.api import load, random_model
+from llava_jax.data.encode import encode_example
+from llava_jax.data.image import preprocess_image
+from llava_jax.data.synthetic import describe, make_question, render_scene, sample_rng, sample_scene
+from llava_jax.data.synthetic.evaluation import chance_levels
+from llava_jax.model.llava import LlavaModel
+from llava_jax.train.partition import merge, split
+from llava_jax.train.step import batch_loss
+
+
+def question_set(model, types, split_name: str, n: int, *, describe_scene: bool, length: int = 160):
+    """(batch of n single-question conversations, index of each answer's first token int32[n])."""
+    c, size = model.config, model.config.vision.image_size
+    ids = np.zeros((n, length), np.int32)
+    labels = np.full((n, length), -100, np.int32)
+    images = np.zeros((n, 1, size, size, 3), np.float32)
+    answer_at = np.zeros(n, np.int32)
+    for i in range(n):
+        rng = sample_rng(7, split_name, i)
+        scene = sample_scene(rng)
+        question, answer = make_question(scene, types[i % len(types)], rng, short=True)
+        prompt = "<image>\n" + (describe(scene) + "\n" if describe_scene else "") + question
+        turns = [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}]
+        record = {"id": str(i), "image": "-", "conversations": turns}
+        e = encode_example(
+            record,
+            model.tokenizer,
+            template="vicuna_v1",
+            image_seq_length=c.image_seq_length,
+            max_length=length,
+            image_token_index=c.image_token_index,
+        )
+        t = len(e["input_ids"])
+        ids[i, :t], labels[i, :t] = e["input_ids"], e["labels"]
+        answer_at[i] = int(np.flatnonzero(np.asarray(e["labels"]) >= 0)[0])
+        images[i, 0] = preprocess_image(render_scene(scene, size), mode="pad", size=size)
+    segments = np.zeros_like(ids)
+    for i in range(n):
+        segments[i, : int(np.flatnonzero(labels[i] >= 0)[-1]) + 1] = 1
+    positions = np.broadcast_to(np.arange(length, dtype=np.int32), ids.shape).copy()
+    batch = {"input_ids": ids, "labels": labels, "positions": positions, "segment_ids": segments, "images": images}
+    return batch, answer_at
+
+
+def fresh_llm(model, shape: str, init_scale: float):
+    """`model` with a random LLaMA `LxDxH` (layers x width x heads), its matrices scaled by `init_scale`."""
+    layers, width, heads = map(int, shape.split("x"))
+    llm = dataclasses.replace(
+        model.config.llm,
+        num_layers=layers,
+        hidden_size=width,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=width // heads,
+        intermediate_size=4 * width,
+    )
+    config = dataclasses.replace(
+        model.config, llm=llm, projector=dataclasses.replace(model.config.projector, out_features=width)
+    )
+    fresh = random_model(config, seed=1, tokenizer=model.tokenizer)
+    fresh.params["vision"] = model.params["vision"]
+    fresh.params["llm"] = jax.tree_util.tree_map_with_path(  # weight matrices and embeddings, not norm scales
+        lambda path, x: x if "scale" in jax.tree_util.keystr(path) else x * init_scale, fresh.params["llm"]
+    )
+    return fresh
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", help="a demo model directory, e.g. workdir_demo/towers")
+    p.add_argument("--types", default="color,existence")
+    p.add_argument("--llm", default="", help="LxDxH: a fresh LLaMA of this shape instead of the checkpoint's")
+    p.add_argument("--init-scale", type=float, default=1.0, help="scale of the fresh LLM's matrices (init std 0.02)")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-train", type=int, default=30000)
+    p.add_argument("--every", type=int, default=250)
+    p.add_argument("--describe", action="store_true", help="the scene's description in the prompt")
+    p.add_argument("--induction-steps", type=int, default=0)
+    a = p.parse_args()
+    types = a.types.split(",")
+    model = load(a.checkpoint)
+    if a.llm:
+        model = fresh_llm(model, a.llm, a.init_scale)
+    config = model.config
+    t0 = time.time()
+    train, _ = question_set(model, types, "learn_train", a.num_train, describe_scene=a.describe)
+    test, answer_at = question_set(model, types, "learn_test", 300, describe_scene=a.describe)
+    print(f"{a.num_train} training questions built in {time.time() - t0:.0f}s", flush=True)
+
+    trainable, frozen = split(model.params, ["^projector/", "^llm/"])
+    loss_fn = functools.partial(batch_loss, config=config, freeze_vision=True, chunk=256)
+
+    def make_step(optimizer):
+        @jax.jit
+        def step(trainable, opt_state, batch, key):
+            def mean_nll(t):
+                total, count = loss_fn(t, frozen, batch, key)
+                return total / jnp.maximum(count, 1)
+
+            loss, grads = jax.value_and_grad(mean_nll)(trainable)
+            updates, opt_state = optimizer.update(grads, opt_state, trainable)
+            return optax.apply_updates(trainable, updates), opt_state, loss
+
+        return step
+
+    @jax.jit
+    def predict(trainable, batch):
+        logits, _ = LlavaModel(config).apply(
+            {"params": merge(trainable, frozen)},
+            batch["input_ids"],
+            batch["images"],
+            positions=batch["positions"],
+            segment_ids=batch["segment_ids"],
+        )
+        return jnp.argmax(logits, -1)
+
+    def accuracy(trainable) -> str:
+        tokens = np.asarray(predict(trainable, test))
+        rows = np.arange(len(answer_at))
+        right = tokens[rows, answer_at - 1] == test["input_ids"][rows, answer_at]
+        return " ".join(f"{t}={right[i :: len(types)].mean():.2f}" for i, t in enumerate(types))
+
+    rng, key = np.random.default_rng(0), jax.random.PRNGKey(0)
+    if a.induction_steps:
+        schedule = optax.warmup_cosine_decay_schedule(0.0, 2e-3, 10, a.induction_steps, 1e-4)
+        optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule))
+        step, opt_state, half = make_step(optimizer), optimizer.init(trainable), 24
+        for i in range(1, a.induction_steps + 1):
+            chunk = rng.integers(3, config.image_token_index, (64, half))
+            ids = np.concatenate([np.ones((64, 1), int), chunk, chunk], 1).astype(np.int32)
+            labels = ids.copy()
+            labels[:, : half + 2] = -100
+            batch = {
+                "input_ids": ids,
+                "labels": labels,
+                "positions": np.broadcast_to(np.arange(ids.shape[1], dtype=np.int32), ids.shape),
+                "segment_ids": np.ones_like(ids),
+            }
+            trainable, opt_state, loss = step(trainable, opt_state, batch, key)
+            if i % 50 == 0:
+                print(f"induction step {i} loss {float(loss):.3f}", flush=True)
+
+    schedule = optax.warmup_cosine_decay_schedule(0.0, a.lr, 10, a.steps, a.lr * 0.05)
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
+    step, opt_state = make_step(optimizer), optimizer.init(trainable)
+    chance = chance_levels()
+    print("chance " + " ".join(f"{t}={chance[t] / 100:.2f}" for t in types), flush=True)
+    for i in range(1, a.steps + 1):
+        rows = rng.integers(0, a.num_train, a.batch_size)
+        batch = {k: v[rows] for k, v in train.items()}
+        trainable, opt_state, loss = step(trainable, opt_state, batch, jax.random.fold_in(key, i))
+        if i % a.every == 0:
+            elapsed = time.time() - t0
+            print(f"step {i} loss {float(loss):.3f} held-out {accuracy(trainable)} ({elapsed:.0f}s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
