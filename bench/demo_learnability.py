@@ -36,8 +36,22 @@ from llava_jax.train.partition import merge, split
 from llava_jax.train.step import batch_loss
 
 
-def question_set(model, types, split_name: str, n: int, *, describe_scene: bool, length: int = 160):
-    """(batch of n single-question conversations, index of each answer's first token int32[n])."""
+def key_word(question: str) -> str:
+    """The first colour, kind or position word of a question, capitalised (the `--echo-steps` answer)."""
+    from llava_jax.data.synthetic import COLORS, POSITIONS, SHAPES
+
+    words = set(COLORS) | set(SHAPES) | set(POSITIONS)
+    for w in question.replace("?", " ").split():
+        if w in words:
+            return w.capitalize()
+    raise ValueError(f"no key word in {question!r}")
+
+
+def question_set(model, types, split_name: str, n: int, *, describe_scene: bool, echo: bool = False, length: int = 160):
+    """(batch of n single-question conversations, index of each answer's first token int32[n]).
+
+    `echo`: text only, and the answer is the question's key word (`key_word`).
+    """
     c, size = model.config, model.config.vision.image_size
     ids = np.zeros((n, length), np.int32)
     labels = np.full((n, length), -100, np.int32)
@@ -48,8 +62,10 @@ def question_set(model, types, split_name: str, n: int, *, describe_scene: bool,
         scene = sample_scene(rng)
         question, answer = make_question(scene, types[i % len(types)], rng, short=True)
         prompt = "<image>\n" + (describe(scene) + "\n" if describe_scene else "") + question
+        if echo:
+            prompt, answer = question, key_word(question)
         turns = [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}]
-        record = {"id": str(i), "image": "-", "conversations": turns}
+        record = {"id": str(i), "conversations": turns, **({} if echo else {"image": "-"})}
         e = encode_example(
             record,
             model.tokenizer,
@@ -106,6 +122,7 @@ def main() -> None:
     p.add_argument("--every", type=int, default=250)
     p.add_argument("--describe", action="store_true", help="the scene's description in the prompt")
     p.add_argument("--induction-steps", type=int, default=0)
+    p.add_argument("--echo-steps", type=int, default=0, help="first train text-only: answer = the question's key word")
     a = p.parse_args()
     types = a.types.split(",")
     model = load(a.checkpoint)
@@ -169,6 +186,17 @@ def main() -> None:
             trainable, opt_state, loss = step(trainable, opt_state, batch, key)
             if i % 50 == 0:
                 print(f"induction step {i} loss {float(loss):.3f}", flush=True)
+
+    if a.echo_steps:
+        echo, _ = question_set(model, types, "learn_echo", 5000, describe_scene=False, echo=True)
+        echo.pop("images")
+        optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(a.lr, weight_decay=0.0))
+        step, opt_state = make_step(optimizer), optimizer.init(trainable)
+        for i in range(1, a.echo_steps + 1):
+            rows = rng.integers(0, 5000, a.batch_size)
+            trainable, opt_state, loss = step(trainable, opt_state, {k: v[rows] for k, v in echo.items()}, key)
+            if i % 50 == 0:
+                print(f"echo step {i} loss {float(loss):.3f}", flush=True)
 
     schedule = optax.warmup_cosine_decay_schedule(0.0, a.lr, 10, a.steps, a.lr * 0.05)
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
