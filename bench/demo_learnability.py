@@ -2,6 +2,7 @@
 
   .venv/bin/python bench/demo_learnability.py workdir_demo/towers [--types color,existence]
       [--llm 2x64x4 --init-scale 4] [--lr 3e-3] [--steps 1500] [--describe] [--induction-steps 300]
+      [--echo-steps 300]
 
 Starts from a demo checkpoint (its trained vision tower; with `--llm LxDxH` a fresh
 LLaMA of that shape replaces its LLM), trains projector + LLM on single short
@@ -11,7 +12,9 @@ chance. Count questions are learned in a few hundred steps; colour and existence
 questions, which need the question's referent bound to the image tokens, are not
 (see bench/RESULTS.md). `--describe` puts the scene's text description in the
 prompt (the same task in pure text); `--induction-steps N` first trains the LLM
-on N steps of repeated random token sequences (induction heads).
+on N steps of repeated random token sequences (induction heads); `--echo-steps N`
+first trains N steps on the same questions as text only, answered with their key
+word ("Is there a red shape ...?" -> "Red"), the one curriculum that helped.
 """
 
 from __future__ import annotations
@@ -48,8 +51,9 @@ def key_word(question: str) -> str:
 
 
 def question_set(model, types, split_name: str, n: int, *, describe_scene: bool, echo: bool = False, length: int = 160):
-    """(batch of n single-question conversations, index of each answer's first token int32[n]).
+    """(batch, index of each answer's first token int32[n]) of n single-question conversations.
 
+    batch: input_ids/labels/positions/segment_ids int32[n, length], images float32[n, 1, S, S, 3].
     `echo`: text only, and the answer is the question's key word (`key_word`).
     """
     c, size = model.config, model.config.vision.image_size
