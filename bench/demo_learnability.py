@@ -59,6 +59,7 @@ def question_set(model, types, split_name: str, n: int, *, describe_scene: bool,
     c, size = model.config, model.config.vision.image_size
     ids = np.zeros((n, length), np.int32)
     labels = np.full((n, length), -100, np.int32)
+    segments = np.zeros((n, length), np.int32)  # 1 on the sample, 0 on the padding
     images = np.zeros((n, 1, size, size, 3), np.float32)
     answer_at = np.zeros(n, np.int32)
     for i in range(n):
@@ -79,13 +80,10 @@ def question_set(model, types, split_name: str, n: int, *, describe_scene: bool,
             image_token_index=c.image_token_index,
         )
         t = len(e["input_ids"])
-        ids[i, :t], labels[i, :t] = e["input_ids"], e["labels"]
+        ids[i, :t], labels[i, :t], segments[i, :t] = e["input_ids"], e["labels"], 1
         answer_at[i] = int(np.flatnonzero(np.asarray(e["labels"]) >= 0)[0])
         images[i, 0] = preprocess_image(render_scene(scene, size), mode="pad", size=size)
-    segments = np.zeros_like(ids)
-    for i in range(n):
-        segments[i, : int(np.flatnonzero(labels[i] >= 0)[-1]) + 1] = 1
-    positions = np.broadcast_to(np.arange(length, dtype=np.int32), ids.shape).copy()
+    positions = np.broadcast_to(np.arange(length, dtype=np.int32), ids.shape)
     batch = {"input_ids": ids, "labels": labels, "positions": positions, "segment_ids": segments, "images": images}
     return batch, answer_at
 
@@ -192,7 +190,10 @@ def main() -> None:
                 print(f"induction step {i} loss {float(loss):.3f}", flush=True)
 
     if a.echo_steps:
-        echo, _ = question_set(model, types, "learn_echo", 5000, describe_scene=False, echo=True)
+        echo_types = [t for t in types if t != "count"]  # count questions name no colour, kind or position
+        if not echo_types:
+            p.error("--echo-steps needs a question type other than count")
+        echo, _ = question_set(model, echo_types, "learn_echo", 5000, describe_scene=False, echo=True)
         echo.pop("images")
         optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(a.lr, weight_decay=0.0))
         step, opt_state = make_step(optimizer), optimizer.init(trainable)

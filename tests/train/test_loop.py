@@ -25,16 +25,19 @@ def synthetic_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("synthetic"))
 
 
+# A small synthetic set, batch 8, a checkpoint every 2 steps: shared by in-process and CLI runs.
+SMALL_RUN = (
+    "--config.data.synthetic.num_captions=96",
+    "--config.data.synthetic.num_qa=96",
+    "--config.data.synthetic.num_eval=8",
+    "--config.progress=False",
+    "--config.batch_size=8",
+    "--config.checkpoint.every_steps=2",
+)
+
+
 def _config(synthetic_dir, *overrides, stage="pretrain"):
-    base = [
-        f"--config.data.synthetic.directory={synthetic_dir}",
-        "--config.data.synthetic.num_captions=96",
-        "--config.data.synthetic.num_qa=96",
-        "--config.data.synthetic.num_eval=8",
-        "--config.progress=False",
-        "--config.batch_size=8",
-        "--config.checkpoint.every_steps=2",
-    ]
+    base = [f"--config.data.synthetic.directory={synthetic_dir}", *SMALL_RUN]
     return load_config(f"{TINY}:{stage}", base + list(overrides))
 
 
@@ -132,12 +135,7 @@ def _train_cmd(workdir, synthetic_dir, steps):
         str(workdir),
         f"--config.num_steps={steps}",
         f"--config.data.synthetic.directory={synthetic_dir}",
-        "--config.data.synthetic.num_captions=96",
-        "--config.data.synthetic.num_qa=96",
-        "--config.data.synthetic.num_eval=8",
-        "--config.progress=False",
-        "--config.batch_size=8",
-        "--config.checkpoint.every_steps=2",
+        *SMALL_RUN,
     ]
 
 
