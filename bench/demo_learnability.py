@@ -1,20 +1,24 @@
 """How fast does the demo's LLM learn to answer questions about an image? (a diagnostic for issue 7)
 
   .venv/bin/python bench/demo_learnability.py workdir_demo/towers [--types color,existence]
-      [--llm 2x64x4 --init-scale 4] [--lr 3e-3] [--steps 1500] [--describe] [--induction-steps 300]
-      [--echo-steps 300]
+      [--llm 2x64x4 --init-scale 4 --rope-theta 10000] [--lr 3e-3] [--steps 1500] [--describe]
+      [--induction-steps 300] [--echo-steps 300] [--long-fraction 0.5] [--image-last]
 
 Starts from a demo checkpoint (its trained vision tower; with `--llm LxDxH` a fresh
-LLaMA of that shape replaces its LLM), trains projector + LLM on single short
-questions of the given types (`vicuna_v1`, the stage-2 format) and prints, every
-`--every` steps, the held-out accuracy of the first answer token per type beside
-chance. Count questions are learned in a few hundred steps; colour and existence
-questions, which need the question's referent bound to the image tokens, are not
-(see bench/RESULTS.md). `--describe` puts the scene's text description in the
-prompt (the same task in pure text); `--induction-steps N` first trains the LLM
-on N steps of repeated random token sequences (induction heads); `--echo-steps N`
-first trains N steps on the same questions as text only, answered with their key
-word ("Is there a red shape ...?" -> "Red"), the one curriculum that helped.
+LLaMA of that shape replaces its LLM), trains projector + LLM on single questions of
+the given types (`vicuna_v1`, the stage-2 format; the type `detail` is "Describe the
+image in detail." answered with the whole scene) and prints, every `--every` steps,
+the held-out accuracy of the first answer token of short questions per type beside
+chance. Count questions are learned in a few hundred steps; colour questions, which
+need the question's referent bound to the image tokens, are not (see bench/RESULTS.md).
+`--describe` puts the scene's text description in the prompt (the same task in pure
+text); `--induction-steps N` first trains the LLM on N steps of repeated random token
+sequences (induction heads); `--echo-steps N` first trains N steps on the same
+questions as text only, answered with their key word ("Is there a red shape ...?" ->
+"Red"); `--long-fraction F` gives a fraction F of the training questions sentence
+answers ("The shape on the left is red.") and adds the probe `color-in-sentence`:
+the colour word of such answers, two tokens after its referent; `--image-last` puts
+the image after the question.
 """
 
 from __future__ import annotations
@@ -32,7 +36,14 @@ import optax
 from llava_jax.api import load, random_model
 from llava_jax.data.encode import encode_example
 from llava_jax.data.image import preprocess_image
-from llava_jax.data.synthetic import describe, make_question, render_scene, sample_rng, sample_scene
+from llava_jax.data.synthetic import (
+    DETAIL_INSTRUCTIONS,
+    describe,
+    make_question,
+    render_scene,
+    sample_rng,
+    sample_scene,
+)
 from llava_jax.data.synthetic.evaluation import chance_levels
 from llava_jax.model.llava import LlavaModel
 from llava_jax.train.partition import merge, split
@@ -50,7 +61,19 @@ def key_word(question: str) -> str:
     raise ValueError(f"no key word in {question!r}")
 
 
-def question_set(model, types, split_name: str, n: int, *, describe_scene: bool, echo: bool = False, length: int = 160):
+def question_set(
+    model,
+    types,
+    split_name: str,
+    n: int,
+    *,
+    describe_scene: bool,
+    echo: bool = False,
+    long_fraction: float = 0.0,
+    image_last: bool = False,
+    answer_word: int = 0,
+    length: int = 160,
+):
     """(batch, index of each answer's first token int32[n]) of n single-question conversations.
 
     batch: input_ids/labels/positions/segment_ids int32[n, length], images float32[n, 1, S, S, 3].
@@ -65,8 +88,13 @@ def question_set(model, types, split_name: str, n: int, *, describe_scene: bool,
     for i in range(n):
         rng = sample_rng(7, split_name, i)
         scene = sample_scene(rng)
-        question, answer = make_question(scene, types[i % len(types)], rng, short=True)
-        prompt = "<image>\n" + (describe(scene) + "\n" if describe_scene else "") + question
+        short = long_fraction == 0 or rng.random() >= long_fraction
+        if types[i % len(types)] == "detail":  # dense binding: every shape's colour, kind and slot
+            question, answer = DETAIL_INSTRUCTIONS[0], describe(scene)
+        else:
+            question, answer = make_question(scene, types[i % len(types)], rng, short=short)
+        prompt = (describe(scene) + "\n" if describe_scene else "") + question
+        prompt = prompt + "\n<image>" if image_last else "<image>\n" + prompt
         if echo:
             prompt, answer = question, key_word(question)
         turns = [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}]
@@ -81,14 +109,14 @@ def question_set(model, types, split_name: str, n: int, *, describe_scene: bool,
         )
         t = len(e["input_ids"])
         ids[i, :t], labels[i, :t], segments[i, :t] = e["input_ids"], e["labels"], 1
-        answer_at[i] = int(np.flatnonzero(np.asarray(e["labels"]) >= 0)[0])
+        answer_at[i] = int(np.flatnonzero(np.asarray(e["labels"]) >= 0)[answer_word])
         images[i, 0] = preprocess_image(render_scene(scene, size), mode="pad", size=size)
     positions = np.broadcast_to(np.arange(length, dtype=np.int32), ids.shape)
     batch = {"input_ids": ids, "labels": labels, "positions": positions, "segment_ids": segments, "images": images}
     return batch, answer_at
 
 
-def fresh_llm(model, shape: str, init_scale: float):
+def fresh_llm(model, shape: str, init_scale: float, rope_theta: float = 10000.0):
     """`model` with a random LLaMA `LxDxH` (layers x width x heads), its matrices scaled by `init_scale`."""
     layers, width, heads = map(int, shape.split("x"))
     llm = dataclasses.replace(
@@ -99,6 +127,7 @@ def fresh_llm(model, shape: str, init_scale: float):
         num_kv_heads=heads,
         head_dim=width // heads,
         intermediate_size=4 * width,
+        rope_theta=rope_theta,
     )
     config = dataclasses.replace(
         model.config, llm=llm, projector=dataclasses.replace(model.config.projector, out_features=width)
@@ -117,6 +146,7 @@ def main() -> None:
     p.add_argument("--types", default="color,existence")
     p.add_argument("--llm", default="", help="LxDxH: a fresh LLaMA of this shape instead of the checkpoint's")
     p.add_argument("--init-scale", type=float, default=1.0, help="scale of the fresh LLM's matrices (init std 0.02)")
+    p.add_argument("--rope-theta", type=float, default=10000.0, help="the fresh LLM's RoPE base")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=32)
@@ -124,16 +154,38 @@ def main() -> None:
     p.add_argument("--every", type=int, default=250)
     p.add_argument("--describe", action="store_true", help="the scene's description in the prompt")
     p.add_argument("--induction-steps", type=int, default=0)
+    p.add_argument("--long-fraction", type=float, default=0.0, help="training questions with sentence answers")
+    p.add_argument("--image-last", action="store_true", help="the image after the question, not before")
     p.add_argument("--echo-steps", type=int, default=0, help="first train text-only: answer = the question's key word")
     a = p.parse_args()
     types = a.types.split(",")
     model = load(a.checkpoint)
     if a.llm:
-        model = fresh_llm(model, a.llm, a.init_scale)
+        model = fresh_llm(model, a.llm, a.init_scale, a.rope_theta)
     config = model.config
     t0 = time.time()
-    train, _ = question_set(model, types, "learn_train", a.num_train, describe_scene=a.describe)
-    test, answer_at = question_set(model, types, "learn_test", 300, describe_scene=a.describe)
+    train, _ = question_set(
+        model,
+        types,
+        "learn_train",
+        a.num_train,
+        describe_scene=a.describe,
+        long_fraction=a.long_fraction,
+        image_last=a.image_last,
+    )
+    test, answer_at = question_set(model, types, "learn_test", 300, describe_scene=a.describe, image_last=a.image_last)
+    long_test = None
+    if a.long_fraction:  # "The shape on the left is red." : the colour word, 3rd label token from the end
+        long_test = question_set(
+            model,
+            ["color"],
+            "learn_test",
+            300,
+            describe_scene=a.describe,
+            long_fraction=1.0,
+            image_last=a.image_last,
+            answer_word=-3,
+        )
     print(f"{a.num_train} training questions built in {time.time() - t0:.0f}s", flush=True)
 
     trainable, frozen = split(model.params, ["^projector/", "^llm/"])
@@ -163,11 +215,18 @@ def main() -> None:
         )
         return jnp.argmax(logits, -1)
 
+    def right_at(trainable, batch, at) -> np.ndarray:
+        """bool[n]: is the argmax prediction of the token at index `at` (int32[n]) right?"""
+        tokens = np.asarray(predict(trainable, batch))
+        rows = np.arange(len(at))
+        return tokens[rows, at - 1] == batch["input_ids"][rows, at]
+
     def accuracy(trainable) -> str:
-        tokens = np.asarray(predict(trainable, test))
-        rows = np.arange(len(answer_at))
-        right = tokens[rows, answer_at - 1] == test["input_ids"][rows, answer_at]
-        return " ".join(f"{t}={right[i :: len(types)].mean():.2f}" for i, t in enumerate(types))
+        right = right_at(trainable, test, answer_at)
+        text = " ".join(f"{t}={right[i :: len(types)].mean():.2f}" for i, t in enumerate(types))
+        if long_test is not None:
+            text += f" color-in-sentence={right_at(trainable, *long_test).mean():.2f}"
+        return text
 
     rng, key = np.random.default_rng(0), jax.random.PRNGKey(0)
     if a.induction_steps:
@@ -207,7 +266,7 @@ def main() -> None:
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
     step, opt_state = make_step(optimizer), optimizer.init(trainable)
     chance = chance_levels()
-    print("chance " + " ".join(f"{t}={chance[t] / 100:.2f}" for t in types), flush=True)
+    print("chance " + " ".join(f"{t}={chance[t] / 100:.2f}" for t in types if t in chance), flush=True)
     for i in range(1, a.steps + 1):
         rows = rng.integers(0, a.num_train, a.batch_size)
         batch = {k: v[rows] for k, v in train.items()}
