@@ -2,7 +2,7 @@
 
   .venv/bin/python bench/demo_learnability.py workdir_demo/towers [--types color,existence]
       [--llm 2x64x4 --init-scale 4 --rope-theta 10000] [--lr 3e-3] [--steps 1500] [--describe]
-      [--induction-steps 300] [--echo-steps 300] [--long-fraction 0.5] [--image-last]
+      [--induction-steps 300] [--echo-steps 300] [--long-fraction 0.5] [--image-last] [--slot-words]
 
 Starts from a demo checkpoint (its trained vision tower; with `--llm LxDxH` a fresh
 LLaMA of that shape replaces its LLM), trains projector + LLM on single questions of
@@ -17,8 +17,11 @@ sequences (induction heads); `--echo-steps N` first trains N steps on the same
 questions as text only, answered with their key word ("Is there a red shape ...?" ->
 "Red"); `--long-fraction F` gives a fraction F of the training questions sentence
 answers ("The shape on the left is red.") and adds the probe `color-in-sentence`:
-the colour word of such answers, two tokens after its referent; `--image-last` puts
-the image after the question.
+the colour word of such answers, two tokens after its referent; with the type
+`detail`, the probe `detail-words` scores the colour, kind and slot words of held-out
+descriptions (the dense signal that taught binding, see bench/RESULTS.md);
+`--image-last` puts the image after the question; `--slot-words` writes the scene
+into the prompt as "left red circle, top blue square" (a plain induction lookup).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from llava_jax.data.synthetic import (
     sample_scene,
 )
 from llava_jax.data.synthetic.evaluation import chance_levels
+from llava_jax.demo_towers import scale_matrices
 from llava_jax.model.llava import LlavaModel
 from llava_jax.train.partition import merge, split
 from llava_jax.train.step import batch_loss
@@ -71,6 +75,7 @@ def question_set(
     echo: bool = False,
     long_fraction: float = 0.0,
     image_last: bool = False,
+    slot_words: bool = False,
     answer_word: int = 0,
     length: int = 160,
 ):
@@ -94,6 +99,8 @@ def question_set(
         else:
             question, answer = make_question(scene, types[i % len(types)], rng, short=short)
         prompt = (describe(scene) + "\n" if describe_scene else "") + question
+        if slot_words:  # the scene as "left red circle, top blue square": an induction head reads it
+            prompt = ", ".join(f"{s.position} {s.color} {s.kind}" for s in scene.shapes) + "\n" + prompt
         prompt = prompt + "\n<image>" if image_last else "<image>\n" + prompt
         if echo:
             prompt, answer = question, key_word(question)
@@ -134,9 +141,7 @@ def fresh_llm(model, shape: str, init_scale: float, rope_theta: float = 10000.0)
     )
     fresh = random_model(config, seed=1, tokenizer=model.tokenizer)
     fresh.params["vision"] = model.params["vision"]
-    fresh.params["llm"] = jax.tree_util.tree_map_with_path(  # weight matrices and embeddings, not norm scales
-        lambda path, x: x if "scale" in jax.tree_util.keystr(path) else x * init_scale, fresh.params["llm"]
-    )
+    fresh.params["llm"] = scale_matrices(fresh.params["llm"], init_scale)
     return fresh
 
 
@@ -155,6 +160,7 @@ def main() -> None:
     p.add_argument("--describe", action="store_true", help="the scene's description in the prompt")
     p.add_argument("--induction-steps", type=int, default=0)
     p.add_argument("--long-fraction", type=float, default=0.0, help="training questions with sentence answers")
+    p.add_argument("--slot-words", action="store_true", help='the scene as "left red circle, ..." in the prompt')
     p.add_argument("--image-last", action="store_true", help="the image after the question, not before")
     p.add_argument("--echo-steps", type=int, default=0, help="first train text-only: answer = the question's key word")
     a = p.parse_args()
@@ -172,8 +178,11 @@ def main() -> None:
         describe_scene=a.describe,
         long_fraction=a.long_fraction,
         image_last=a.image_last,
+        slot_words=a.slot_words,
     )
-    test, answer_at = question_set(model, types, "learn_test", 300, describe_scene=a.describe, image_last=a.image_last)
+    test, answer_at = question_set(
+        model, types, "learn_test", 300, describe_scene=a.describe, image_last=a.image_last, slot_words=a.slot_words
+    )
     long_test = None
     if a.long_fraction:  # "The shape on the left is red." : the colour word, 3rd label token from the end
         long_test = question_set(
@@ -184,6 +193,7 @@ def main() -> None:
             describe_scene=a.describe,
             long_fraction=1.0,
             image_last=a.image_last,
+            slot_words=a.slot_words,
             answer_word=-3,
         )
     print(f"{a.num_train} training questions built in {time.time() - t0:.0f}s", flush=True)
@@ -223,10 +233,24 @@ def main() -> None:
 
     def accuracy(trainable) -> str:
         right = right_at(trainable, test, answer_at)
-        text = " ".join(f"{t}={right[i :: len(types)].mean():.2f}" for i, t in enumerate(types))
+        scored = [(i, t) for i, t in enumerate(types) if t != "detail"]  # a description has no short answer
+        text = " ".join(f"{t}={right[i :: len(types)].mean():.2f}" for i, t in scored)
         if long_test is not None:
             text += f" color-in-sentence={right_at(trainable, *long_test).mean():.2f}"
+        if "detail" in types:
+            text += f" detail-words={detail_word_accuracy(trainable):.2f}"
         return text
+
+    def detail_word_accuracy(trainable) -> float:
+        """Next-token accuracy on the colour, kind and slot words of the held-out scene descriptions."""
+        from llava_jax.data.synthetic import COLORS, POSITIONS, SHAPES
+
+        rows = np.arange(types.index("detail"), len(answer_at), len(types))
+        batch = {k: v[rows] for k, v in test.items()}
+        words = model.tokenizer.convert_tokens_to_ids(["\u2581" + w for w in (*COLORS, *SHAPES, *POSITIONS)])
+        ids, tokens = batch["input_ids"], np.asarray(predict(trainable, batch))
+        scored = (batch["labels"][:, 1:] >= 0) & np.isin(ids[:, 1:], words)
+        return float((tokens[:, :-1] == ids[:, 1:])[scored].mean())
 
     rng, key = np.random.default_rng(0), jax.random.PRNGKey(0)
     if a.induction_steps:

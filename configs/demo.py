@@ -22,7 +22,7 @@ import ml_collections
 from llava_jax.train import defaults
 
 # One dataset for all stages (the same arguments, so it is generated once and reused).
-DATA = {"num_captions": 4000, "num_qa": 6000, "num_eval": 500, "image_size": 56, "seed": 0}
+DATA = {"num_captions": 4000, "num_qa": 20000, "num_eval": 500, "image_size": 56, "seed": 0}
 QUICK_DATA = {"num_captions": 64, "num_qa": 64, "num_eval": 20, "image_size": 56, "seed": 0}
 STAGES = ("stage0a", "stage0b", "stage1", "stage2")
 
@@ -35,6 +35,7 @@ def _tower(quick: bool) -> ml_collections.ConfigDict:
     c.steps = 3 if quick else 200
     c.batch_size = 16 if quick else 128
     c.lr = 3e-3
+    c.llm_init_scale = 4.0  # the random LLM written for stage 0b: matrices at std 0.08 (demo_towers.scale_matrices)
     c.synthetic = ml_collections.ConfigDict(QUICK_DATA if quick else DATA)
     return c
 
@@ -81,21 +82,20 @@ def get_config(arg: str = "stage2"):
         c.data.max_images_per_row = 4
         c.init.kind = "llava"
         c.optim.lr = 1e-3
-        c.num_steps = 60
+        c.num_steps = 100
     else:
         c = _common(defaults.stage2(), quick)
         c.data.synthetic.kind = "qa"
         c.data.max_length = 256  # rows of 2-3 conversations (~100 tokens each)
         c.data.max_images_per_row = 3
         c.init.kind = "llava"
-        c.optim.lr = 1e-3
-        c.num_steps = 200
+        c.optim.lr = 3e-3
+        c.num_steps = 2000  # binding words to image tokens takes thousands of steps (bench/RESULTS.md)
         if stage == "stage0b":
             c.data.synthetic.enabled = False  # data.json: captions + text-only conversations
             c.data.max_images_per_row = 4
             c.model.freeze_vision = True
-            c.optim.lr = 2e-3
-            c.num_steps = 200
+            c.num_steps = 300
     if quick:
         c.batch_size = 8
         c.num_steps = 3

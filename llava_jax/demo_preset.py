@@ -1,7 +1,8 @@
 """The `demo` model preset: a small LLaVA that learns the synthetic shapes task on a CPU in minutes.
 
-A 3-layer ViT (feature layer -2, so 2 layers run) at 56 px with patch 14
-(16 image tokens) and a 4-layer LLaMA, both 128 wide, with the synthetic
+A 3-layer ViT (feature layer -2, so 2 layers run) 128 wide at 56 px with patch 14
+(16 image tokens) and a 2-layer LLaMA 64 wide (fast enough on a CPU for the
+~2000 steps that binding words to image tokens takes, see bench/RESULTS.md), with the synthetic
 tokenizer's vocabulary (770 ids, padded to 832) and `<image>` = 768.
 `register()` adds it to `llava_jax.config.PRESETS` as `"demo"` so experiment
 files can name it (`init.preset = "demo"`).
@@ -18,18 +19,18 @@ SYNTHETIC_IMAGE_TOKEN = 768  # `<image>` in the synthetic tokenizer
 def demo(
     vocab_size: int = SYNTHETIC_VOCAB, image_token_index: int = SYNTHETIC_IMAGE_TOKEN, image_size: int = 56
 ) -> LlavaConfig:
-    """The demo LLaVA: ViT 3 x 128 (patch 14) + LLaMA 4 x 128 (MLP 512, 4 heads), ~1.3M parameters."""
+    """The demo LLaVA: ViT 3 x 128 (patch 14) + LLaMA 2 x 64 (MLP 256, 4 heads), ~0.9M parameters."""
     vision = VisionConfig(
         hidden_size=128, intermediate_size=512, num_layers=3, num_heads=4, image_size=image_size, patch_size=14
     )
     llm = LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=512,
-        num_layers=4,
+        hidden_size=64,
+        intermediate_size=256,
+        num_layers=2,
         num_heads=4,
         num_kv_heads=4,
-        head_dim=32,
+        head_dim=16,
         max_position_embeddings=512,
     )
     return _compose(

@@ -25,6 +25,11 @@ from llava_jax.data.synthetic.language import (
 )
 from llava_jax.data.synthetic.scene import Scene, render_scene, sample_rng, sample_scene
 
+# Share of image rounds that ask for the detailed description. Descriptions bind every shape's
+# colour, kind and slot word by word: the dense signal from which a small LLM learns to read one
+# image token by its content, which single-word answers alone teach too slowly (bench/RESULTS.md).
+DETAIL_FRACTION = 0.35
+
 
 def _turns(pairs: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
     out = []
@@ -59,9 +64,9 @@ def instruct_sample(
 
     Text-only records have no `"image"` and scene None.
 
-    An image sample has 1-3 rounds, each a question of a random type (60% short,
-    with `SHORT_ANSWER_SUFFIX`), sometimes a detailed description; `<image>` is
-    in the first human turn only.
+    An image sample has 1-3 rounds, each the detailed description (probability
+    `DETAIL_FRACTION`) or else a question of a random type (60% short, with
+    `SHORT_ANSWER_SUFFIX`); `<image>` is in the first human turn only.
     """
     rng = sample_rng(seed, "stage2", index)
     if text_only:
@@ -70,7 +75,7 @@ def instruct_sample(
     scene = sample_scene(rng)
     pairs = []
     for _ in range(rng.randint(1, 3)):
-        if rng.random() < 0.15:
+        if rng.random() < DETAIL_FRACTION:
             pairs.append((rng.choice(DETAIL_INSTRUCTIONS), describe(scene)))
         else:
             qtype = rng.choice(QUESTION_TYPES)
