@@ -194,8 +194,9 @@ def tower_accuracy(config: LlavaConfig, params: dict, images: np.ndarray, labels
 def scale_matrices(params: dict, scale: float) -> dict:
     """`params` with every weight matrix and embedding times `scale`; norm scales (`.../scale`) unchanged.
 
-    The demo's 64-wide LLM learns several times faster from std 0.08 than from
-    LLaMA's 0.02 (bench/RESULTS.md, "The demo").
+    The demo starts its small LLM at 4 x LLaMA's std 0.02, the scale of the
+    learnability runs in bench/RESULTS.md ("The demo"); at 0.02 it learned more
+    slowly there.
     """
     return jax.tree_util.tree_map_with_path(
         lambda path, x: x if "scale" in jax.tree_util.keystr(path) else x * scale, params

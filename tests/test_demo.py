@@ -65,6 +65,15 @@ def test_checkpoints_load(workdir):
     assert not same(stage1.params["projector"], towers.params["projector"])
     assert same(final.params["vision"], stage1.params["vision"])
     assert not same(final.params["llm"], stage1.params["llm"])
+    # Stage 0b's random LLM: matrices at llm_init_scale (4) x std 0.02, RMSNorm scales left at 1.
+    import jax
+
+    for path, x in jax.tree_util.tree_leaves_with_path(tower.params["llm"]):
+        x = np.asarray(x)
+        if "scale" in jax.tree_util.keystr(path):
+            np.testing.assert_array_equal(x, np.ones_like(x))
+        else:
+            assert 0.07 < x.std() < 0.09, jax.tree_util.keystr(path)
 
 
 def _leaves(tree):

@@ -58,14 +58,19 @@ def caption_sample(index: int, *, seed: int = 0, image_ext: str = "png") -> tupl
 
 
 def instruct_sample(
-    index: int, *, seed: int = 0, text_only: bool = False, image_ext: str = "png"
+    index: int,
+    *,
+    seed: int = 0,
+    text_only: bool = False,
+    image_ext: str = "png",
+    detail_fraction: float = DETAIL_FRACTION,
 ) -> tuple[dict, Scene | None]:
     """Stage-2 sample `index`: `(record, scene)` in the mix665k layout.
 
     Text-only records have no `"image"` and scene None.
 
     An image sample has 1-3 rounds, each the detailed description (probability
-    `DETAIL_FRACTION`) or else a question of a random type (60% short, with
+    `detail_fraction`) or else a question of a random type (60% short, with
     `SHORT_ANSWER_SUFFIX`); `<image>` is in the first human turn only.
     """
     rng = sample_rng(seed, "stage2", index)
@@ -75,7 +80,7 @@ def instruct_sample(
     scene = sample_scene(rng)
     pairs = []
     for _ in range(rng.randint(1, 3)):
-        if rng.random() < DETAIL_FRACTION:
+        if rng.random() < detail_fraction:
             pairs.append((rng.choice(DETAIL_INSTRUCTIONS), describe(scene)))
         else:
             qtype = rng.choice(QUESTION_TYPES)

@@ -44,6 +44,9 @@ ASSET_DIR = os.path.join(
 # tokenizer, which the tests catch by comparing a rebuild with the asset.
 _CORPUS_SEED = 12345
 _CORPUS_SAMPLES = 1500
+# The stage-2 mix the shipped tokenizer was trained on, pinned so that changing the
+# training mix (`dataset.DETAIL_FRACTION`) does not change the token ids.
+_CORPUS_DETAIL_FRACTION = 0.15
 
 _TRAINER_ARGS = {
     "model_type": "bpe",
@@ -72,8 +75,9 @@ def tokenizer_corpus() -> list[str]:
 
     Vocabulary and instruction lists (every word at least once), both chat
     templates' system prompts, then `_CORPUS_SAMPLES` samples of each split
-    rendered as the model sees them (`plain` for stage 1, `vicuna_v1` for stage 2
-    and evaluation), so that merges follow real frequencies: the system prompt
+    rendered as the model sees them (`plain` for stage 1, `vicuna_v1` for stage 2,
+    its mix pinned at `_CORPUS_DETAIL_FRACTION`, and evaluation), so that merges
+    follow real frequencies: the system prompt
     and role tags, present in every stage-2 sample, become a few tokens.
     """
     lines = [*CAPTION_INSTRUCTIONS, *DETAIL_INSTRUCTIONS, SHORT_ANSWER_SUFFIX]
@@ -83,7 +87,9 @@ def tokenizer_corpus() -> list[str]:
         record = caption_sample(i, seed=_CORPUS_SEED)[0]
         turns = [(t["from"], t["value"]) for t in record["conversations"]]
         lines.append(render("plain", turns, image=True))
-        record = instruct_sample(i, seed=_CORPUS_SEED, text_only=i % 10 == 0)[0]
+        record = instruct_sample(i, seed=_CORPUS_SEED, text_only=i % 10 == 0, detail_fraction=_CORPUS_DETAIL_FRACTION)[
+            0
+        ]
         turns = [(t["from"], t["value"]) for t in record["conversations"]]
         lines.append(render("vicuna_v1", turns, image="image" in record))
         item = eval_item(i, seed=_CORPUS_SEED)[0]
