@@ -40,7 +40,10 @@ from llava_jax.api import load, random_model
 from llava_jax.data.encode import encode_example
 from llava_jax.data.image import preprocess_image
 from llava_jax.data.synthetic import (
+    COLORS,
     DETAIL_INSTRUCTIONS,
+    POSITIONS,
+    SHAPES,
     describe,
     make_question,
     render_scene,
@@ -53,14 +56,13 @@ from llava_jax.model.llava import LlavaModel
 from llava_jax.train.partition import merge, split
 from llava_jax.train.step import batch_loss
 
+CONTENT_WORDS = (*COLORS, *SHAPES, *POSITIONS)  # what a question refers to and a description binds
+
 
 def key_word(question: str) -> str:
     """The first colour, kind or position word of a question, capitalised (the `--echo-steps` answer)."""
-    from llava_jax.data.synthetic import COLORS, POSITIONS, SHAPES
-
-    words = set(COLORS) | set(SHAPES) | set(POSITIONS)
     for w in question.replace("?", " ").split():
-        if w in words:
+        if w in CONTENT_WORDS:
             return w.capitalize()
     raise ValueError(f"no key word in {question!r}")
 
@@ -225,32 +227,27 @@ def main() -> None:
         )
         return jnp.argmax(logits, -1)
 
-    def right_at(trainable, batch, at) -> np.ndarray:
-        """bool[n]: is the argmax prediction of the token at index `at` (int32[n]) right?"""
-        tokens = np.asarray(predict(trainable, batch))
+    def right_at(tokens: np.ndarray, batch, at) -> np.ndarray:
+        """bool[n]: is the predicted (`tokens` int32[n, T]) token at index `at` (int32[n]) right?"""
         rows = np.arange(len(at))
         return tokens[rows, at - 1] == batch["input_ids"][rows, at]
 
+    content_ids = model.tokenizer.convert_tokens_to_ids(["\u2581" + w for w in CONTENT_WORDS])
+
     def accuracy(trainable) -> str:
-        right = right_at(trainable, test, answer_at)
+        tokens = np.asarray(predict(trainable, test))
+        right = right_at(tokens, test, answer_at)
         scored = [(i, t) for i, t in enumerate(types) if t != "detail"]  # a description has no short answer
         text = " ".join(f"{t}={right[i :: len(types)].mean():.2f}" for i, t in scored)
         if long_test is not None:
-            text += f" color-in-sentence={right_at(trainable, *long_test).mean():.2f}"
-        if "detail" in types:
-            text += f" detail-words={detail_word_accuracy(trainable):.2f}"
+            in_sentence = right_at(np.asarray(predict(trainable, long_test[0])), *long_test)
+            text += f" color-in-sentence={in_sentence.mean():.2f}"
+        if "detail" in types:  # next-token accuracy on the content words of the held-out descriptions
+            rows = np.arange(types.index("detail"), len(answer_at), len(types))
+            ids = test["input_ids"][rows]
+            scored_at = (test["labels"][rows, 1:] >= 0) & np.isin(ids[:, 1:], content_ids)
+            text += f" detail-words={(tokens[rows, :-1] == ids[:, 1:])[scored_at].mean():.2f}"
         return text
-
-    def detail_word_accuracy(trainable) -> float:
-        """Next-token accuracy on the colour, kind and slot words of the held-out scene descriptions."""
-        from llava_jax.data.synthetic import COLORS, POSITIONS, SHAPES
-
-        rows = np.arange(types.index("detail"), len(answer_at), len(types))
-        batch = {k: v[rows] for k, v in test.items()}
-        words = model.tokenizer.convert_tokens_to_ids(["\u2581" + w for w in (*COLORS, *SHAPES, *POSITIONS)])
-        ids, tokens = batch["input_ids"], np.asarray(predict(trainable, batch))
-        scored = (batch["labels"][:, 1:] >= 0) & np.isin(ids[:, 1:], words)
-        return float((tokens[:, :-1] == ids[:, 1:])[scored].mean())
 
     rng, key = np.random.default_rng(0), jax.random.PRNGKey(0)
     if a.induction_steps:

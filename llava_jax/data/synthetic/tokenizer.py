@@ -87,9 +87,9 @@ def tokenizer_corpus() -> list[str]:
         record = caption_sample(i, seed=_CORPUS_SEED)[0]
         turns = [(t["from"], t["value"]) for t in record["conversations"]]
         lines.append(render("plain", turns, image=True))
-        record = instruct_sample(i, seed=_CORPUS_SEED, text_only=i % 10 == 0, detail_fraction=_CORPUS_DETAIL_FRACTION)[
-            0
-        ]
+        record, _ = instruct_sample(
+            i, seed=_CORPUS_SEED, text_only=i % 10 == 0, detail_fraction=_CORPUS_DETAIL_FRACTION
+        )
         turns = [(t["from"], t["value"]) for t in record["conversations"]]
         lines.append(render("vicuna_v1", turns, image="image" in record))
         item = eval_item(i, seed=_CORPUS_SEED)[0]
