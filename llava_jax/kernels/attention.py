@@ -63,16 +63,23 @@ def masked_attention(q, k, v, mask=None, *, scale=None):
     kh = k.shape[2]
     if n % kh:
         raise UnsupportedAttention(f"query heads {n} not a multiple of key/value heads {kh}")
+    g = n // kh
     scale = h**-0.5 if scale is None else scale
-    qg = q.reshape(b, t, kh, n // kh, h)
-    logits = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    # Heads-first 4-d operands ([B, K, G*T, H] x [B, K, S, H]) make both products plain
+    # batched matmuls, and the empty-row zeroing acts on the output rather than on the
+    # [T, S] probabilities: on XLA:CPU this runs ~2.5x faster forward and ~1.5x with the
+    # backward than the same math on 5-d [B, T, K, G, H] operands.
+    qh = q.reshape(b, t, kh, g, h).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, h)
+    logits = jnp.einsum("bkqh,bksh->bkqs", qh, k.transpose(0, 2, 1, 3), preferred_element_type=jnp.float32)
+    logits = logits * scale
     if mask is not None:
-        logits = jnp.where(mask[:, None, None], logits, _MASK_VALUE)
-    probs = jax.nn.softmax(logits, axis=-1)
-    if mask is not None:
-        probs = jnp.where(mask[:, None, None].any(-1, keepdims=True), probs, 0.0)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return out.reshape(b, t, n, h).astype(q.dtype)
+        mask = jnp.tile(mask, (1, g, 1))[:, None]  # [B, 1, G*T, S], query rows in (g, t) order
+        logits = jnp.where(mask, logits, _MASK_VALUE)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkqs,bksh->bkqh", probs, v.transpose(0, 2, 1, 3), preferred_element_type=jnp.float32)
+    if mask is not None:  # a query row that sees no key gives 0, not the mean of the values
+        out = jnp.where(mask.any(-1, keepdims=True), out, 0.0)
+    return out.reshape(b, kh, g, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h).astype(q.dtype)
 
 
 def reference_attention(q, k, v, *, causal, segment_ids=None, kv_segment_ids=None, padding_mask=None, scale=None):
