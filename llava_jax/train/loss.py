@@ -32,6 +32,8 @@ def chunked_cross_entropy(hidden, targets, head_fn, chunk: int = 512):
     Returns:
       (float32[] sum of -log p(target), int32[] count of supervised tokens).
     """
+    if chunk < 1:
+        raise ValueError(f"loss chunk must be at least 1 token (config `loss_chunk`), got {chunk}")
     b, t, d = hidden.shape
     chunk = min(chunk, t)
     pad = (-t) % chunk

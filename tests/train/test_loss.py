@@ -41,3 +41,11 @@ def test_targets_never_cross_packed_samples():
     t = shifted_targets(labels, segments)
     # Position 2 (last of sample 1) must not predict token 4 (first of sample 2); pads predict nothing.
     assert t.tolist() == [[2, 3, IGNORE_INDEX, 5, IGNORE_INDEX]]
+
+
+@pytest.mark.parametrize("chunk", [0, -4])
+def test_non_positive_chunk_is_a_clear_error(chunk):
+    hidden = jnp.zeros((1, 4, 2))
+    targets = jnp.zeros((1, 4), jnp.int32)
+    with pytest.raises(ValueError, match="loss_chunk"):
+        chunked_cross_entropy(hidden, targets, lambda h: h, chunk)
