@@ -337,6 +337,10 @@ class Loader:
       mesh: if given, batches become global `jax.Array`s sharded over `batch_axes`;
         otherwise they stay process-local numpy.
       agree_length: processes agree on the row length per batch (padding mode).
+
+    `read_ahead()` reads the next batch early (the training loop calls it while a
+    step runs); `get_state` and `skipped` still describe what `next` has returned,
+    so a checkpoint taken with a batch read ahead resumes at that batch.
     """
 
     def __init__(
@@ -358,15 +362,17 @@ class Loader:
         )
         self.skipped: collections.Counter = collections.Counter()
         self.recent_skips: collections.deque = collections.deque(maxlen=1000)
+        self._ahead = None  # (grain state before it, batch or None at the end, its skips)
 
     def __iter__(self):
         return self
 
-    def __next__(self) -> dict:
-        batch = next(self._it)
-        for sample_id, reason in batch.pop("_skipped", []):
-            self.skipped[reason] += 1
-            self.recent_skips.append((sample_id, reason))
+    def _read(self):
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            return None, []
+        skips = batch.pop("_skipped", [])
         batch = normalize_images(batch)
         if self.mesh is not None:
             batch = make_global_batch(
@@ -376,13 +382,34 @@ class Loader:
                 pad_token_id=self.pad_token_id,
                 agree_length=self.agree_length,
             )
+        return batch, skips
+
+    def read_ahead(self) -> None:
+        """Read the next batch now (no-op if one is already waiting); `next` returns it."""
+        if self._ahead is None:
+            state = self._it.get_state()
+            self._ahead = (state, *self._read())
+
+    def __next__(self) -> dict:
+        if self._ahead is not None:
+            _, batch, skips = self._ahead
+            self._ahead = None
+        else:
+            batch, skips = self._read()
+        if batch is None:
+            raise StopIteration
+        for sample_id, reason in skips:
+            self.skipped[reason] += 1
+            self.recent_skips.append((sample_id, reason))
         return batch
 
     def get_state(self) -> dict:
-        """JSON-serialisable position of the pipeline plus the skip counters."""
-        return {"grain": self._it.get_state(), "skipped": dict(self.skipped)}
+        """JSON-serialisable position of the pipeline (after the last batch `next` returned) plus skip counts."""
+        grain_state = self._ahead[0] if self._ahead is not None else self._it.get_state()
+        return {"grain": grain_state, "skipped": dict(self.skipped)}
 
     def set_state(self, state: dict) -> None:
+        self._ahead = None
         self._it.set_state(state["grain"])
         self.skipped = collections.Counter(state.get("skipped", {}))
 

@@ -294,6 +294,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                             )
                     t0 = time.time()
                     state, metrics = compiled_cache[key](state, inputs)
+                    if step + 1 < total_steps:
+                        loader.read_ahead()  # the step runs asynchronously meanwhile
                     metrics = jax.device_get(metrics)
                     dt = time.time() - t0
                     step += 1

@@ -238,6 +238,34 @@ def test_loader_state_keeps_skip_counts(source, tokenizer):
     assert other.skipped == {"empty_turn": 3}
 
 
+def test_read_ahead_keeps_state_and_order(source, tokenizer):
+    config = dataclasses.replace(CONFIG, num_epochs=1, global_batch_size=1)
+    plain = [b["input_ids"] for b in Loader(build_dataset(config, source, tokenizer))]
+    assert len(plain) >= 3
+    loader = Loader(build_dataset(config, source, tokenizer))
+    np.testing.assert_array_equal(next(loader)["input_ids"], plain[0])
+    loader.read_ahead()
+    loader.read_ahead()  # a second call reads nothing more
+    state = loader.get_state()  # a checkpoint now must resume at the batch read ahead
+    np.testing.assert_array_equal(next(loader)["input_ids"], plain[1])
+    resumed = Loader(build_dataset(config, source, tokenizer))
+    resumed.set_state(state)
+    np.testing.assert_array_equal(next(resumed)["input_ids"], plain[1])
+    rest = []
+    while True:
+        loader.read_ahead()
+        batch = next(loader, None)
+        if batch is None:
+            break
+        rest.append(batch["input_ids"])
+    assert len(rest) == len(plain) - 2
+    for got, want in zip(rest, plain[2:]):
+        np.testing.assert_array_equal(got, want)
+    loader.read_ahead()  # past the end: `next` still stops
+    with pytest.raises(StopIteration):
+        next(loader)
+
+
 def test_estimate_rows(source, tokenizer):
     rows = sum(
         b["input_ids"].shape[0]
