@@ -202,6 +202,71 @@ def test_answer_distributions_match_chance_levels():
             assert abs(n / total - syn.CHANCE[qtype]) < 0.06, (qtype, counter)
 
 
+def _question_type(question: str) -> str:
+    q = question.split("\n")[0]
+    if q.startswith(("What color", "What is the color", "Which color")):
+        return "color"
+    if q.startswith(("What shape", "Which shape")):
+        return "shape"
+    if q.startswith(("How many", "Count")):
+        return "count"
+    if q.startswith("Where"):
+        return "position"
+    assert q.startswith(("Is there", "Do you see", "Can you find")), q
+    return "existence"
+
+
+def _described_shapes(description: str) -> list[tuple[str, str, str]]:
+    """(colour, kind, place phrase) per shape, in the order the description names them."""
+    listing = description[:-1].split(": ", 1)[1]
+    places = "|".join(syn.POSITION_PHRASES.values())
+    shapes = []
+    for part in re.split(r", | and ", listing):
+        m = re.fullmatch(rf"an? (\w+) (\w+) ({places})", part) or re.fullmatch(rf"({places}) an? (\w+) (\w+)", part)
+        assert m, part
+        groups = m.groups()
+        shapes.append(groups if groups[2] in syn.POSITION_PHRASES.values() else (groups[1], groups[2], groups[0]))
+    return shapes
+
+
+def test_stage2_mix_weights_question_types_and_description_styles():
+    types, styles = collections.Counter(), collections.Counter()
+    for i in range(1500):
+        record, scene = syn.instruct_sample(i, seed=5)
+        if scene is None:
+            continue
+        truth = [(s.color, s.kind, syn.POSITION_PHRASES[s.position]) for s in scene.shapes]
+        turns = [t["value"].replace("<image>", "").strip() for t in record["conversations"]]
+        for q, a in zip(turns[::2], turns[1::2]):
+            if q not in syn.DETAIL_INSTRUCTIONS:
+                types[_question_type(q)] += 1
+                continue
+            named = _described_shapes(a)
+            assert sorted(named) == sorted(truth), (a, scene)  # every shape once, true to the scene
+            if len(scene.shapes) > 1:
+                place_first = re.search(r": (at|on|in) ", a) is not None
+                styles["place_first" if place_first else "slot" if named == truth else "shuffled"] += 1
+    weights = syn.dataset.QUESTION_WEIGHTS
+    total, weight_sum = sum(types.values()), sum(weights.values())
+    for qtype, n in types.items():
+        assert abs(n / total - weights[qtype] / weight_sum) < 0.03, types
+    share = {k: n / sum(styles.values()) for k, n in styles.items()}
+    # A third each; a shuffle of 2-4 shapes keeps slot order 1/2-1/24 of the time, counted as "slot".
+    assert 0.27 < share["place_first"] < 0.40 and 0.18 < share["shuffled"] < 0.33 and 0.33 < share["slot"] < 0.5, styles
+
+
+def test_describe_styles():
+    import random
+
+    scene = syn.random_scene(3)
+    assert syn.describe(scene) == syn.describe(scene, random.Random(0), "slot_order")  # draws nothing
+    for style in syn.DESCRIPTION_STYLES[1:]:
+        with pytest.raises(ValueError, match="needs an rng"):
+            syn.describe(scene, None, style)
+    with pytest.raises(ValueError, match="unknown description style"):
+        syn.describe(scene, random.Random(0), "zigzag")
+
+
 def test_chance_levels_are_percent_and_weighted_overall():
     chance = syn.chance_levels()
     assert chance["color"] == pytest.approx(100 / 6)

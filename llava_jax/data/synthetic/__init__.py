@@ -35,6 +35,7 @@ from llava_jax.data.synthetic.evaluation import (
 )
 from llava_jax.data.synthetic.language import (
     CAPTION_INSTRUCTIONS,
+    DESCRIPTION_STYLES,
     DETAIL_INSTRUCTIONS,
     POSITION_PHRASES,
     QUESTION_TYPES,
@@ -71,6 +72,7 @@ __all__ = [
     "CAPTION_INSTRUCTIONS",
     "CHANCE",
     "COLORS",
+    "DESCRIPTION_STYLES",
     "DETAIL_INSTRUCTIONS",
     "IMAGE_TOKEN",
     "MAX_SHAPES",

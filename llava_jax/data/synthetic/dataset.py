@@ -29,6 +29,13 @@ from llava_jax.data.synthetic.scene import Scene, render_scene, sample_rng, samp
 # colour, kind and slot word by word: the dense signal from which a small LLM learns to read one
 # image token by its content, which single-word answers alone teach too slowly (bench/RESULTS.md).
 DETAIL_FRACTION = 0.35
+# Stage-2 question types are drawn with these weights (the held-out split stays
+# balanced): count is learned in a few hundred steps, while colour and
+# existence need a shape found by its content, which is learned slowly.
+QUESTION_WEIGHTS = {"color": 3, "shape": 2, "count": 1, "position": 2, "existence": 3}
+# Descriptions are drawn in these styles (`language.describe`): slot order and "place first"
+# supervise reading a shape by its place, "shuffled" reading it by its colour.
+DESCRIPTION_STYLE_WEIGHTS = {"slot_order": 1, "shuffled": 1, "place_first": 1}
 
 
 def _turns(pairs: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
@@ -64,14 +71,18 @@ def instruct_sample(
     text_only: bool = False,
     image_ext: str = "png",
     detail_fraction: float = DETAIL_FRACTION,
+    description_styles: dict[str, float] | None = DESCRIPTION_STYLE_WEIGHTS,
+    question_weights: dict[str, float] | None = QUESTION_WEIGHTS,
 ) -> tuple[dict, Scene | None]:
     """Stage-2 sample `index`: `(record, scene)` in the mix665k layout.
 
     Text-only records have no `"image"` and scene None.
 
     An image sample has 1-3 rounds, each the detailed description (probability
-    `detail_fraction`) or else a question of a random type (60% short, with
-    `SHORT_ANSWER_SUFFIX`); `<image>` is in the first human turn only.
+    `detail_fraction`, in a style drawn with `description_styles`, slot order
+    only when None) or else a question whose type is drawn with
+    `question_weights` (uniform when None), 60% short (with `SHORT_ANSWER_SUFFIX`);
+    `<image>` is in the first human turn only.
     """
     rng = sample_rng(seed, "stage2", index)
     if text_only:
@@ -81,9 +92,16 @@ def instruct_sample(
     pairs = []
     for _ in range(rng.randint(1, 3)):
         if rng.random() < detail_fraction:
-            pairs.append((rng.choice(DETAIL_INSTRUCTIONS), describe(scene)))
+            instruction = rng.choice(DETAIL_INSTRUCTIONS)
+            style = "slot_order"
+            if description_styles is not None:
+                style = rng.choices(list(description_styles), list(description_styles.values()))[0]
+            pairs.append((instruction, describe(scene, rng, style)))
         else:
-            qtype = rng.choice(QUESTION_TYPES)
+            if question_weights is None:
+                qtype = rng.choice(QUESTION_TYPES)
+            else:
+                qtype = rng.choices(QUESTION_TYPES, [question_weights[t] for t in QUESTION_TYPES])[0]
             pairs.append(make_question(scene, qtype, rng, short=rng.random() < 0.6))
     pairs[0] = (_with_image(pairs[0][0], rng), pairs[0][1])
     sample_id = f"{index:012d}"

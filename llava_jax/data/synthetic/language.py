@@ -74,13 +74,32 @@ def caption(scene: Scene, rng: random.Random) -> str:
     return text
 
 
-def describe(scene: Scene) -> str:
-    """The detailed description of a scene (the long answer to `DETAIL_INSTRUCTIONS`)."""
-    n = len(scene.shapes)
-    return (
-        f"The image shows {_number(n, 'shape')} on {_a(scene.background)} background: "
-        f"{_listing([_phrase(s) for s in scene.shapes])}."
-    )
+DESCRIPTION_STYLES = ("slot_order", "shuffled", "place_first")
+
+
+def describe(scene: Scene, rng: random.Random | None = None, style: str = "slot_order") -> str:
+    """The detailed description of a scene (the long answer to `DETAIL_INSTRUCTIONS`).
+
+    `style` (one of `DESCRIPTION_STYLES`):
+      slot_order   "a red circle on the left and a blue square at the top", slots in fixed order;
+      shuffled     the same phrases in a random order drawn from `rng`: a shape's kind and
+                   place follow its colour, so they are read by finding the shape by colour;
+      place_first  random order, each place before its shape ("on the left a red circle"):
+                   the colour follows the place, read by finding the shape by its place.
+    """
+    if style not in DESCRIPTION_STYLES:
+        raise ValueError(f"unknown description style {style!r}; known: {DESCRIPTION_STYLES}")
+    shapes = list(scene.shapes)
+    if style != "slot_order":
+        if rng is None:
+            raise ValueError(f"description style {style!r} needs an rng")
+        rng.shuffle(shapes)
+    if style == "place_first":
+        parts = [f"{POSITION_PHRASES[s.position]} {_a(f'{s.color} {s.kind}')}" for s in shapes]
+    else:
+        parts = [_phrase(s) for s in shapes]
+    n = len(shapes)
+    return f"The image shows {_number(n, 'shape')} on {_a(scene.background)} background: {_listing(parts)}."
 
 
 def make_question(scene: Scene, qtype: str, rng: random.Random, *, short: bool) -> tuple[str, str]:
