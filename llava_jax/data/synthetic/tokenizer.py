@@ -88,7 +88,12 @@ def tokenizer_corpus() -> list[str]:
         turns = [(t["from"], t["value"]) for t in record["conversations"]]
         lines.append(render("plain", turns, image=True))
         record, _ = instruct_sample(
-            i, seed=_CORPUS_SEED, text_only=i % 10 == 0, detail_fraction=_CORPUS_DETAIL_FRACTION, description_styles=None, question_weights=None
+            i,
+            seed=_CORPUS_SEED,
+            text_only=i % 10 == 0,
+            detail_fraction=_CORPUS_DETAIL_FRACTION,
+            description_styles=None,
+            question_weights=None,
         )
         turns = [(t["from"], t["value"]) for t in record["conversations"]]
         lines.append(render("vicuna_v1", turns, image="image" in record))
