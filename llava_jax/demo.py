@@ -83,8 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def default_cpu_devices(cores: int | None = None) -> int:
     """One CPU device per core, rounded down to a power of 2 and at most 16 (the demo's batch is 16).
 
-    On this 2-core box two single-batch-half devices train ~12% faster than one
-    device using both cores (bench/RESULTS.md, "The demo").
+    On the 2-core dev box two devices (half a batch each) measured 0.200 s per
+    stage-2 step against 0.228 s for one device over 40 steps (bench/RESULTS.md,
+    "The demo", session 4; longer runs drifted slower for a reason not yet found).
     """
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -297,7 +297,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                     if step + 1 < total_steps:
                         loader.read_ahead()  # the step runs asynchronously meanwhile
                     metrics = jax.device_get(metrics)
-                    dt = time.time() - t0
+                    dt = time.time() - t0  # the step's wall time, with any read-ahead the step did not hide
                     step += 1
                     loss, gnorm = float(metrics["train/loss"]), float(metrics["train/grad_norm"])
                     if not (math.isfinite(loss) and math.isfinite(gnorm)):
