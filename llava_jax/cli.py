@@ -21,6 +21,8 @@ SUBCOMMANDS = {
     "demo": ("llava_jax.demo", "train a small LLaVA end to end on a synthetic task and chat with it"),
     "plan": ("llava_jax.train.cli_plan", "memory plan for a config on a mesh"),
 }
+# Subcommands that run XLA:CPU training steps: re-executed with huge pages for the host heap.
+HUGEPAGE_SUBCOMMANDS = ("demo", "train")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -37,11 +39,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `llava-jax` console script."""
+    """Entry point of the `llava-jax` console script (`argv` None: the process's own arguments)."""
+    launched = argv is None
     argv = sys.argv[1:] if argv is None else argv
     only = next((a for a in argv if not a.startswith("-")), None)
     if only not in SUBCOMMANDS:
         only = None
+    if launched and only in HUGEPAGE_SUBCOMMANDS:
+        from llava_jax.hugepages import reexec_with_hugepages
+
+        reexec_with_hugepages(["-m", "llava_jax.cli", *argv])  # returns when already on (or not applicable)
     parser = build_parser(only)
     # `--config.a.b=v` overrides pass through untouched (argparse would take them for `--config`).
     overrides = [a for a in argv if a.startswith("--config.")]
