@@ -32,7 +32,7 @@ def _tower(quick: bool) -> ml_collections.ConfigDict:
     c.preset = "demo"
     c.seed = 0
     c.num_images = QUICK_DATA["num_captions"] if quick else DATA["num_captions"]
-    c.steps = 3 if quick else 400
+    c.steps = 3 if quick else 600
     c.batch_size = 16 if quick else 128
     c.lr = 3e-3
     c.llm_init_scale = 4.0  # the random LLM written for stage 0b: matrices at std 0.08 (demo_towers.scale_matrices)
@@ -90,7 +90,7 @@ def get_config(arg: str = "stage2"):
         c.data.max_images_per_row = 3
         c.init.kind = "llava"
         c.optim.lr = 3e-3
-        c.num_steps = 1700  # binding words to image tokens takes thousands of steps (bench/RESULTS.md)
+        c.num_steps = 2300  # binding words to image tokens takes thousands of steps (bench/RESULTS.md)
         if stage == "stage0b":
             c.data.synthetic.enabled = False  # data.json: captions + text-only conversations
             c.data.max_images_per_row = 4

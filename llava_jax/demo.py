@@ -85,7 +85,8 @@ def default_cpu_devices(cores: int | None = None) -> int:
 
     On the 2-core dev box two devices (half a batch each) measured 0.200 s per
     stage-2 step against 0.228 s for one device over 40 steps (bench/RESULTS.md,
-    "The demo", session 4; longer runs drifted slower for a reason not yet found).
+    "The demo", session 4). Full runs were slower (0.33-0.38 s), mostly from host
+    page faults, which huge pages remove (`llava_jax.hugepages`, session 5).
     """
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -230,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
     from llava_jax import demo_towers
     from llava_jax.api import load
     from llava_jax.data.synthetic import (
+        synthetic_dataset_is_current,
         synthetic_dataset_paths,
         synthetic_tokenizer_path,
         write_synthetic_dataset,
@@ -250,17 +252,13 @@ def run(args: argparse.Namespace) -> int:
     tower_cfg = load_config(f"{config_path}:stage0a{suffix}")
     syn = tower_cfg.synthetic
     paths = synthetic_dataset_paths(data_dir)
+    data_args = {k: syn[k] for k in ("num_captions", "num_qa", "num_eval", "image_size", "seed")}
     step(
         "data",
         paths["manifest"],
-        lambda: write_synthetic_dataset(
-            data_dir,
-            num_captions=syn.num_captions,
-            num_qa=syn.num_qa,
-            num_eval=syn.num_eval,
-            image_size=syn.image_size,
-            seed=syn.seed,
-        ),
+        lambda: write_synthetic_dataset(data_dir, **data_args),
+        # Other arguments or an older generator: the data and every stage after it are rebuilt.
+        done=synthetic_dataset_is_current(data_dir, **data_args),
         message=f"{syn.num_captions} captions, {syn.num_qa} conversations, {syn.num_eval} held-out questions, "
         f"{syn.image_size} px",
     )

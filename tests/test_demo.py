@@ -135,3 +135,19 @@ def test_cpu_devices_are_set_before_jax_starts():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split()[-1] == "3"
+
+
+def test_data_from_an_older_generator_rebuilds_every_stage(workdir, capsys):
+    # Runs last: it rebuilds the module's workdir.
+    manifest_path = workdir / "data" / "manifest.json"
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    with open(manifest_path, "w") as f:
+        json.dump(dict(manifest, version=manifest["version"] - 1), f)
+    assert main(["demo", "--workdir", str(workdir), "--quick", "--seed", "7", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    for step in STEPS[:-1]:
+        line = out.split(f"[demo] {step}: ")[1].split("\n")[0]
+        assert "reused" not in line, (step, line)
+    with open(manifest_path) as f:
+        assert json.load(f) == manifest

@@ -67,6 +67,10 @@ class DataConfig:
     `pad_multiple`, sorted within megabatches of `group_factor` global batches;
     `group_factor=1` is the reference's grouping). `on_error`: `skip` (log,
     count, continue) or `strict` (raise with the sample id and reason).
+    `read_threads` / `read_buffer`: grain's reading threads and prefetch buffer
+    (elements: encoded samples when packing, whole batches when padding). grain
+    polls every buffered element on each read, so its default buffer of 500 cost
+    the demo's packing 0.5 s per window of 256 samples (bench/RESULTS.md, session 5).
     """
 
     template: str = "vicuna_v1"
@@ -86,6 +90,8 @@ class DataConfig:
     num_epochs: int | None = 1
     num_workers: int = 0
     worker_buffer_size: int = 2
+    read_threads: int = 4
+    read_buffer: int = 16
     on_error: str = "skip"
     pad_token_id: int = 0
 
@@ -100,6 +106,10 @@ class DataConfig:
             raise ValueError(f"image_mode must be 'pad' or 'square', got {self.image_mode!r}")
         if self.max_images_per_row < 1:
             raise ValueError("max_images_per_row must be at least 1")
+        if self.read_threads < 1 or self.read_buffer < 1:
+            raise ValueError(
+                f"read_threads and read_buffer must be at least 1, got {self.read_threads}, {self.read_buffer}"
+            )
         if self.pack_length is not None and self.pack_length < self.max_length:
             raise ValueError("pack_length must be at least max_length (a sample must fit)")
 
@@ -229,6 +239,7 @@ def build_dataset(
         raise ValueError(f"global batch {config.global_batch_size} not divisible by {pc} processes")
     local_batch = config.global_batch_size // pc
     encode = EncodeFn(tokenizer, config)
+    read_options = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=config.read_buffer)
     if config.batching == "pack":
         decode = DecodeImages(
             max_images=config.max_images_per_row,
@@ -240,7 +251,7 @@ def build_dataset(
         ds = grain.MapDataset.source(source).shuffle(seed=config.seed).repeat(config.num_epochs)
         ds = ds[pi::pc].map(encode)
         it = PackIterDataset(
-            ds.to_iter_dataset(),
+            ds.to_iter_dataset(read_options),
             max_length=config.row_length,
             max_images=config.max_images_per_row,
             window=config.pack_window,
@@ -264,7 +275,7 @@ def build_dataset(
             pad_token_id=config.pad_token_id,
         )
         ds = ds.batch(local_batch, drop_remainder=True, batch_fn=_PadBatch(collate, decode))
-        it = ds.to_iter_dataset()
+        it = ds.to_iter_dataset(read_options)
     if config.num_workers > 0:
         # grain's worker processes read absl flags; outside an absl app they are unparsed.
         if not flags.FLAGS.is_parsed():

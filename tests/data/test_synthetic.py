@@ -67,11 +67,22 @@ def test_finished_dataset_is_reused_and_changed_arguments_regenerate(tmp_path):
     assert syn.write_synthetic_dataset(tmp_path, **sizes) == paths
     assert syn.synthetic_dataset_paths(tmp_path) == paths
     assert os.stat(paths["qa"]).st_mtime_ns == stamp
+    assert syn.synthetic_dataset_is_current(tmp_path, **sizes)
+    assert not syn.synthetic_dataset_is_current(tmp_path, **dict(sizes, num_qa=5))
     syn.write_synthetic_dataset(tmp_path, **dict(sizes, num_qa=5))
     with open(paths["qa"]) as f:
         assert len(json.load(f)) == 5
     with open(paths["manifest"]) as f:
-        assert json.load(f)["num_qa"] == 5
+        manifest = json.load(f)
+    assert manifest["num_qa"] == 5 and manifest["version"] == syn.dataset.GENERATOR_VERSION
+    # Written by an older generator: not current, and writing regenerates it.
+    with open(paths["manifest"], "w") as f:
+        json.dump(dict(manifest, version=manifest["version"] - 1), f)
+    assert not syn.synthetic_dataset_is_current(tmp_path, **dict(sizes, num_qa=5))
+    syn.write_synthetic_dataset(tmp_path, **dict(sizes, num_qa=5))
+    assert syn.synthetic_dataset_is_current(tmp_path, **dict(sizes, num_qa=5))
+    assert os.stat(paths["qa"]).st_mtime_ns != stamp
+    assert not syn.synthetic_dataset_is_current(tmp_path / "missing", **sizes)
 
 
 def _image_ok(paths, record, size):
@@ -222,19 +233,24 @@ def _described_shapes(description: str) -> list[tuple[str, str, str]]:
     places = "|".join(syn.POSITION_PHRASES.values())
     shapes = []
     for part in re.split(r", | and ", listing):
-        m = re.fullmatch(rf"an? (\w+) (\w+) ({places})", part) or re.fullmatch(rf"({places}) an? (\w+) (\w+)", part)
-        assert m, part
-        groups = m.groups()
-        shapes.append(groups if groups[2] in syn.POSITION_PHRASES.values() else (groups[1], groups[2], groups[0]))
+        if m := re.fullmatch(rf"an? (\w+) in (\w+) ({places})", part):  # kind first
+            shapes.append((m[2], m[1], m[3]))
+        elif m := re.fullmatch(rf"an? (\w+) (\w+) ({places})", part):  # colour first
+            shapes.append(m.groups())
+        else:
+            m = re.fullmatch(rf"({places}) an? (\w+) (\w+)", part)  # place first
+            assert m, part
+            shapes.append((m[2], m[3], m[1]))
     return shapes
 
 
 def test_stage2_mix_weights_question_types_and_description_styles():
-    types, styles = collections.Counter(), collections.Counter()
+    types, styles, rounds = collections.Counter(), collections.Counter(), collections.Counter()
     for i in range(1500):
         record, scene = syn.instruct_sample(i, seed=5)
         if scene is None:
             continue
+        rounds[len(record["conversations"]) // 2] += 1
         truth = [(s.color, s.kind, syn.POSITION_PHRASES[s.position]) for s in scene.shapes]
         turns = [t["value"].replace("<image>", "").strip() for t in record["conversations"]]
         for q, a in zip(turns[::2], turns[1::2]):
@@ -244,15 +260,21 @@ def test_stage2_mix_weights_question_types_and_description_styles():
             named = _described_shapes(a)
             assert sorted(named) == sorted(truth), (a, scene)  # every shape once, true to the scene
             if len(scene.shapes) > 1:
-                place_first = re.search(r": (at|on|in) ", a) is not None
-                styles["place_first" if place_first else "slot" if named == truth else "shuffled"] += 1
+                if re.search(r": (at|on|in) ", a):
+                    styles["place_first"] += 1
+                elif re.search(r": an? \w+ in ", a):
+                    styles["kind_first"] += 1
+                else:
+                    styles["slot" if named == truth else "shuffled"] += 1
+    assert sorted(rounds) == list(range(1, syn.dataset.MAX_ROUNDS + 1)), rounds
     weights = syn.dataset.QUESTION_WEIGHTS
     total, weight_sum = sum(types.values()), sum(weights.values())
     for qtype, n in types.items():
         assert abs(n / total - weights[qtype] / weight_sum) < 0.03, types
     share = {k: n / sum(styles.values()) for k, n in styles.items()}
-    # A third each; a shuffle of 2-4 shapes keeps slot order 1/2-1/24 of the time, counted as "slot".
-    assert 0.27 < share["place_first"] < 0.40 and 0.18 < share["shuffled"] < 0.33 and 0.33 < share["slot"] < 0.5, styles
+    # A quarter each; a shuffle of 2-4 shapes keeps slot order 1/2-1/24 of the time, counted as "slot".
+    assert 0.19 < share["place_first"] < 0.31 and 0.19 < share["kind_first"] < 0.31, styles
+    assert 0.13 < share["shuffled"] < 0.25 and 0.25 < share["slot"] < 0.38, styles
 
 
 def test_describe_styles():

@@ -23,6 +23,7 @@ from llava_jax.data.synthetic.dataset import (
     caption_sample,
     eval_item,
     instruct_sample,
+    synthetic_dataset_is_current,
     synthetic_dataset_paths,
     write_synthetic_dataset,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "sample_rng",
     "sample_scene",
     "score_synthetic",
+    "synthetic_dataset_is_current",
     "synthetic_dataset_paths",
     "synthetic_tokenizer",
     "synthetic_tokenizer_path",

@@ -31,11 +31,16 @@ from llava_jax.data.synthetic.scene import Scene, render_scene, sample_rng, samp
 DETAIL_FRACTION = 0.35
 # Stage-2 question types are drawn with these weights (the held-out split stays
 # balanced): count is learned in a few hundred steps, while colour and
-# existence need a shape found by its content, which is learned slowly.
-QUESTION_WEIGHTS = {"color": 3, "shape": 2, "count": 1, "position": 2, "existence": 3}
+# existence need a shape found by its content, which is learned slowly. Colour at 5 scored
+# worse in one run (colour 72, existence 43; bench/RESULTS.md, session 5).
+QUESTION_WEIGHTS = {"color": 3, "shape": 2, "count": 1, "position": 2, "existence": 4}
 # Descriptions are drawn in these styles (`language.describe`): slot order and "place first"
-# supervise reading a shape by its place, "shuffled" reading it by its colour.
-DESCRIPTION_STYLE_WEIGHTS = {"slot_order": 1, "shuffled": 1, "place_first": 1}
+# supervise reading a shape by its place, "shuffled" by its colour, "kind first" by its kind.
+DESCRIPTION_STYLE_WEIGHTS = {"slot_order": 1, "shuffled": 1, "place_first": 1, "kind_first": 1}
+# Rounds per image sample are drawn from 1..MAX_ROUNDS. Up to 5 (more questions per image, as in
+# mix665k's VQA samples) scored far worse in one demo run (colour 48, existence 53 against 80, 99
+# with 3; bench/RESULTS.md, session 5); fewer images per packed row and step is the likely cause.
+MAX_ROUNDS = 3
 
 
 def _turns(pairs: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
@@ -73,12 +78,13 @@ def instruct_sample(
     detail_fraction: float = DETAIL_FRACTION,
     description_styles: dict[str, float] | None = DESCRIPTION_STYLE_WEIGHTS,
     question_weights: dict[str, float] | None = QUESTION_WEIGHTS,
+    max_rounds: int = MAX_ROUNDS,
 ) -> tuple[dict, Scene | None]:
     """Stage-2 sample `index`: `(record, scene)` in the mix665k layout.
 
     Text-only records have no `"image"` and scene None.
 
-    An image sample has 1-3 rounds, each the detailed description (probability
+    An image sample has 1-`max_rounds` rounds, each the detailed description (probability
     `detail_fraction`, in a style drawn with `description_styles`, slot order
     only when None) or else a question whose type is drawn with
     `question_weights` (uniform when None), 60% short (with `SHORT_ANSWER_SUFFIX`);
@@ -90,7 +96,7 @@ def instruct_sample(
         return {"id": f"text_{index:06d}", "conversations": _turns(pairs)}, None
     scene = sample_scene(rng)
     pairs = []
-    for _ in range(rng.randint(1, 3)):
+    for _ in range(rng.randint(1, max_rounds)):
         if rng.random() < detail_fraction:
             instruction = rng.choice(DETAIL_INSTRUCTIONS)
             style = "slot_order"
@@ -172,6 +178,53 @@ def synthetic_dataset_paths(out_dir: str | os.PathLike) -> dict[str, str]:
     }
 
 
+# Bumped whenever the generator's output changes, so datasets written by an older one are regenerated.
+GENERATOR_VERSION = 2
+
+
+def _manifest(num_captions, num_qa, num_eval, image_size, seed, text_only_fraction, image_format) -> dict:
+    return {
+        "generator": "llava_jax.data.synthetic",
+        "version": GENERATOR_VERSION,
+        "num_captions": num_captions,
+        "num_qa": num_qa,
+        "num_eval": num_eval,
+        "image_size": image_size,
+        "seed": seed,
+        "text_only_fraction": text_only_fraction,
+        "image_format": image_format,
+    }
+
+
+def _read_manifest(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def synthetic_dataset_is_current(
+    out_dir: str | os.PathLike,
+    *,
+    num_captions: int = 2000,
+    num_qa: int = 4000,
+    num_eval: int = 500,
+    image_size: int = 84,
+    seed: int = 0,
+    text_only_fraction: float = 0.1,
+    image_format: str = "png",
+) -> bool:
+    """Whether `out_dir` holds a finished dataset that `write_synthetic_dataset` with these arguments would reuse.
+
+    False for a missing or partial dataset, other arguments, or one written by
+    an older generator (`GENERATOR_VERSION`).
+    """
+    paths = synthetic_dataset_paths(out_dir)
+    manifest = _manifest(num_captions, num_qa, num_eval, image_size, seed, text_only_fraction, image_format)
+    return _read_manifest(paths["manifest"]) == manifest
+
+
 def write_synthetic_dataset(
     out_dir: str | os.PathLike,
     *,
@@ -200,22 +253,11 @@ def write_synthetic_dataset(
     if not 0.0 <= text_only_fraction < 1.0:
         raise ValueError(f"text_only_fraction must be in [0, 1), got {text_only_fraction}")
     paths = synthetic_dataset_paths(out_dir)
-    manifest = {
-        "generator": "llava_jax.data.synthetic",
-        "version": 1,
-        "num_captions": num_captions,
-        "num_qa": num_qa,
-        "num_eval": num_eval,
-        "image_size": image_size,
-        "seed": seed,
-        "text_only_fraction": text_only_fraction,
-        "image_format": image_format,
-    }
+    manifest = _manifest(num_captions, num_qa, num_eval, image_size, seed, text_only_fraction, image_format)
+    if _read_manifest(paths["manifest"]) == manifest:
+        return paths
     if os.path.exists(paths["manifest"]):
-        with open(paths["manifest"]) as f:
-            if json.load(f) == manifest:
-                return paths
-        os.remove(paths["manifest"])  # different arguments: regenerate everything
+        os.remove(paths["manifest"])  # different arguments or generator: regenerate everything
     for split in ("stage1", "stage2", "eval"):
         os.makedirs(os.path.join(paths["image_root"], split), exist_ok=True)
 

@@ -74,7 +74,7 @@ def caption(scene: Scene, rng: random.Random) -> str:
     return text
 
 
-DESCRIPTION_STYLES = ("slot_order", "shuffled", "place_first")
+DESCRIPTION_STYLES = ("slot_order", "shuffled", "place_first", "kind_first")
 
 
 def describe(scene: Scene, rng: random.Random | None = None, style: str = "slot_order") -> str:
@@ -85,7 +85,9 @@ def describe(scene: Scene, rng: random.Random | None = None, style: str = "slot_
       shuffled     the same phrases in a random order drawn from `rng`: a shape's kind and
                    place follow its colour, so they are read by finding the shape by colour;
       place_first  random order, each place before its shape ("on the left a red circle"):
-                   the colour follows the place, read by finding the shape by its place.
+                   the colour follows the place, read by finding the shape by its place;
+      kind_first   random order, each kind before its colour and place ("a circle in red on
+                   the left"): colour and place are read by finding the shape by its kind.
     """
     if style not in DESCRIPTION_STYLES:
         raise ValueError(f"unknown description style {style!r}; known: {DESCRIPTION_STYLES}")
@@ -96,6 +98,8 @@ def describe(scene: Scene, rng: random.Random | None = None, style: str = "slot_
         rng.shuffle(shapes)
     if style == "place_first":
         parts = [f"{POSITION_PHRASES[s.position]} {_a(f'{s.color} {s.kind}')}" for s in shapes]
+    elif style == "kind_first":
+        parts = [f"{_a(s.kind)} in {s.color} {POSITION_PHRASES[s.position]}" for s in shapes]
     else:
         parts = [_phrase(s) for s in shapes]
     n = len(shapes)

@@ -45,7 +45,8 @@ ASSET_DIR = os.path.join(
 _CORPUS_SEED = 12345
 _CORPUS_SAMPLES = 1500
 # The stage-2 mix the shipped tokenizer was trained on, pinned so that changing the
-# training mix (`dataset.DETAIL_FRACTION`) does not change the token ids.
+# training mix (`dataset.DETAIL_FRACTION`, description styles, question weights,
+# rounds per sample) does not change the token ids.
 _CORPUS_DETAIL_FRACTION = 0.15
 
 _TRAINER_ARGS = {
@@ -94,6 +95,7 @@ def tokenizer_corpus() -> list[str]:
             detail_fraction=_CORPUS_DETAIL_FRACTION,
             description_styles=None,
             question_weights=None,
+            max_rounds=3,
         )
         turns = [(t["from"], t["value"]) for t in record["conversations"]]
         lines.append(render("vicuna_v1", turns, image="image" in record))
