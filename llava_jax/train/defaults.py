@@ -67,6 +67,8 @@ def base() -> ml_collections.ConfigDict:
             group_factor=1,
             num_epochs=1,
             num_workers=2,
+            read_threads=4,  # grain reading threads and prefetch buffer (DataConfig)
+            read_buffer=16,
             on_error="skip",
             synthetic=ml_collections.ConfigDict(
                 dict(

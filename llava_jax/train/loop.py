@@ -136,6 +136,8 @@ def data_config(cfg, model: Llava):
         seed=cfg.seed,
         num_epochs=d.num_epochs if d.num_epochs else None,
         num_workers=d.num_workers,
+        read_threads=d.read_threads,
+        read_buffer=d.read_buffer,
         on_error=d.on_error,
         pad_token_id=int(pad_id),
     )

@@ -283,3 +283,7 @@ def test_config_validation():
         DataConfig(on_error="ignore")
     with pytest.raises(ValueError, match="image_seq_length"):
         DataConfig(image_seq_length=600, max_length=512)
+    with pytest.raises(ValueError, match="read_threads and read_buffer"):
+        DataConfig(read_buffer=0)
+    with pytest.raises(ValueError, match="read_threads and read_buffer"):
+        DataConfig(read_threads=0)
