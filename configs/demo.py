@@ -90,7 +90,7 @@ def get_config(arg: str = "stage2"):
         c.data.max_images_per_row = 3
         c.init.kind = "llava"
         c.optim.lr = 3e-3
-        c.num_steps = 2300  # binding words to image tokens takes thousands of steps (bench/RESULTS.md)
+        c.num_steps = 2200  # binding words to image tokens takes thousands of steps (bench/RESULTS.md)
         if stage == "stage0b":
             c.data.synthetic.enabled = False  # data.json: captions + text-only conversations
             c.data.max_images_per_row = 4
