@@ -51,3 +51,32 @@ def test_reexec_runs_the_command_again_with_the_tunable():
     env["GLIBC_TUNABLES"] = f"{TUNABLE}=0"
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "not re-executed"
+
+
+def test_cli_reexecs_train_and_demo_only_when_launched(monkeypatch):
+    import llava_jax.hugepages
+    from llava_jax import cli
+
+    calls = []
+
+    def record(python_args):
+        calls.append(list(python_args))
+        raise SystemExit(0)  # stands in for the exec
+
+    monkeypatch.setattr(llava_jax.hugepages, "reexec_with_hugepages", record)
+    monkeypatch.setattr(sys, "argv", ["llava-jax", "train", "--workdir", "w"])
+    try:
+        cli.main()
+    except SystemExit:
+        pass
+    assert calls == [["-m", "llava_jax.cli", "train", "--workdir", "w"]]
+    monkeypatch.setattr(sys, "argv", ["llava-jax", "chat", "--help"])
+    try:
+        cli.main()  # --help exits; chat is not re-executed
+    except SystemExit:
+        pass
+    try:
+        cli.main(["demo", "--help"])  # called with arguments (a test, a notebook): never re-executed
+    except SystemExit:
+        pass
+    assert len(calls) == 1

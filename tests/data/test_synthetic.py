@@ -76,6 +76,7 @@ def test_finished_dataset_is_reused_and_changed_arguments_regenerate(tmp_path):
         manifest = json.load(f)
     assert manifest["num_qa"] == 5 and manifest["version"] == syn.dataset.GENERATOR_VERSION
     # Written by an older generator: not current, and writing regenerates it.
+    stamp = os.stat(paths["qa"]).st_mtime_ns
     with open(paths["manifest"], "w") as f:
         json.dump(dict(manifest, version=manifest["version"] - 1), f)
     assert not syn.synthetic_dataset_is_current(tmp_path, **dict(sizes, num_qa=5))
