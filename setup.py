@@ -42,7 +42,7 @@ setup(
     version="0.1.0",
     description="LLaVA-1.5 (Improved Baselines with Visual Instruction Tuning) in JAX/Flax",
     packages=find_packages(include=["llava_jax", "llava_jax.*"]),
-    package_data={"llava_jax": ["assets/*", "assets/*/*"]},
+    package_data={"llava_jax.demo": ["assets/*/*"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

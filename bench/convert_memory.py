@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from llava_jax.config import LlamaConfig, VisionConfig, compose_llava  # noqa: E402
 from llava_jax.convert.hf import write_hf_weights  # noqa: E402
+from llava_jax.convert.hf_config import llava_config_to_hf  # noqa: E402
 from llava_jax.model.params import abstract_params, count_params  # noqa: E402
 
 
@@ -79,7 +80,7 @@ def write_checkpoint(config, directory):
     """Stream a random bf16 checkpoint in llava-hf's on-disk layout into `directory`."""
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump({**config.to_hf(), "dtype": "bfloat16"}, f)
+        json.dump({**llava_config_to_hf(config), "dtype": "bfloat16"}, f)
     write_hf_weights(_LazyRandom(abstract_params(config)), config, directory, max_shard_bytes=1 << 30)
 
 

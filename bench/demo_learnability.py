@@ -39,7 +39,7 @@ import optax
 from llava_jax.api import load, random_model
 from llava_jax.data.encode import encode_example
 from llava_jax.data.image import preprocess_image
-from llava_jax.data.synthetic import (
+from llava_jax.demo.synthetic import (
     COLORS,
     DETAIL_INSTRUCTIONS,
     POSITIONS,
@@ -50,10 +50,11 @@ from llava_jax.data.synthetic import (
     sample_rng,
     sample_scene,
 )
-from llava_jax.data.synthetic.evaluation import chance_levels
-from llava_jax.demo_towers import scale_matrices
+from llava_jax.demo.synthetic.evaluation import chance_levels
+from llava_jax.demo.towers import scale_matrices
 from llava_jax.model.llava import LlavaModel
-from llava_jax.train.partition import merge, split
+from llava_jax.model.params import merge_trees
+from llava_jax.train.partition import split
 from llava_jax.train.step import batch_loss
 
 CONTENT_WORDS = (*COLORS, *SHAPES, *POSITIONS)  # what a question refers to and a description binds
@@ -219,7 +220,7 @@ def main() -> None:
     @jax.jit
     def predict(trainable, batch):
         logits, _ = LlavaModel(config).apply(
-            {"params": merge(trainable, frozen)},
+            {"params": merge_trees(trainable, frozen)},
             batch["input_ids"],
             batch["images"],
             positions=batch["positions"],

@@ -34,9 +34,9 @@ import numpy as np
 from PIL import Image
 
 import llava_jax
-from llava_jax.config import bench_small
 from llava_jax.eval import DataConfig, evaluate
 from llava_jax.eval.model_answerer import ModelAnswerer
+from llava_jax.presets import bench_small
 
 OBJECTS = ("dog", "cat", "car", "bus", "cup", "fork", "tree", "kite", "chair", "person")
 

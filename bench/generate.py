@@ -1,6 +1,6 @@
 """Generation speed: llava_jax vs transformers' PyTorch `generate`, same random model, same run.
 
-Shape `bench-small` (`llava_jax.config.bench_small`): prompt = BOS + 256 image
+Shape `bench-small` (`llava_jax.presets.bench_small`): prompt = BOS + 256 image
 placeholders + 15 text tokens (272), 64 new tokens, greedy, EOS disabled so
 every run makes exactly 64 tokens. Reports time to first token (prefill,
 image encoding included) and decode tokens/s (tokens after the first, all
@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 import llava_jax
-from llava_jax.config import bench_small
+from llava_jax.convert.hf_config import llava_config_to_hf
+from llava_jax.presets import bench_small
 
 TEXT_TOKENS = 16
 NEW_TOKENS = 64
@@ -40,7 +41,7 @@ def build_models(seed: int = 0):
 
     config = bench_small()
     torch.manual_seed(seed)
-    hf = LlavaForConditionalGeneration(LlavaConfig.from_dict(config.to_hf())).eval()
+    hf = LlavaForConditionalGeneration(LlavaConfig.from_dict(llava_config_to_hf(config))).eval()
     hf.generation_config.eos_token_id = None  # fixed-length runs on both sides
     hf.generation_config.pad_token_id = 0
     with tempfile.TemporaryDirectory() as d:

@@ -1,7 +1,7 @@
 """The demo's stage-2 train step on XLA:CPU with and without huge pages for the host heap.
 
 `llava-jax demo` and `llava-jax train` re-execute themselves with
-`GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (`llava_jax/hugepages.py`). This runs
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (`llava_jax/runtime/hugepages.py`). This runs
 the same jitted step (the demo preset, float32, projector + LLM trained, a
 packed batch of 16 x 256 tokens with 3 images per row) in fresh processes with
 the tunable at 0 and at 1, alternating, and prints the median step time, the
@@ -36,7 +36,7 @@ def child(steps: int, cpu_devices: int) -> dict:
     sys.path.insert(0, HERE)
     from mfu import initial_state, make_batch
 
-    from llava_jax.demo_preset import demo
+    from llava_jax.presets import demo
     from llava_jax.train.step import train_step
 
     config = demo()

@@ -23,7 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def model_config(smoke: bool):
-    from llava_jax.config import LlamaConfig, VisionConfig, compose_llava, tiny
+    from llava_jax.config import LlamaConfig, VisionConfig, compose_llava
+    from llava_jax.presets import tiny
 
     if smoke:
         return tiny(vocab_size=512, image_size=28)

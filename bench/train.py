@@ -59,7 +59,7 @@ def bench_jax(model, ids, labels, pixels, steps: int):
     import jax
     import jax.numpy as jnp
 
-    from llava_jax.api import images_per_row
+    from llava_jax.model.inputs import images_per_row
     from llava_jax.train.optim import OptimConfig, make_optimizer
     from llava_jax.train.partition import split
     from llava_jax.train.step import TrainState, train_step
@@ -134,7 +134,7 @@ def main():
 
     jax.config.update("jax_default_matmul_precision", "highest")
     from llava_jax.api import random_model
-    from llava_jax.config import bench_small
+    from llava_jax.presets import bench_small
     from llava_jax.train.flops import train_step_flops
 
     model = random_model(bench_small().with_attention("xla"))

@@ -1,14 +1,19 @@
-"""A tiny LLaVA trained on a synthetic caption + QA set generated into the workdir (CPU, minutes).
+"""A tiny LLaVA trained on the synthetic caption + QA set (CPU, minutes).
 
+  llava-jax data synthetic runs/tiny_data --num-captions 400 --num-qa 400 --num-eval 50
   llava-jax train --config configs/tiny.py --workdir runs/tiny_pretrain           # stage 1
   llava-jax train --config configs/tiny.py:finetune --workdir runs/tiny_finetune \\
       --config.init.path=runs/tiny_pretrain/final                                 # stage 2
+
+The data paths default to that `runs/tiny_data` folder (relative to where you run);
+point elsewhere with `--config.data.json=... --config.data.image_root=...`.
 """
 
+from llava_jax.demo.synthetic import synthetic_tokenizer_path
+from llava_jax.presets import SYNTHETIC_IMAGE_TOKEN, SYNTHETIC_VOCAB
 from llava_jax.train import defaults
 
-SYNTHETIC_VOCAB = 832  # the shipped synthetic tokenizer has 770 ids; padded to a multiple of 64
-SYNTHETIC_IMAGE_TOKEN = 768
+DATA_DIR = "runs/tiny_data"
 
 
 def get_config(stage: str = "pretrain"):
@@ -20,15 +25,9 @@ def get_config(stage: str = "pretrain"):
     c.init.vocab_size = SYNTHETIC_VOCAB
     c.init.image_token_index = SYNTHETIC_IMAGE_TOKEN
     c.init.image_size = 56
-    from llava_jax.data.synthetic import synthetic_tokenizer_path
-
     c.tokenizer = synthetic_tokenizer_path()
-    c.data.synthetic.enabled = True
-    c.data.synthetic.kind = "captions" if stage == "pretrain" else "qa"
-    c.data.synthetic.num_captions = 400
-    c.data.synthetic.num_qa = 400
-    c.data.synthetic.num_eval = 50
-    c.data.synthetic.image_size = 56
+    c.data.json = f"{DATA_DIR}/{'stage1_captions' if stage == 'pretrain' else 'stage2_instruct'}.json"
+    c.data.image_root = f"{DATA_DIR}/images"
     c.data.max_length = 256
     c.data.pad_multiple = 256  # one shape: one compilation
     c.data.num_epochs = 0  # repeat; the run length is num_steps
@@ -41,4 +40,5 @@ def get_config(stage: str = "pretrain"):
     c.model.remat_policy = "none"
     c.checkpoint.every_steps = 10
     c.export_hf = False
+    c.log_every = 1
     return c

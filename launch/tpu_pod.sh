@@ -126,7 +126,7 @@ while true; do
     exit 0
   fi
   current="$(state)"
-  # 75: a process lost a peer (llava_jax.distributed); anything else on a healthy slice is a real error.
+  # 75: a process lost a peer (llava_jax.runtime.distributed); anything else on a healthy slice is a real error.
   if [[ "$current" == READY && "$rc" -ne 75 ]]; then
     echo "tpu_pod.sh: training failed (status $rc) on a healthy slice; not restarting" >&2
     exit "$rc"

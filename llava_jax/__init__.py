@@ -3,22 +3,17 @@
 Public API:
   load(path, *, dtype, mesh) -> Llava      HF / original / llava_jax checkpoints
   load_components(vision_dir, llm_dir)    stage-1 initialisation
+  convert(src, dst)                       HF / original -> llava_jax checkpoint, streamed
   Llava.logits / .generate / .chat / .save / .export_hf
   preprocess_image(image, *, mode, size)  CLIP preprocessing with LLaVA's pad mode
-  configs: VisionConfig, ProjectorConfig, LlamaConfig, LlavaConfig and presets
+  configs: VisionConfig, ProjectorConfig, LlamaConfig, LlavaConfig; PRESETS and the preset functions;
+  llava_config_from_hf / llava_config_to_hf (HF and original `config.json` dicts)
 """
 
-from llava_jax.api import Llava, load, load_components, random_model
-from llava_jax.config import (
-    LlamaConfig,
-    LlavaConfig,
-    ProjectorConfig,
-    VisionConfig,
-    bench_small,
-    llava_v15_7b,
-    llava_v15_13b,
-    tiny,
-)
+from llava_jax.api import Llava, convert, load, load_components, random_model
+from llava_jax.config import LlamaConfig, LlavaConfig, ProjectorConfig, VisionConfig
+from llava_jax.convert.hf_config import llava_config_from_hf, llava_config_to_hf
+from llava_jax.presets import PRESETS, bench_small, llava_v15_7b, llava_v15_13b, tiny
 
 __version__ = "0.1.0"
 
@@ -33,12 +28,16 @@ def __getattr__(name):
 
 
 __all__ = [
+    "PRESETS",
     "Llava",
     "LlamaConfig",
     "LlavaConfig",
     "ProjectorConfig",
     "VisionConfig",
     "bench_small",
+    "convert",
+    "llava_config_from_hf",
+    "llava_config_to_hf",
     "llava_v15_7b",
     "llava_v15_13b",
     "load",

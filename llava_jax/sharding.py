@@ -8,9 +8,10 @@ rule is an error, never a silent replication.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import logging
 import math
+import warnings
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -18,7 +19,10 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-log = logging.getLogger(__name__)
+
+class ShardingWarning(UserWarning):
+    """A mesh axis a rule asks for does not divide a dimension, so that dimension is replicated there."""
+
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -35,12 +39,6 @@ NORM = "norm"
 BATCH = "batch"
 LENGTH = "length"
 ACT_EMBED = "act_embed"
-ACT_HEADS = "act_heads"
-ACT_KV_HEADS = "act_kv_heads"
-ACT_KV = "act_kv"
-ACT_MLP = "act_mlp"
-ACT_VOCAB = "act_vocab"
-CACHE_LENGTH = "cache_length"
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
@@ -56,12 +54,6 @@ DEFAULT_RULES: Rules = (
     (BATCH, ("data", "fsdp")),
     (LENGTH, None),
     (ACT_EMBED, None),
-    (ACT_HEADS, "tensor"),
-    (ACT_KV_HEADS, "tensor"),
-    (ACT_KV, None),
-    (ACT_MLP, "tensor"),
-    (ACT_VOCAB, "tensor"),
-    (CACHE_LENGTH, None),
 )
 
 
@@ -127,11 +119,15 @@ def logical_to_spec(
     rules: Rules = DEFAULT_RULES,
     shape: Sequence[int] | None = None,
     mesh: Mesh | None = None,
+    *,
+    strict: bool = False,
 ) -> PartitionSpec:
     """PartitionSpec for one array's logical axis names.
 
-    With `shape` and `mesh`, a mesh axis that does not divide the dimension is
-    dropped for that dimension (logged), and a mesh axis is used at most once.
+    With `shape` and `mesh`, a mesh axis (of size > 1) that does not divide the
+    dimension is dropped for that dimension with a `ShardingWarning` naming the
+    axis, the dimension and the sizes (that dimension is replicated over the
+    axis), or a `ValueError` when `strict`; a mesh axis is used at most once.
     Raises `KeyError` for a logical name without a rule.
     """
     table = _rule_table(rules)
@@ -155,13 +151,13 @@ def logical_to_spec(
                 size = mesh.shape[axis] * math.prod(mesh.shape[a] for a in kept)
                 if shape[dim] % size:
                     if mesh.shape[axis] > 1:
-                        log.info(
-                            "dim %d (%s=%d) not divisible by mesh axis %s; not sharded there",
-                            dim,
-                            name,
-                            shape[dim],
-                            axis,
+                        message = (
+                            f"dimension {dim} ({name!r}, size {shape[dim]}) of shape {tuple(shape)} is not divisible "
+                            f"by mesh axis {axis!r} (size {size}); it is replicated over {axis!r}"
                         )
+                        if strict:
+                            raise ValueError(message)
+                        warnings.warn(message, ShardingWarning, stacklevel=2)
                     continue
             kept.append(axis)
         used.update(kept)
@@ -180,11 +176,15 @@ def logical_axes_of(boxed_tree):
     return jax.tree.map(names, boxed_tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
-def tree_shardings(logical_tree, abstract_tree, mesh: Mesh, rules: Rules = DEFAULT_RULES):
-    """`NamedSharding` tree for `abstract_tree` (arrays or ShapeDtypeStructs) given its logical names."""
+def tree_shardings(logical_tree, abstract_tree, mesh: Mesh, rules: Rules = DEFAULT_RULES, *, strict: bool = False):
+    """`NamedSharding` tree for `abstract_tree` (arrays or ShapeDtypeStructs) given its logical names.
+
+    A dimension that a mesh axis does not divide is replicated over it with one
+    `ShardingWarning` per parameter, or raises `ValueError` when `strict`.
+    """
     is_names = lambda x: isinstance(x, tuple) and all(isinstance(n, (str, type(None))) for n in x)
     return jax.tree.map(
-        lambda names, a: NamedSharding(mesh, logical_to_spec(names, rules, a.shape, mesh)),
+        lambda names, a: NamedSharding(mesh, logical_to_spec(names, rules, a.shape, mesh, strict=strict)),
         logical_tree,
         abstract_tree,
         is_leaf=is_names,
@@ -194,3 +194,31 @@ def tree_shardings(logical_tree, abstract_tree, mesh: Mesh, rules: Rules = DEFAU
 def activation_constraint(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     """Constrain activation `x` to logical `names` when a mesh and rules are in context; else identity."""
     return nn.with_logical_constraint(x, tuple(names))
+
+
+def batch_axes(rules: Rules = DEFAULT_RULES) -> tuple[str, ...]:
+    """The mesh axes the leading (batch) dimension is split over, as the `batch` rule says."""
+    axes = _rule_table(rules).get(BATCH)
+    return () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+
+
+def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> NamedSharding:
+    """Sharding of a global batch array: dimension 0 over `batch_axes(rules)`, the rest replicated.
+
+    Every caller that places batches (the training loop, the planner, the data
+    pipeline, evaluation) takes it from here, so the batch split follows the rules.
+    """
+    axes = tuple(a for a in batch_axes(rules) if a in mesh.shape)
+    return NamedSharding(mesh, PartitionSpec(axes if axes else None))
+
+
+def mesh_context(mesh: Mesh | None, rules: Rules = DEFAULT_RULES) -> contextlib.ExitStack:
+    """Context in which model code resolves activation constraints: `jax.set_mesh(mesh)` + the logical rules.
+
+    With `mesh` None it does nothing (single-device code paths).
+    """
+    stack = contextlib.ExitStack()
+    if mesh is not None:
+        stack.enter_context(jax.set_mesh(mesh))
+        stack.enter_context(nn.logical_axis_rules(rules))
+    return stack

@@ -8,8 +8,9 @@ import os
 import numpy as np
 
 from llava_jax.convert.hf import write_hf_weights
+from llava_jax.convert.hf_config import llava_config_to_hf
 from llava_jax.convert.tensors import CheckpointError
-from llava_jax.data_constants import CLIP_MEAN, CLIP_STD
+from llava_jax.data.image import CLIP_MEAN, CLIP_STD
 
 
 def _processor_files(model, directory: str) -> None:
@@ -61,7 +62,7 @@ def export_hf(model, directory: str, *, dtype=None) -> None:
         raise CheckpointError(f"{directory}: already holds weight files; refusing to overwrite")
     config = model.config
     dtype = None if dtype is None else np.dtype(dtype)
-    hf = config.to_hf()
+    hf = llava_config_to_hf(config)
     if dtype is not None:
         hf["dtype"] = str(dtype)
     with open(os.path.join(directory, "config.json"), "w") as f:

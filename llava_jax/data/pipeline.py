@@ -31,7 +31,6 @@ import grain
 import jax
 import numpy as np
 from absl import flags
-from jax.sharding import NamedSharding, PartitionSpec
 
 from llava_jax.data.encode import IGNORE_INDEX, EncodeFn
 from llava_jax.data.packing import (
@@ -43,6 +42,7 @@ from llava_jax.data.packing import (
     plan_rows,
     stack_rows,
 )
+from llava_jax.sharding import DEFAULT_RULES, Rules, batch_axes, batch_sharding
 
 log = logging.getLogger(__name__)
 
@@ -311,12 +311,12 @@ def pad_batch_to(batch: dict, length: int, pad_token_id: int = 0) -> dict:
 def make_global_batch(
     batch: dict,
     mesh,
-    batch_axes=("data", "fsdp"),
+    rules: Rules = DEFAULT_RULES,
     *,
     pad_token_id: int = 0,
     agree_length: bool = True,
 ) -> dict:
-    """Process-local numpy batch -> global `jax.Array`s sharded over `batch_axes` of `mesh`.
+    """Process-local numpy batch -> global `jax.Array`s sharded as `sharding.batch_sharding(mesh, rules)`.
 
     Every array is split along its first axis (global rows = local rows x
     processes). With several processes and `agree_length` (padding mode, where
@@ -328,8 +328,8 @@ def make_global_batch(
 
         lengths = multihost_utils.process_allgather(np.int32(batch["input_ids"].shape[1]))
         batch = pad_batch_to(batch, int(np.max(lengths)), pad_token_id)
-    sharding = NamedSharding(mesh, PartitionSpec(tuple(batch_axes)))
-    shards = int(np.prod([mesh.shape[a] for a in batch_axes]))
+    sharding = batch_sharding(mesh, rules)
+    shards = int(np.prod([mesh.shape[a] for a in batch_axes(rules) if a in mesh.shape]))
     out = {}
     for key, value in batch.items():
         value = np.asarray(value)
@@ -345,7 +345,7 @@ class Loader:
 
     Args:
       dataset: from `build_dataset`.
-      mesh: if given, batches become global `jax.Array`s sharded over `batch_axes`;
+      mesh: if given, batches become global `jax.Array`s sharded by the `batch` rule of `rules`;
         otherwise they stay process-local numpy.
       agree_length: processes agree on the row length per batch (padding mode).
 
@@ -359,18 +359,14 @@ class Loader:
         dataset: grain.IterDataset,
         *,
         mesh=None,
-        batch_axes=("data", "fsdp"),
+        rules: Rules = DEFAULT_RULES,
         pad_token_id: int = 0,
         agree_length: bool = True,
     ):
         self._dataset = dataset
         self.agree_length = agree_length
         self._it = iter(dataset)
-        self.mesh, self.batch_axes, self.pad_token_id = (
-            mesh,
-            tuple(batch_axes),
-            pad_token_id,
-        )
+        self.mesh, self.rules, self.pad_token_id = mesh, rules, pad_token_id
         self.skipped: collections.Counter = collections.Counter()
         self.recent_skips: collections.deque = collections.deque(maxlen=1000)
         self._ahead = None  # (grain state before it, batch or None at the end, its skips)
@@ -389,7 +385,7 @@ class Loader:
             batch = make_global_batch(
                 batch,
                 self.mesh,
-                self.batch_axes,
+                self.rules,
                 pad_token_id=self.pad_token_id,
                 agree_length=self.agree_length,
             )
@@ -437,7 +433,7 @@ def create_loader(
     tokenizer,
     *,
     mesh=None,
-    batch_axes=("data", "fsdp"),
+    rules: Rules = DEFAULT_RULES,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Loader:
@@ -452,7 +448,7 @@ def create_loader(
     return Loader(
         dataset,
         mesh=mesh,
-        batch_axes=batch_axes,
+        rules=rules,
         pad_token_id=config.pad_token_id,
         # Packed rows all have `row_length` tokens: no need to agree per batch.
         agree_length=config.batching == "pad",

@@ -90,7 +90,10 @@ class ModelAnswerer:
         self.tokenizer = model.tokenizer
         shards = 1
         if getattr(model, "mesh", None) is not None:
-            shards = model.mesh.shape.get("data", 1) * model.mesh.shape.get("fsdp", 1)
+            from llava_jax.sharding import DEFAULT_RULES, batch_axes
+
+            axes = batch_axes(getattr(model, "rules", DEFAULT_RULES))
+            shards = int(np.prod([model.mesh.shape[a] for a in axes if a in model.mesh.shape]))
         self.batch_size = _round_up(max(batch_size, 1), shards)
         self.length_multiple = length_multiple
         aspect = getattr(self.config, "image_aspect_ratio", "pad")
@@ -111,10 +114,10 @@ class ModelAnswerer:
         mesh=None,
         **kwargs,
     ) -> ModelAnswerer:
-        """Load a model directory with `llava_jax.load` (on `mesh` when given) and wrap it."""
-        import llava_jax
+        """Load a model directory as `llava_jax.load` does (on `mesh` when given) and wrap it."""
+        from llava_jax.convert.loaders import load_model
 
-        model = llava_jax.load(path, dtype=dtype, mesh=mesh)
+        model = load_model(path, dtype=dtype, mesh=mesh)
         return cls(model, model_id=model_name_from_path(path), batch_size=batch_size, **kwargs)
 
     @property
@@ -163,7 +166,10 @@ class ModelAnswerer:
     def answer(self, prepared: PreparedBatch) -> list[str]:
         """Greedy generation; each row cut at its stop token, special tokens dropped, stripped."""
         room = self.config.llm.max_position_embeddings - int(prepared.attention_mask.sum(1).max())
-        tokens = self.model.generate(
+        from llava_jax.infer.generate import generate
+
+        tokens = generate(
+            self.model,
             prepared.input_ids,
             prepared.pixel_values,
             prepared.attention_mask,

@@ -11,8 +11,9 @@ asked for, `logits` float32[B, N, V].
 Two layouts of the decoder weights and cache, the same layer module in both:
 - `scan`: the model's own scanned decoder over stacked weights and the
   stacked cache float[L, B, S, K, H] (no extra memory).
-- `unrolled`: one buffer per layer (weights split once per model and kept,
-  cache a tuple of L float[B, S, K, H]) and a Python loop over layers.
+- `unrolled`: one buffer per layer (`UnrolledLayers`: the weights split once
+  per model and kept in `Llava.decode_layers`, cache a tuple of L
+  float[B, S, K, H]) and a Python loop over layers.
   XLA:CPU copies every slice it takes of a stacked weight inside a loop; with
   separate buffers the dots read the weights in place. Measured on bench-small
   (float32, 64 new tokens): 2-core CPU about 6x faster decode at batch 1; H200
@@ -22,6 +23,7 @@ Two layouts of the decoder weights and cache, the same layer module in both:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -34,6 +36,54 @@ from llava_jax.model.llama import LlamaDecoderLayer, LlamaModel, init_cache
 from llava_jax.model.llava import LlavaModel
 
 LAYOUTS = ("auto", "scan", "unrolled")
+
+
+@dataclasses.dataclass(frozen=True)
+class UnrolledLayers:
+    """The decoder's weights in the unrolled decode layout: one parameter tree of separate buffers per layer.
+
+    A second copy of `params['llm']['layers']` (`nbytes` bytes in all, per device
+    its shards' share: e.g. 12.9 GB for Vicuna-7B's 32 layers in bfloat16, 25.8 GB
+    in float32). `llava_jax.Llava` keeps one in its `decode_layers` field once
+    an unrolled `generate` has made it; `matches(params)` says whether it was made
+    from these very arrays (any new parameter arrays make it stale).
+    """
+
+    layers: tuple  # L trees, each like one layer of params['llm']['layers']
+    source: tuple  # id() of each stacked leaf it was split from
+    nbytes: int
+
+    def matches(self, params: dict) -> bool:
+        return self.source == _source_ids(params)
+
+
+def _source_ids(params: dict) -> tuple:
+    return tuple(id(x) for x in jax.tree.leaves(params["llm"]["layers"]))
+
+
+@jax.jit
+def _split(stacked):
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    return tuple(jax.tree.map(lambda p, i=i: p[i], stacked) for i in range(n))
+
+
+def unrolled_layers(params: dict) -> UnrolledLayers:
+    """Split the stacked decoder weights `params['llm']['layers']` (leaves [L, ...]) into L per-layer trees."""
+    stacked = params["llm"]["layers"]
+    nbytes = sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(stacked))
+    return UnrolledLayers(_split(stacked), _source_ids(params), nbytes)
+
+
+def decode_layers_for(model) -> UnrolledLayers:
+    """`model.decode_layers` when it matches `model.params`, else a new one, kept in `model.decode_layers`
+    when the model has that field (`llava_jax.Llava` does)."""
+    kept = getattr(model, "decode_layers", None)
+    if kept is not None and kept.matches(model.params):
+        return kept
+    made = unrolled_layers(model.params)
+    if hasattr(model, "decode_layers"):
+        model.decode_layers = made
+    return made
 
 
 def resolve_layout(layout: str, model=None) -> str:
@@ -50,7 +100,8 @@ def resolve_layout(layout: str, model=None) -> str:
 
 
 def _copy_fits(model) -> bool:
-    if _memo_valid(model):
+    kept = getattr(model, "decode_layers", None)
+    if kept is not None and kept.matches(model.params):
         return True
     extra: dict = {}
     for leaf in jax.tree.leaves(model.params["llm"]["layers"]):
@@ -61,32 +112,6 @@ def _copy_fits(model) -> bool:
         if stats and "bytes_limit" in stats and nbytes > (stats["bytes_limit"] - stats.get("bytes_in_use", 0)) / 2:
             return False
     return True
-
-
-def _layers_key(model) -> tuple:
-    return tuple(id(x) for x in jax.tree.leaves(model.params["llm"]["layers"]))
-
-
-def _memo_valid(model) -> bool:
-    memo = model.__dict__.get("_layer_params")
-    return memo is not None and memo[0] == _layers_key(model)
-
-
-@jax.jit
-def _split(stacked):
-    n = jax.tree.leaves(stacked)[0].shape[0]
-    return tuple(jax.tree.map(lambda p, i=i: p[i], stacked) for i in range(n))
-
-
-def layer_params(model) -> tuple:
-    """Per-layer LLM decoder weights (L trees of separate buffers), made once per params and kept.
-
-    Costs a second copy of the decoder weights for as long as the model lives;
-    use `layout='scan'` where memory matters more than CPU decode speed.
-    """
-    if not _memo_valid(model):
-        model.__dict__["_layer_params"] = (_layers_key(model), _split(model.params["llm"]["layers"]))
-    return model.__dict__["_layer_params"][1]
 
 
 def _step_key(seed_key, step):
@@ -204,7 +229,7 @@ def decode(
     """Append tokens until `state['step'] == limit` or every row is done, in one `lax.while_loop`.
 
     Args:
-      layers: `layer_params(model)` for the unrolled layout, None for the scanned one.
+      layers: `UnrolledLayers.layers` for the unrolled layout, None for the scanned one.
       state: from `first_token` or an earlier `decode` (donated).
       limit: int32[] step to stop at (traced: chunked calls share one compilation).
       prompt_mask: bool[B, T] real prompt tokens.

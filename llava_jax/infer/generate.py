@@ -29,16 +29,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llava_jax.api import _context, images_per_row
 from llava_jax.config import LlavaConfig
 from llava_jax.infer.decode import (
     decode,
+    decode_layers_for,
     first_token,
-    layer_params,
     prefill,
     resolve_layout,
 )
 from llava_jax.infer.sampling import SamplingMode
+from llava_jax.model.inputs import images_per_row
+from llava_jax.sharding import mesh_context
 
 StreamCallback = Callable[[list], None]
 _BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
@@ -260,8 +261,8 @@ def generate(
         "pad_id": jnp.int32(pad_token_id),
     }
     start = time.perf_counter()
-    with _context(model.mesh, model.rules):
-        layers = layer_params(model) if unrolled else None
+    with mesh_context(model.mesh, model.rules):
+        layers = decode_layers_for(model).layers if unrolled else None
         logits, cache, position = prefill(
             model.params, ids, images, mask, config=config, cache_len=cache_len, unrolled=unrolled
         )

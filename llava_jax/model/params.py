@@ -55,3 +55,16 @@ def init_params(config: LlavaConfig, rng=None, mesh=None, rules: Rules = DEFAULT
 def count_params(tree) -> int:
     """Total number of elements in a parameter (or abstract) tree."""
     return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
+def merge_trees(a: dict, b: dict) -> dict:
+    """Union of two nested dicts with disjoint leaves (a new dict; raises ValueError on a shared leaf)."""
+    out = dict(a)
+    for key, value in b.items():
+        if key in out:
+            if not (isinstance(out[key], dict) and isinstance(value, dict)):
+                raise ValueError(f"parameter {key!r} is in both trees")
+            out[key] = merge_trees(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -56,6 +56,10 @@ class Checkpointer:
         """The newest complete checkpoint's step, or None."""
         return self._mgr.latest_step()
 
+    def due(self, step: int) -> bool:
+        """Whether `save(step, ...)` would write a checkpoint (the step is on the interval)."""
+        return self._mgr.should_save(step)
+
     def save(self, step: int, state_tree, loader, *, force: bool = False) -> bool:
         """Save when `step` is on the interval (or `force`); returns whether a save started."""
         args = ocp.args.Composite(

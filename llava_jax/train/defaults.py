@@ -70,18 +70,6 @@ def base() -> ml_collections.ConfigDict:
             read_threads=4,  # grain reading threads and prefetch buffer (DataConfig)
             read_buffer=16,
             on_error="skip",
-            synthetic=ml_collections.ConfigDict(
-                dict(
-                    enabled=False,
-                    kind="qa",
-                    num_captions=2000,
-                    num_qa=4000,
-                    num_eval=500,
-                    image_size=84,
-                    seed=0,
-                    directory="",
-                )
-            ),
         )
     )
     c.batch_size = 128
@@ -95,6 +83,9 @@ def base() -> ml_collections.ConfigDict:
     c.peak_tflops = 0.0  # per-device peak for MFU; 0 = known table for the device
     c.export_hf = True  # also write WORKDIR/hf (HF transformers LLaVA) at the end
     c.progress = True
+    # Metrics are fetched from the devices (and written, and checked for divergence) every
+    # `log_every` steps and on checkpoint steps; fetching every step stalls the dispatch.
+    c.log_every = 10
     return c
 
 

@@ -8,7 +8,6 @@ workdir does nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -18,18 +17,20 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from tqdm import tqdm
 
-from llava_jax.api import Llava, load, load_components, load_tokenizer, random_model
-from llava_jax.config import PRESETS
-from llava_jax.model.lora import add_lora, merge_lora, with_lora
-from llava_jax.model.params import param_logical_axes
-from llava_jax.sharding import DEFAULT_RULES, MeshConfig, make_mesh, tree_shardings
+from llava_jax.convert.export import export_hf as write_hf
+from llava_jax.convert.loaders import LoadedModel, load_components, load_model, load_tokenizer, random_model
+from llava_jax.convert.native import save_native
+from llava_jax.model.lora import add_lora, merge_lora
+from llava_jax.model.params import merge_trees, param_logical_axes
+from llava_jax.presets import PRESETS
+from llava_jax.sharding import DEFAULT_RULES, MeshConfig, batch_sharding, make_mesh, mesh_context, tree_shardings
 from llava_jax.train.checkpoint import Checkpointer
 from llava_jax.train.flops import peak_flops, train_step_flops
 from llava_jax.train.metrics import MetricsWriter
-from llava_jax.train.optim import OptimConfig, make_optimizer
-from llava_jax.train.partition import merge, split
+from llava_jax.train.partition import split
+from llava_jax.train.state import init_state, model_config, optimizer_for
 from llava_jax.train.step import BATCH_KEYS, TrainState, jit_train_step
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def is_primary() -> bool:
 
 
 # ------------------------------------------------------------------------ model
-def initial_model(cfg: ml_collections.ConfigDict, mesh, rules=DEFAULT_RULES) -> Llava:
+def initial_model(cfg: ml_collections.ConfigDict, mesh, rules=DEFAULT_RULES) -> LoadedModel:
     """Initial weights (float32, sharded on `mesh`) with the config's model overrides and LoRA applied."""
     init = cfg.init
     if init.kind == "random":
@@ -54,21 +55,17 @@ def initial_model(cfg: ml_collections.ConfigDict, mesh, rules=DEFAULT_RULES) -> 
         kwargs = {k: init[k] for k in ("vocab_size", "image_token_index", "image_size") if init[k]}
         model = random_model(PRESETS[init.preset](**kwargs), seed=cfg.seed, mesh=mesh, rules=rules)
     elif init.kind == "llava":
-        model = load(init.path, dtype="float32", mesh=mesh, rules=rules)
+        model = load_model(init.path, dtype="float32", mesh=mesh, rules=rules)
     elif init.kind == "components":
         model = load_components(init.vision_dir, init.llm_dir, dtype="float32", mesh=mesh, rules=rules, seed=cfg.seed)
     else:
         raise ValueError(f"init.kind {init.kind!r} not in ('random', 'llava', 'components')")
     if init.projector_from:
-        donor = load(init.projector_from, dtype="float32", mesh=mesh, rules=rules)
+        donor = load_model(init.projector_from, dtype="float32", mesh=mesh, rules=rules)
         model.params["projector"] = donor.params["projector"]
-    m = cfg.model
-    config = model.config.with_attention(m.attention_impl)
-    config = dataclasses.replace(config, llm=dataclasses.replace(config.llm, remat_policy=m.remat_policy))
-    config = config.with_dtype(m.dtype, "float32")
+    config = model_config(cfg, model.config)
     params = model.params
     if cfg.lora.rank:
-        config = with_lora(config, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout)
         params = add_lora(params, config, jax.random.PRNGKey(cfg.seed + 1))
         params = jax.device_put(params, tree_shardings(param_logical_axes(config), params, mesh, rules))
     tokenizer = model.tokenizer
@@ -76,42 +73,11 @@ def initial_model(cfg: ml_collections.ConfigDict, mesh, rules=DEFAULT_RULES) -> 
         tokenizer = load_tokenizer(cfg.tokenizer)
     if tokenizer is None:
         raise ValueError("no tokenizer: set config.tokenizer or use an init directory that has one")
-    return Llava(config, params, tokenizer, mesh, rules)
+    return LoadedModel(config, params, tokenizer, mesh, rules)
 
 
 # ------------------------------------------------------------------------- data
-def data_paths(cfg, workdir: str) -> tuple[str, str]:
-    """(LLaVA JSON, image root), generating the synthetic set into the workdir when configured."""
-    syn = cfg.data.synthetic
-    if not syn.enabled:
-        return cfg.data.json, cfg.data.image_root
-    from llava_jax.data.synthetic import synthetic_dataset_paths, write_synthetic_dataset
-
-    out = os.path.join(workdir, "data") if not syn.directory else syn.directory
-    if is_primary():
-        write_synthetic_dataset(
-            out,
-            num_captions=syn.num_captions,
-            num_qa=syn.num_qa,
-            num_eval=syn.num_eval,
-            image_size=syn.image_size,
-            seed=syn.seed,
-        )
-    _barrier("synthetic-data")
-    paths = synthetic_dataset_paths(out)
-    if syn.kind not in ("captions", "qa"):
-        raise ValueError(f"data.synthetic.kind {syn.kind!r} not in ('captions', 'qa')")
-    return paths[syn.kind], paths["image_root"]
-
-
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
-def data_config(cfg, model: Llava):
+def data_config(cfg, model: LoadedModel):
     """The pipeline's `DataConfig` for this experiment and model."""
     from llava_jax.data.pipeline import DataConfig
 
@@ -173,30 +139,6 @@ def build_mesh(cfg):
 
 
 # ------------------------------------------------------------------------ state
-def _state_shardings(state: TrainState):
-    return jax.tree.map(lambda x: x.sharding, state)
-
-
-def build_state(cfg, model: Llava, optimizer) -> TrainState:
-    """Fresh train state: trainable float32 params, frozen ones cast to `model.frozen_dtype`."""
-    trainable, frozen = split(model.params, list(cfg.trainable))
-    frozen_dtype = jnp.dtype(cfg.model.frozen_dtype)
-    frozen = jax.tree.map(lambda x: x.astype(frozen_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, frozen)
-    replicated = NamedSharding(model.mesh, PartitionSpec())
-    opt_state = jax.jit(optimizer.init)(trainable)
-    # Moments inherit their parameter's sharding; scalars (counts) land on one device: replicate them.
-    opt_state = jax.tree.map(
-        lambda x: x if len(x.sharding.device_set) == model.mesh.size else jax.device_put(x, replicated), opt_state
-    )
-    return TrainState(
-        step=jax.device_put(jnp.zeros((), jnp.int32), replicated),
-        params=trainable,
-        frozen=frozen,
-        opt_state=opt_state,
-        rng=jax.device_put(jax.random.PRNGKey(cfg.seed), replicated),
-    )
-
-
 def _checkpoint_tree(state: TrainState) -> dict:
     return {"step": state.step, "params": state.params, "opt_state": state.opt_state, "rng": state.rng}
 
@@ -230,20 +172,16 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
             f.write(cfg.to_json_best_effort(indent=2))
     mesh = build_mesh(cfg)
     model = initial_model(cfg, mesh)
-    json_path, image_root = data_paths(cfg, workdir)
     from llava_jax.data.pipeline import create_loader
     from llava_jax.data.sources import open_source
 
-    source = open_source(json_path, image_root)
+    source = open_source(cfg.data.json, cfg.data.image_root)
     data_cfg = data_config(cfg, model)
     total_steps = estimate_steps(cfg, source, data_cfg, model.tokenizer)
-    part_lrs = ((r"^projector/", cfg.lora.projector_lr),) if cfg.lora.rank else ()
-    optim_cfg = OptimConfig(**{k: cfg.optim[k] for k in cfg.optim}, part_lrs=part_lrs)
-    trainable_init, _ = split(model.params, list(cfg.trainable))
-    optimizer, lr_fn = make_optimizer(optim_cfg, total_steps, trainable_init)
-    del trainable_init
-    state = build_state(cfg, model, optimizer)
-    loader = create_loader(data_cfg, source, model.tokenizer, mesh=mesh)
+    optimizer, lr_fn = optimizer_for(cfg, total_steps, split(model.params, list(cfg.trainable))[0])
+    state = init_state(cfg, model.config, model.params, optimizer, mesh, model.rules)
+    model.params = None  # the state holds the weights now
+    loader = create_loader(data_cfg, source, model.tokenizer, mesh=mesh, rules=model.rules)
     ckpt = Checkpointer(
         cfg.checkpoint.get("directory") or os.path.join(workdir, "checkpoints"),
         every_steps=cfg.checkpoint.every_steps,
@@ -255,8 +193,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         state = state.replace(**ckpt.restore(start, _checkpoint_tree(state), loader))
         if is_primary():
             print(f"resumed from {ckpt.directory} step {start}")
-    shardings = _state_shardings(state)
-    batch_sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
     step_fn = jit_train_step(
         config=model.config,
         optimizer=optimizer,
@@ -264,71 +200,63 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         micro_batches=cfg.micro_batches,
         freeze_vision=cfg.model.freeze_vision,
         loss_chunk=cfg.loss_chunk,
-        state_shardings=shardings,
-        batch_sharding=batch_sharding,
+        state_shardings=jax.tree.map(lambda x: x.sharding, state),
+        batch_sharding=batch_sharding(mesh, model.rules),
     )
     writer = MetricsWriter(workdir, enabled=is_primary())
     peak = peak_flops(jax.devices()[0].device_kind, cfg.peak_tflops * 1e12 if cfg.peak_tflops else None)
+    log_every = int(cfg.get("log_every", 1))
+    if log_every < 1:
+        raise ValueError(f"log_every must be >= 1, got {log_every}")
     compiled_cache: dict = {}
     step = int(jax.device_get(state.step))
-    progress = _progress(total_steps, step, cfg.progress and is_primary())
+    progress = tqdm(
+        total=total_steps, initial=step, desc="train", dynamic_ncols=True, disable=not (cfg.progress and is_primary())
+    )
     last_loss = None
+    interval_start, interval_steps = time.time(), 0
     try:
-        with jax.set_mesh(mesh):
-            from flax import linen as nn
-
-            with nn.logical_axis_rules(model.rules):
-                while step < total_steps:
-                    try:
-                        batch = next(loader)
-                    except StopIteration:
-                        break
-                    inputs = {k: batch[k] for k in BATCH_KEYS if k in batch}
-                    key = tuple((k, v.shape) for k, v in inputs.items())
-                    if key not in compiled_cache:
-                        t0 = time.time()
-                        compiled_cache[key] = step_fn.lower(state, inputs).compile()
-                        if is_primary():
-                            print(
-                                f"compiled train step for {dict(key)} in {time.time() - t0:.1f}s: "
-                                f"{_describe_memory(compiled_cache[key])}",
-                                flush=True,
-                            )
+        with mesh_context(mesh, model.rules):
+            while step < total_steps:
+                try:
+                    batch = next(loader)
+                except StopIteration:
+                    break
+                inputs = {k: batch[k] for k in BATCH_KEYS if k in batch}
+                key = tuple((k, v.shape) for k, v in inputs.items())
+                if key not in compiled_cache:
                     t0 = time.time()
-                    state, metrics = compiled_cache[key](state, inputs)
-                    if step + 1 < total_steps:
-                        loader.read_ahead()  # the step runs asynchronously meanwhile
-                    metrics = jax.device_get(metrics)
-                    dt = time.time() - t0  # the step's wall time, with any read-ahead the step did not hide
-                    step += 1
-                    loss, gnorm = float(metrics["train/loss"]), float(metrics["train/grad_norm"])
-                    if not (math.isfinite(loss) and math.isfinite(gnorm)):
-                        raise TrainingDiverged(
-                            f"step {step}: non-finite loss ({loss}) or gradient norm ({gnorm}); stopping. "
-                            f"The last good checkpoint is in {ckpt.directory} (step {ckpt.latest_step()})"
+                    compiled_cache[key] = step_fn.lower(state, inputs).compile()
+                    if is_primary():
+                        print(
+                            f"compiled train step for {dict(key)} in {time.time() - t0:.1f}s: "
+                            f"{_describe_memory(compiled_cache[key])}",
+                            flush=True,
                         )
-                    last_loss = loss
-                    host = _host_stats(batch)
-                    flops = train_step_flops(
-                        model.config,
-                        tokens=host["tokens"],
-                        images=host["images"],
-                        seq_len=host["seq_len"],
-                        llm_trained=cfg.stage == 2 and not cfg.lora.rank,
+                    interval_start += time.time() - t0  # compilation is not step time
+                state, metrics = compiled_cache[key](state, inputs)
+                if step + 1 < total_steps:
+                    loader.read_ahead()  # the step runs asynchronously meanwhile
+                step += 1
+                interval_steps += 1
+                progress.update(1)
+                # Metrics stay on the device except on logging steps, checkpoint steps and the last
+                # step: fetching them every step would wait for each step before dispatching the next.
+                if step % log_every and not ckpt.due(step) and step != total_steps:
+                    continue
+                metrics = jax.device_get(metrics)
+                dt = (time.time() - interval_start) / interval_steps  # wall time per step, unhidden reads included
+                interval_start, interval_steps = time.time(), 0
+                loss, gnorm = float(metrics["train/loss"]), float(metrics["train/grad_norm"])
+                if not (math.isfinite(loss) and math.isfinite(gnorm)):
+                    raise TrainingDiverged(
+                        f"step {step}: non-finite loss ({loss}) or gradient norm ({gnorm}); stopping. "
+                        f"The last good checkpoint is in {ckpt.directory} (step {ckpt.latest_step()})"
                     )
-                    row = {k: float(v) for k, v in metrics.items()}
-                    row.update(
-                        {
-                            "train/step_time": dt,
-                            "train/tokens_per_sec": host["tokens"] / dt,
-                            "train/skipped": int(sum(loader.skipped.values())),
-                            "train/mfu": flops / dt / (peak * jax.device_count()) if peak else None,
-                        }
-                    )
-                    writer.write(step, row)
-                    ckpt.save(step, _checkpoint_tree(state), loader)
-                    progress.update(1)
-                    progress.set_postfix(loss=f"{loss:.4f}")
+                last_loss = loss
+                writer.write(step, _row(cfg, model, metrics, batch, loader, dt, peak))
+                ckpt.save(step, _checkpoint_tree(state), loader)
+                progress.set_postfix(loss=f"{loss:.4f}")
         if ckpt.latest_step() != step:
             ckpt.save(step, _checkpoint_tree(state), loader, force=True)
         ckpt.wait()
@@ -339,6 +267,28 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         ckpt.close()
     final = finish(state, model, final_dir, export_hf=cfg.export_hf, workdir=workdir)
     return {"finished": True, "final": final, "steps": step, "last_loss": last_loss, "total_steps": total_steps}
+
+
+def _row(cfg, model: LoadedModel, metrics: dict, batch: dict, loader, step_time: float, peak) -> dict:
+    """One metrics row: the step's metrics, its wall time per step, tokens/s, skips and MFU."""
+    host = _host_stats(batch)
+    flops = train_step_flops(
+        model.config,
+        tokens=host["tokens"],
+        images=host["images"],
+        seq_len=host["seq_len"],
+        llm_trained=cfg.stage == 2 and not cfg.lora.rank,
+    )
+    row = {k: float(v) for k, v in metrics.items()}
+    row.update(
+        {
+            "train/step_time": step_time,
+            "train/tokens_per_sec": host["tokens"] / step_time,
+            "train/skipped": int(sum(loader.skipped.values())),
+            "train/mfu": flops / step_time / (peak * jax.device_count()) if peak else None,
+        }
+    )
+    return row
 
 
 def _host_stats(batch) -> dict:
@@ -352,14 +302,13 @@ def _host_stats(batch) -> dict:
     return {"tokens": tokens, "images": images, "seq_len": int(seg.shape[1])}
 
 
-def finish(state: TrainState, model: Llava, final_dir: str, *, export_hf: bool, workdir: str) -> str:
+def finish(state: TrainState, model: LoadedModel, final_dir: str, *, export_hf: bool, workdir: str) -> str:
     """Write the trained model (LoRA merged) as a llava_jax checkpoint, and HF when asked."""
-    params = merge(state.params, state.frozen)
+    params = merge_trees(state.params, state.frozen)
     params, config = merge_lora(params, model.config)
     params = jax.tree.map(lambda x: x.astype(jnp.float32), params)
     config = config.with_dtype("float32")
-    final = Llava(config, params, model.tokenizer, model.mesh, model.rules)
-    final.save(final_dir)
+    save_native(final_dir, params, config, model.tokenizer)
     if export_hf and jax.process_count() > 1:
         # Each process holds only its shards and the export reads whole tensors: a separate one-process step.
         if is_primary():
@@ -368,24 +317,5 @@ def finish(state: TrainState, model: Llava, final_dir: str, *, export_hf: bool, 
                 f"{os.path.join(workdir, 'hf')}` (one process, any host)"
             )
     elif export_hf:
-        final.export_hf(os.path.join(workdir, "hf"))
+        write_hf(LoadedModel(config, params, model.tokenizer), os.path.join(workdir, "hf"))
     return final_dir
-
-
-class _NoProgress:
-    def update(self, n):
-        pass
-
-    def set_postfix(self, **kw):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return _NoProgress()
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)

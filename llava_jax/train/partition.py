@@ -48,19 +48,6 @@ def split(params: dict, trainable: Sequence[str]) -> tuple[dict, dict]:
     return _select(params, is_trainable), _select(params, lambda path: not is_trainable(path))
 
 
-def merge(a: dict, b: dict) -> dict:
-    """Union of two disjoint nested dicts."""
-    out = dict(a)
-    for key, value in b.items():
-        if key in out:
-            if not (isinstance(out[key], dict) and isinstance(value, dict)):
-                raise ValueError(f"parameter {key!r} is in both trees")
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def label_tree(tree, rules: Sequence[tuple[str, str]], default: str):
     """Tree of labels: the label of the first (regex, label) rule matching each leaf's path."""
     compiled = [(re.compile(r), label) for r, label in rules]

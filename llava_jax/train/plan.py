@@ -23,21 +23,13 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AbstractMesh, AxisType, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, AxisType
 
-from llava_jax.config import (
-    PRESETS,
-    LlavaConfig,
-    llama_config_from_hf,
-    vision_config_from_hf,
-)
-from llava_jax.sharding import (
-    DEFAULT_RULES,
-    MESH_AXES,
-    Rules,
-    resolve_mesh_shape,
-    tree_shardings,
-)
+from llava_jax.config import LlavaConfig, compose_llava
+from llava_jax.convert.hf_config import llama_config_from_hf, llava_config_from_hf, vision_config_from_hf
+from llava_jax.presets import PRESETS
+from llava_jax.sharding import DEFAULT_RULES, MESH_AXES, Rules, batch_sharding, resolve_mesh_shape
+from llava_jax.train.state import abstract_state, model_config, state_shardings
 
 GIB = 2**30
 
@@ -52,7 +44,7 @@ def _config_from_dir(path: str) -> LlavaConfig:
     hf = _read_json(os.path.join(path, "config.json"))
     if hf.get("format") == "llava_jax":
         return LlavaConfig.from_dict(hf)
-    return LlavaConfig.from_hf(hf)
+    return llava_config_from_hf(hf)
 
 
 def _guess_preset(cfg) -> str | None:
@@ -81,8 +73,6 @@ def base_model_config(cfg, preset: str | None = None) -> tuple[LlavaConfig, str]
         if init.kind == "components" and all(
             os.path.exists(os.path.join(d, "config.json")) for d in (init.vision_dir, init.llm_dir)
         ):
-            from llava_jax.config import compose_llava
-
             llm = llama_config_from_hf(_read_json(os.path.join(init.llm_dir, "config.json")))
             vision = vision_config_from_hf(_read_json(os.path.join(init.vision_dir, "config.json")))
             config = compose_llava(
@@ -103,19 +93,6 @@ def base_model_config(cfg, preset: str | None = None) -> tuple[LlavaConfig, str]
     if init.kind == "random":
         kwargs = {k: init[k] for k in ("vocab_size", "image_token_index", "image_size") if init[k]}
     return PRESETS[preset](**kwargs), f"preset {preset}"
-
-
-def train_model_config(cfg, base: LlavaConfig) -> LlavaConfig:
-    """The model config the trainer builds (`loop.initial_model`): attention, remat, dtypes, LoRA."""
-    from llava_jax.model.lora import with_lora
-
-    m = cfg.model
-    config = base.with_attention(m.attention_impl)
-    config = dataclasses.replace(config, llm=dataclasses.replace(config.llm, remat_policy=m.remat_policy))
-    config = config.with_dtype(m.dtype, "float32")
-    if cfg.lora.rank:
-        config = with_lora(config, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout)
-    return config
 
 
 # ------------------------------------------------------------------------ shapes
@@ -143,54 +120,6 @@ def abstract_batch(cfg, config: LlavaConfig) -> dict:
     return out
 
 
-def abstract_state(cfg, config: LlavaConfig, total_steps: int = 1000):
-    """(trainable, frozen, optimizer state) as ShapeDtypeStruct trees, and the optimizer."""
-    from llava_jax.model.params import abstract_params
-    from llava_jax.train.optim import OptimConfig, make_optimizer
-    from llava_jax.train.partition import split
-
-    params = abstract_params(config)
-    trainable, frozen = split(params, list(cfg.trainable))
-    frozen_dtype = jnp.dtype(cfg.model.frozen_dtype)
-    frozen = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, frozen_dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype),
-        frozen,
-    )
-    part_lrs = ((r"^projector/", cfg.lora.projector_lr),) if cfg.lora.rank else ()
-    optimizer, lr_fn = make_optimizer(
-        OptimConfig(**{k: cfg.optim[k] for k in cfg.optim}, part_lrs=part_lrs), total_steps, trainable
-    )
-    opt_state = jax.eval_shape(optimizer.init, trainable)
-    return trainable, frozen, opt_state, optimizer, lr_fn
-
-
-def _opt_shardings(opt_state, trainable_shardings, mesh):
-    """Optimizer leaves take the sharding of the parameter they shadow (path suffix); scalars replicate."""
-    from llava_jax.train.partition import path_str
-
-    by_path = {path_str(p): s for p, s in jax.tree_util.tree_leaves_with_path(trainable_shardings)}
-    replicated = NamedSharding(mesh, PartitionSpec())
-
-    def pick(keypath, leaf):
-        path = path_str(keypath)
-        for name, sharding in by_path.items():
-            if (path == name or path.endswith("/" + name)) and len(sharding.spec) <= len(leaf.shape):
-                return sharding
-        return replicated
-
-    return jax.tree_util.tree_map_with_path(pick, opt_state)
-
-
-def state_shardings(cfg, config: LlavaConfig, mesh, opt_state, rules: Rules = DEFAULT_RULES):
-    """Shardings of (trainable, frozen, `opt_state`) on `mesh` (abstract or real), as the trainer places them."""
-    from llava_jax.model.params import abstract_params, param_logical_axes
-    from llava_jax.train.partition import split
-
-    all_shardings = tree_shardings(param_logical_axes(config), abstract_params(config), mesh, rules)
-    t_sh, f_sh = split(all_shardings, list(cfg.trainable))
-    return t_sh, f_sh, _opt_shardings(opt_state, t_sh, mesh)
-
-
 def per_device_bytes(tree, shardings) -> int:
     """Bytes one device holds of `tree` placed with `shardings` (the largest shard of each leaf)."""
     total = 0
@@ -214,23 +143,14 @@ def compiled_memory(cfg, config: LlavaConfig, mesh, rules: Rules = DEFAULT_RULES
     """
     from flax import linen as nn
 
-    from llava_jax.train.step import TrainState, jit_train_step
+    from llava_jax.train.step import jit_train_step
 
-    trainable, frozen, opt_state, optimizer, lr_fn = abstract_state(cfg, config)
-    t_sh, f_sh, o_sh = state_shardings(cfg, config, mesh, opt_state, rules)
-    replicated = NamedSharding(mesh, PartitionSpec())
+    abstract, optimizer, lr_fn = abstract_state(cfg, config)
+    shardings = state_shardings(cfg, config, mesh, abstract, rules)
     sds = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-    key = jax.eval_shape(jax.random.PRNGKey, 0)
-    state = TrainState(
-        step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
-        params=jax.tree.map(sds, trainable, t_sh),
-        frozen=jax.tree.map(sds, frozen, f_sh),
-        opt_state=jax.tree.map(sds, opt_state, o_sh),
-        rng=sds(key, replicated),
-    )
-    shardings = jax.tree.map(lambda x: x.sharding, state)
-    batch_sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
-    batch = {k: sds(v, batch_sharding) for k, v in abstract_batch(cfg, config).items()}
+    state = jax.tree.map(sds, abstract, shardings)
+    batch_spec = batch_sharding(mesh, rules)
+    batch = {k: sds(v, batch_spec) for k, v in abstract_batch(cfg, config).items()}
     step_fn = jit_train_step(
         config=config,
         optimizer=optimizer,
@@ -239,7 +159,7 @@ def compiled_memory(cfg, config: LlavaConfig, mesh, rules: Rules = DEFAULT_RULES
         freeze_vision=cfg.model.freeze_vision,
         loss_chunk=cfg.loss_chunk,
         state_shardings=shardings,
-        batch_sharding=batch_sharding,
+        batch_sharding=batch_spec,
     )
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         compiled = step_fn.lower(state, batch).compile()
@@ -398,11 +318,13 @@ def make_plan(
 ) -> MemoryPlan:
     """The memory plan of experiment config `cfg` on a (data, fsdp, tensor) mesh of that shape."""
     base, source = base_model_config(cfg, preset)
-    config = train_model_config(cfg, base)
+    config = model_config(cfg, base)
     mesh = abstract_mesh(tuple(mesh_shape))
-    trainable, frozen, opt_state, _, _ = abstract_state(cfg, config)
-    t_sh, f_sh, o_sh = state_shardings(cfg, config, mesh, opt_state, rules)
-    grads = per_device_bytes(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), trainable), t_sh)
+    state, _, _ = abstract_state(cfg, config)
+    sh = state_shardings(cfg, config, mesh, state, rules)
+    grads = per_device_bytes(
+        jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), state.params), sh.params
+    )
     if cfg.micro_batches > 1:
         grads *= 2  # the accumulator and one micro-batch's gradients
     batch = abstract_batch(cfg, config)
@@ -411,9 +333,9 @@ def make_plan(
     return MemoryPlan(
         mesh=tuple(int(s) for s in mesh_shape),
         model=source,
-        params_trainable=per_device_bytes(trainable, t_sh),
-        params_frozen=per_device_bytes(frozen, f_sh),
-        optimizer=per_device_bytes(opt_state, o_sh),
+        params_trainable=per_device_bytes(state.params, sh.params),
+        params_frozen=per_device_bytes(state.frozen, sh.frozen),
+        optimizer=per_device_bytes(state.opt_state, sh.opt_state),
         gradients=grads,
         batch=batch_bytes,
         activations=activation_bytes(cfg, config, mesh_shape, platform=platform),

@@ -19,9 +19,9 @@ import optax
 
 from llava_jax.config import LlavaConfig
 from llava_jax.model.llava import LlavaModel
+from llava_jax.model.params import merge_trees
 from llava_jax.sharding import BATCH, activation_constraint
 from llava_jax.train.loss import IGNORE_INDEX, chunked_cross_entropy, shifted_targets
-from llava_jax.train.partition import merge
 
 BATCH_KEYS = ("input_ids", "labels", "positions", "segment_ids", "images")
 
@@ -42,7 +42,7 @@ def batch_loss(trainable, frozen, batch, rng, *, config: LlavaConfig, freeze_vis
     batch: input_ids/labels/positions/segment_ids int32[B, T], images float32[B, M, S, S, 3].
     """
     model = LlavaModel(config, freeze_vision=freeze_vision)
-    params = merge(trainable, frozen)
+    params = merge_trees(trainable, frozen)
     images = batch.get("images")
     if images is not None and images.shape[1] == 0:
         images = None

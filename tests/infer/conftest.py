@@ -48,8 +48,8 @@ def chat_model():
     right after them) lies past it, so answers never contain it.
     """
     import llava_jax
-    from llava_jax.config import tiny
-    from llava_jax.data.synthetic.tokenizer import synthetic_tokenizer
+    from llava_jax.demo.synthetic.tokenizer import synthetic_tokenizer
+    from llava_jax.presets import tiny
 
     tok = synthetic_tokenizer()
     image_id = tok.convert_tokens_to_ids("<image>")

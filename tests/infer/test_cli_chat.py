@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from llava_jax.cli import build_parser, main
-from llava_jax.infer import cli_chat
+from llava_jax.cli import chat as cli_chat
 from llava_jax.infer.chat import chat
 
 

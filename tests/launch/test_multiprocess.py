@@ -24,16 +24,22 @@ OVERRIDES = [
     f"--config.num_steps={STEPS}",
     "--config.checkpoint.every_steps=2",
     "--config.progress=False",
-    "--config.data.synthetic.num_captions=96",
-    "--config.data.synthetic.num_qa=16",
-    "--config.data.synthetic.num_eval=8",
 ]
 RTOL = 1e-5
 PEER_LOSS_LIMIT_S = 90
 
 
 def _train_args(workdir: Path) -> list[str]:
-    return ["--config", str(REPO / "configs" / "tiny.py"), "--workdir", str(workdir), *OVERRIDES]
+    data = workdir.parent / "data"  # written once by the `runs` fixture
+    return [
+        "--config",
+        str(REPO / "configs" / "tiny.py"),
+        "--workdir",
+        str(workdir),
+        *OVERRIDES,
+        f"--config.data.json={data}/stage1_captions.json",
+        f"--config.data.image_root={data}/images",
+    ]
 
 
 def _losses(workdir: Path) -> dict[int, float]:
@@ -96,6 +102,9 @@ def _kill_run(workdir: Path, logdir: Path) -> dict:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("multiprocess")
+    from llava_jax.demo.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(root / "data", num_captions=96, num_qa=16, num_eval=8, image_size=56, seed=0)
     # R: the reference, one process with 8 devices.
     proc = _local(1, root / "r", root / "r_logs", options=["--devices", "8"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llava_jax.config import LlavaConfig
 from llava_jax.convert.hf import canonical_sources, read_params
+from llava_jax.convert.hf_config import llava_config_from_hf
 from llava_jax.convert.tensors import weight_files
 from llava_jax.model.llama import LlamaModel, init_cache
 from tests.hf_fixtures import TEXT, hf_llava_config, perturb_norms, save
@@ -32,7 +32,7 @@ def _load_llama(tmp_path, torch, text):
     torch.manual_seed(1)
     hf = perturb_norms(LlamaForCausalLM(LlamaConfig(**text)).eval())
     save(hf, str(tmp_path))
-    config = LlavaConfig.from_hf(hf_llava_config(text=text).to_dict())
+    config = llava_config_from_hf(hf_llava_config(text=text).to_dict())
     params = read_params(
         config, canonical_sources(weight_files(str(tmp_path)), where="t"), dtype="float32", parts=("llm",)
     )["llm"]

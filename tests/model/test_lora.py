@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llava_jax.config import tiny
 from llava_jax.model.llava import LlavaModel
 from llava_jax.model.lora import add_lora, merge_lora, with_lora
 from llava_jax.model.params import init_params
+from llava_jax.presets import tiny
 from llava_jax.train.partition import split
 
 

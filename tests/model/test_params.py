@@ -3,8 +3,8 @@
 import jax
 import pytest
 
-from llava_jax.config import llava_v15_7b, llava_v15_13b, tiny
 from llava_jax.model.params import abstract_params, count_params, param_logical_axes
+from llava_jax.presets import llava_v15_7b, llava_v15_13b, tiny
 
 
 @pytest.mark.parametrize("preset, released", [(llava_v15_7b, 7.06e9), (llava_v15_13b, 13.35e9)])

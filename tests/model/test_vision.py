@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from llava_jax.config import LlavaConfig
 from llava_jax.convert.hf import canonical_sources, read_params
+from llava_jax.convert.hf_config import llava_config_from_hf
 from llava_jax.convert.tensors import weight_files
 from llava_jax.model.vision import VisionTower
 from tests.hf_fixtures import VISION, hf_llava_config, perturb_norms, save
@@ -17,7 +17,7 @@ def test_hidden_states_match_hf(act, tmp_path, torch_cpu):
     torch_cpu.manual_seed(0)
     hf = perturb_norms(CLIPVisionModel(CLIPVisionConfig(**{**VISION, "hidden_act": act})).eval())
     save(hf, str(tmp_path))
-    config = LlavaConfig.from_hf(hf_llava_config(vision={"hidden_act": act}).to_dict())
+    config = llava_config_from_hf(hf_llava_config(vision={"hidden_act": act}).to_dict())
     params = read_params(
         config, canonical_sources(weight_files(str(tmp_path)), where="t"), dtype="float32", parts=("vision",)
     )["vision"]
@@ -40,8 +40,8 @@ def test_layers_after_the_feature_layer_are_not_computed():
     import jax
     import jax.numpy as jnp
 
-    from llava_jax.config import tiny
     from llava_jax.model.params import init_params
+    from llava_jax.presets import tiny
 
     config = tiny()
     params = init_params(config)["vision"]

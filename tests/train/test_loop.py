@@ -22,14 +22,21 @@ TINY = os.path.join(ROOT, "configs", "tiny.py")
 
 @pytest.fixture(scope="module")
 def synthetic_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("synthetic"))
+    """A small synthetic set (96 captions, 96 conversations) shared by in-process and CLI runs."""
+    from llava_jax.demo.synthetic import write_synthetic_dataset
+
+    out = str(tmp_path_factory.mktemp("synthetic"))
+    write_synthetic_dataset(out, num_captions=96, num_qa=96, num_eval=8, image_size=56, seed=0)
+    return out
 
 
-# A small synthetic set, batch 8, a checkpoint every 2 steps: shared by in-process and CLI runs.
+def _data(synthetic_dir, stage="pretrain"):
+    name = "stage1_captions" if stage == "pretrain" else "stage2_instruct"
+    return [f"--config.data.json={synthetic_dir}/{name}.json", f"--config.data.image_root={synthetic_dir}/images"]
+
+
+# Batch 8, a checkpoint every 2 steps: shared by in-process and CLI runs.
 SMALL_RUN = (
-    "--config.data.synthetic.num_captions=96",
-    "--config.data.synthetic.num_qa=96",
-    "--config.data.synthetic.num_eval=8",
     "--config.progress=False",
     "--config.batch_size=8",
     "--config.checkpoint.every_steps=2",
@@ -37,7 +44,7 @@ SMALL_RUN = (
 
 
 def _config(synthetic_dir, *overrides, stage="pretrain"):
-    base = [f"--config.data.synthetic.directory={synthetic_dir}", *SMALL_RUN]
+    base = [*_data(synthetic_dir, stage), *SMALL_RUN]
     return load_config(f"{TINY}:{stage}", base + list(overrides))
 
 
@@ -55,8 +62,8 @@ def _same(a, b):
 
 @pytest.mark.slow
 def test_both_stages_learn_and_train_only_their_parameters(synthetic_dir, tmp_path):
-    from llava_jax.config import tiny
-    from llava_jax.data.synthetic import synthetic_tokenizer
+    from llava_jax.demo.synthetic import synthetic_tokenizer
+    from llava_jax.presets import tiny
 
     # Stage 1 trains the projector against a frozen LLM. A random tiny LLM's head gives near-uniform
     # logits that no input can sharpen, so give the frozen LLM a pretrained model's logit scale.
@@ -134,7 +141,7 @@ def _train_cmd(workdir, synthetic_dir, steps):
         "--workdir",
         str(workdir),
         f"--config.num_steps={steps}",
-        f"--config.data.synthetic.directory={synthetic_dir}",
+        *_data(synthetic_dir),
         *SMALL_RUN,
     ]
 

@@ -6,6 +6,7 @@ import pytest
 from llava_jax.sharding import MeshConfig, make_mesh
 from llava_jax.train import plan as planning
 from llava_jax.train.experiment import load_config
+from llava_jax.train.state import model_config
 
 BENCH_SMALL = [
     "--config.init.preset=bench_small",
@@ -22,7 +23,7 @@ STAGE2 = ["--config.trainable=['^projector/','^llm/']"]
 def _compare(overrides):
     cfg = load_config("configs/tiny.py", overrides)
     base, _ = planning.base_model_config(cfg)
-    config = planning.train_model_config(cfg, base)
+    config = model_config(cfg, base)
     mesh = make_mesh(MeshConfig(1, 8, 1))
     compiled = planning.compiled_memory(cfg, config, mesh)
     plan = planning.make_plan(cfg, (1, 8, 1))

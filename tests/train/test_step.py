@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from llava_jax import load
-from llava_jax.api import images_per_row
+from llava_jax.model.inputs import images_per_row
+from llava_jax.model.params import merge_trees
 from llava_jax.train.optim import OptimConfig, make_optimizer
-from llava_jax.train.partition import merge, split
+from llava_jax.train.partition import split
 from llava_jax.train.step import TrainState, batch_loss, train_step
 from tests.hf_fixtures import hf_llava, random_inputs, save
 
@@ -109,7 +110,7 @@ def test_only_trainable_parameters_change(hf_and_jax, patterns, changed):
     # No optimizer state exists for frozen parts.
     assert {k for k in state.opt_state[1][0].mu} == changed
     new, _ = jax.jit(functools.partial(train_step, config=model.config, optimizer=tx, lr_fn=lr))(state, batch)
-    before, after = merge(state.params, state.frozen), merge(new.params, new.frozen)
+    before, after = merge_trees(state.params, state.frozen), merge_trees(new.params, new.frozen)
     for part in ("vision", "projector", "llm"):
         same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before[part]), jax.tree.leaves(after[part])))
         assert same == (part not in changed), part

@@ -39,7 +39,7 @@ MIN_COVER = 0.08  # a patch belongs to a shape covering at least this fraction o
 
 def scene_labels(scene, image_size: int, patch_size: int) -> np.ndarray:
     """int32[len(IMAGE_HEADS) + 3 * P]: the image labels, then (colour, kind, slot) per patch, 0 = none."""
-    from llava_jax.data.synthetic import COLORS, POSITIONS, SHAPES, render_scene
+    from llava_jax.demo.synthetic import COLORS, POSITIONS, SHAPES, render_scene
 
     slots, colors = list(POSITIONS), list(COLORS)
     per_slot = np.zeros((2, NUM_SLOTS), np.int32)
@@ -111,7 +111,7 @@ def _summary(acc) -> dict:
 def training_set(num: int, image_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(images float32[N, S, S, 3] preprocessed as stage 1 does, `scene_labels` int32[N, L]) of the stage-1 split."""
     from llava_jax.data.image import preprocess_image
-    from llava_jax.data.synthetic import caption_sample, render_scene
+    from llava_jax.demo.synthetic import caption_sample, render_scene
 
     images, labels = [], []
     for i in range(num):
@@ -176,7 +176,7 @@ def pretrain_tower(
 def held_out_set(num: int, image_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) of the first `num` held-out scenes, to report the tower's accuracy."""
     from llava_jax.data.image import preprocess_image
-    from llava_jax.data.synthetic import eval_item, render_scene
+    from llava_jax.demo.synthetic import eval_item, render_scene
 
     scenes = [eval_item(i, seed=seed)[1] for i in range(num)]
     images = [preprocess_image(render_scene(s, image_size), mode="square", size=image_size) for s in scenes]
@@ -215,7 +215,7 @@ def run_tower_stage(cfg, out_dir: str, tokenizer_path: str, *, progress: bool = 
     import os
 
     from llava_jax.api import load_tokenizer, random_model
-    from llava_jax.config import PRESETS
+    from llava_jax.presets import PRESETS
 
     config = PRESETS[cfg.preset]()
     size = config.vision.image_size
@@ -250,7 +250,8 @@ def run_tower_stage(cfg, out_dir: str, tokenizer_path: str, *, progress: bool = 
 
 def make_towers(stage0_final: str, out_dir: str, seed: int = 0) -> None:
     """Stage 0's vision tower and LLM with a freshly initialised projector, as LLaVA's stage 1 starts."""
-    from llava_jax.api import init_projector, load
+    from llava_jax.api import load
+    from llava_jax.convert.loaders import init_projector
 
     model = load(stage0_final)
     model.params["projector"] = init_projector(model.config, jax.random.PRNGKey(seed + 1))

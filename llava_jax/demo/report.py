@@ -93,7 +93,7 @@ def evaluate(
     model, eval_path: str, image_root: str, predictions_path: str, *, batch_size: int = 128, progress: bool = True
 ) -> dict:
     """Scores (`score_synthetic`) of `model` on the held-out split; answers cached in `predictions_path`."""
-    from llava_jax.data.synthetic import load_eval_items, score_synthetic
+    from llava_jax.demo.synthetic import load_eval_items, score_synthetic
 
     items = load_eval_items(eval_path)
     records = None
@@ -174,7 +174,7 @@ def plot_losses(stage_dirs: dict[str, str], path: str) -> dict[str, dict]:
 
 def chat_about_fresh_image(model, seed: int, out_dir: str) -> dict:
     """Render a scene that is in no split (`random_scene(seed)`), ask about it, keep image and transcript."""
-    from llava_jax.data.synthetic import (
+    from llava_jax.demo.synthetic import (
         describe,
         make_question,
         random_scene,

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from llava_jax.hugepages import TUNABLE, hugepage_environment
+from llava_jax.runtime.hugepages import TUNABLE, hugepage_environment
 
 
 def _thp(tmp_path, setting: str) -> str:
@@ -41,7 +41,7 @@ def test_reexec_runs_the_command_again_with_the_tunable():
     applies = hugepage_environment(env) is not None
     child = "import os; print('child', os.environ.get('GLIBC_TUNABLES'))"
     script = (
-        "from llava_jax.hugepages import reexec_with_hugepages\n"
+        "from llava_jax.runtime.hugepages import reexec_with_hugepages\n"
         f"reexec_with_hugepages(['-c', {child!r}])\n"
         "print('not re-executed')\n"
     )
@@ -54,7 +54,7 @@ def test_reexec_runs_the_command_again_with_the_tunable():
 
 
 def test_cli_reexecs_train_and_demo_only_when_launched(monkeypatch):
-    import llava_jax.hugepages
+    import llava_jax.runtime.hugepages
     from llava_jax import cli
 
     calls = []
@@ -63,7 +63,7 @@ def test_cli_reexecs_train_and_demo_only_when_launched(monkeypatch):
         calls.append(list(python_args))
         raise SystemExit(0)  # stands in for the exec
 
-    monkeypatch.setattr(llava_jax.hugepages, "reexec_with_hugepages", record)
+    monkeypatch.setattr(llava_jax.runtime.hugepages, "reexec_with_hugepages", record)
     monkeypatch.setattr(sys, "argv", ["llava-jax", "train", "--workdir", "w"])
     try:
         cli.main()

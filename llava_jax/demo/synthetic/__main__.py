@@ -1,18 +1,18 @@
-"""`python -m llava_jax.data.synthetic build-tokenizer [OUT_DIR]`: rebuild the shipped tokenizer.
+"""`python -m llava_jax.demo.synthetic build-tokenizer [OUT_DIR]`: rebuild the shipped tokenizer.
 
-`python -m llava_jax.data.synthetic write OUT_DIR [--num-captions N ...]`
+`python -m llava_jax.demo.synthetic write OUT_DIR [--num-captions N ...]`
 writes a dataset (see `write_synthetic_dataset`).
 """
 
 import argparse
 
-from llava_jax.data.synthetic.dataset import write_synthetic_dataset
-from llava_jax.data.synthetic.tokenizer import ASSET_DIR, build_synthetic_tokenizer
+from llava_jax.demo.synthetic.dataset import write_synthetic_dataset
+from llava_jax.demo.synthetic.tokenizer import ASSET_DIR, build_synthetic_tokenizer
 
 
 def main(argv=None) -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m llava_jax.data.synthetic")
+    parser = argparse.ArgumentParser(prog="python -m llava_jax.demo.synthetic")
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build-tokenizer", help="rebuild the tokenizer asset")
     build.add_argument("out_dir", nargs="?", default=ASSET_DIR)

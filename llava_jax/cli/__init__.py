@@ -1,6 +1,6 @@
-"""The `llava-jax` command: a thin dispatcher over per-area subcommand modules.
+"""The `llava-jax` command: a thin dispatcher over one module per subcommand (`llava_jax.cli.NAME`).
 
-Each subcommand lives in its own module exposing `add_arguments(parser)` and
+Each subcommand module exposes `add_arguments(parser)` and
 `run(args) -> int`; modules are imported only when their subcommand runs, so
 `llava-jax chat` never imports the training stack.
 """
@@ -12,14 +12,14 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "convert": ("llava_jax.convert.cli_convert", "convert a HF / original LLaVA checkpoint to llava_jax"),
-    "export": ("llava_jax.convert.cli_export", "export a llava_jax checkpoint to an HF LLaVA directory"),
-    "chat": ("llava_jax.infer.cli_chat", "chat with a model about an image"),
-    "train": ("llava_jax.train.cli_train", "train stage 1 or stage 2 from a config file"),
-    "data": ("llava_jax.data.cli_data", "data tools (pack LLaVA JSON into ArrayRecord shards)"),
-    "eval": ("llava_jax.eval.cli_eval", "run a benchmark of the LLaVA-1.5 evaluation suite"),
-    "demo": ("llava_jax.demo", "train a small LLaVA end to end on a synthetic task and chat with it"),
-    "plan": ("llava_jax.train.cli_plan", "memory plan for a config on a mesh"),
+    "convert": ("llava_jax.cli.convert", "convert a HF / original LLaVA checkpoint to llava_jax"),
+    "export": ("llava_jax.cli.export", "export a llava_jax checkpoint to an HF LLaVA directory"),
+    "chat": ("llava_jax.cli.chat", "chat with a model about an image"),
+    "train": ("llava_jax.cli.train", "train stage 1 or stage 2 from a config file"),
+    "data": ("llava_jax.cli.data", "data tools (pack LLaVA JSON into ArrayRecord shards, the synthetic set)"),
+    "eval": ("llava_jax.cli.eval", "run a benchmark of the LLaVA-1.5 evaluation suite"),
+    "demo": ("llava_jax.cli.demo", "train a small LLaVA end to end on a synthetic task and chat with it"),
+    "plan": ("llava_jax.cli.plan", "memory plan for a config on a mesh"),
 }
 # Subcommands that run XLA:CPU training steps: re-executed with huge pages for the host heap.
 HUGEPAGE_SUBCOMMANDS = ("demo", "train")
@@ -46,16 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     if only not in SUBCOMMANDS:
         only = None
     if launched and only in HUGEPAGE_SUBCOMMANDS:
-        from llava_jax.hugepages import reexec_with_hugepages
+        from llava_jax.runtime.hugepages import reexec_with_hugepages
 
-        reexec_with_hugepages(["-m", "llava_jax.cli", *argv])  # returns when already on (or not applicable)
+        reexec_with_hugepages(
+            ["-m", "llava_jax.cli", *argv]
+        )  # runs llava_jax/cli/__main__.py  # returns when already on (or not applicable)
     parser = build_parser(only)
     # `--config.a.b=v` overrides pass through untouched (argparse would take them for `--config`).
     overrides = [a for a in argv if a.startswith("--config.")]
     args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
     args.config_overrides = overrides
     return int(args._module.run(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,7 +19,7 @@ so training reads them through the same pipeline as real data; the matching
 tokenizer ships in the package (`synthetic_tokenizer`).
 """
 
-from llava_jax.data.synthetic.dataset import (
+from llava_jax.demo.synthetic.dataset import (
     caption_sample,
     eval_item,
     instruct_sample,
@@ -27,14 +27,14 @@ from llava_jax.data.synthetic.dataset import (
     synthetic_dataset_paths,
     write_synthetic_dataset,
 )
-from llava_jax.data.synthetic.evaluation import (
+from llava_jax.demo.synthetic.evaluation import (
     CHANCE,
     chance_levels,
     load_eval_items,
     normalize_answer,
     score_synthetic,
 )
-from llava_jax.data.synthetic.language import (
+from llava_jax.demo.synthetic.language import (
     CAPTION_INSTRUCTIONS,
     DESCRIPTION_STYLES,
     DETAIL_INSTRUCTIONS,
@@ -46,7 +46,7 @@ from llava_jax.data.synthetic.language import (
     make_question,
     text_only_round,
 )
-from llava_jax.data.synthetic.scene import (
+from llava_jax.demo.synthetic.scene import (
     BACKGROUNDS,
     COLORS,
     MAX_SHAPES,
@@ -59,7 +59,7 @@ from llava_jax.data.synthetic.scene import (
     sample_rng,
     sample_scene,
 )
-from llava_jax.data.synthetic.tokenizer import (
+from llava_jax.demo.synthetic.tokenizer import (
     IMAGE_TOKEN,
     PAD_TOKEN,
     build_synthetic_tokenizer,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from llava_jax.data.synthetic.language import (
+from llava_jax.demo.synthetic.language import (
     CAPTION_INSTRUCTIONS,
     DETAIL_INSTRUCTIONS,
     QUESTION_TYPES,
@@ -23,7 +23,7 @@ from llava_jax.data.synthetic.language import (
     make_question,
     text_only_round,
 )
-from llava_jax.data.synthetic.scene import Scene, render_scene, sample_rng, sample_scene
+from llava_jax.demo.synthetic.scene import Scene, render_scene, sample_rng, sample_scene
 
 # Share of image rounds that ask for the detailed description. Descriptions bind every shape's
 # colour, kind and slot word by word: the dense signal from which a small LLM learns to read one
@@ -184,7 +184,7 @@ GENERATOR_VERSION = 2
 
 def _manifest(num_captions, num_qa, num_eval, image_size, seed, text_only_fraction, image_format) -> dict:
     return {
-        "generator": "llava_jax.data.synthetic",
+        "generator": "llava_jax.demo.synthetic",
         "version": GENERATOR_VERSION,
         "num_captions": num_captions,
         "num_qa": num_qa,

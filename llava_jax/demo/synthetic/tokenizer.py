@@ -9,10 +9,10 @@ drawn from the generator itself (fixed seed) plus every template and
 conversation-template string, so the task's whole language tokenizes without
 `<unk>` and without byte fallback except for newlines.
 
-The shipped asset (`llava_jax/assets/synthetic_tokenizer/`: `tokenizer.model`,
+The shipped asset (`llava_jax/demo/assets/synthetic_tokenizer/`: `tokenizer.model`,
 `tokenizer_config.json`, `special_tokens_map.json`) is what
 `build_synthetic_tokenizer` writes; rebuild it with
-`python -m llava_jax.data.synthetic build-tokenizer [OUT_DIR]`.
+`python -m llava_jax.demo.synthetic build-tokenizer [OUT_DIR]`.
 """
 
 from __future__ import annotations
@@ -22,24 +22,20 @@ import json
 import os
 
 from llava_jax.data.conversation import TEMPLATES, generation_prompt, render
-from llava_jax.data.synthetic.dataset import caption_sample, eval_item, instruct_sample
-from llava_jax.data.synthetic.language import (
+from llava_jax.demo.synthetic.dataset import caption_sample, eval_item, instruct_sample
+from llava_jax.demo.synthetic.language import (
     CAPTION_INSTRUCTIONS,
     DETAIL_INSTRUCTIONS,
     POSITION_PHRASES,
     SHORT_ANSWER_SUFFIX,
 )
-from llava_jax.data.synthetic.scene import BACKGROUNDS, COLORS, SHAPES
+from llava_jax.demo.synthetic.scene import BACKGROUNDS, COLORS, SHAPES
 
 VOCAB_SIZE = 768
 IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
-ASSET_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    "assets",
-    "synthetic_tokenizer",
-)
+ASSET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "synthetic_tokenizer")
 # The corpus is a fixed function of the generator: changing either changes the
 # tokenizer, which the tests catch by comparing a rebuild with the asset.
 _CORPUS_SEED = 12345

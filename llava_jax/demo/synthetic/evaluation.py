@@ -11,8 +11,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from llava_jax.data.synthetic.language import QUESTION_TYPES
-from llava_jax.data.synthetic.scene import COLORS, MAX_SHAPES, POSITIONS, SHAPES
+from llava_jax.demo.synthetic.language import QUESTION_TYPES
+from llava_jax.demo.synthetic.scene import COLORS, MAX_SHAPES, POSITIONS, SHAPES
 
 # Best constant guess per type, exact for the generator's answer distribution.
 CHANCE: dict[str, float] = {

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llava_jax.data import synthetic as syn
 from llava_jax.data.conversation import render
 from llava_jax.data.encode import encode_example
-from llava_jax.data.synthetic import tokenizer as syn_tok
+from llava_jax.demo import synthetic as syn
+from llava_jax.demo.synthetic import tokenizer as syn_tok
 
 SIZES = {"num_captions": 12, "num_qa": 40, "num_eval": 20, "image_size": 56}
 SUFFIX = "\n" + syn.SHORT_ANSWER_SUFFIX

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from llava_jax.data.synthetic.scene import COLORS, SHAPES, Scene, Shape
+from llava_jax.demo.synthetic.scene import COLORS, SHAPES, Scene, Shape
 
 POSITION_PHRASES = {
     "top": "at the top",

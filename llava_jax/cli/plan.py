@@ -143,6 +143,7 @@ def _compile(cfg, args, shape) -> dict:
 
     from llava_jax.sharding import MeshConfig, make_mesh
     from llava_jax.train import plan as planning
+    from llava_jax.train.state import model_config
 
     need = shape[0] * shape[1] * shape[2]
     if jax.device_count() < need:
@@ -151,6 +152,6 @@ def _compile(cfg, args, shape) -> dict:
             f"({jax.default_backend()}); drop --compile or plan a smaller mesh"
         )
     base, _ = planning.base_model_config(cfg, args.preset)
-    config = planning.train_model_config(cfg, base)
+    config = model_config(cfg, base)
     mesh = make_mesh(MeshConfig(*shape), devices=jax.devices()[:need])
     return planning.compiled_memory(cfg, config, mesh)

@@ -1,8 +1,8 @@
-"""`llava_jax.distributed`: when it starts the runtime, and how a lost peer is recognised."""
+"""`llava_jax.runtime.distributed`: when it starts the runtime, and how a lost peer is recognised."""
 
 import pytest
 
-from llava_jax import distributed
+from llava_jax.runtime import distributed
 
 CLUSTER_VARS = [
     "LLAVA_JAX_DISTRIBUTED",

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, apply overrides, train."""
-    from llava_jax.distributed import initialize
+    from llava_jax.runtime.distributed import initialize
 
     initialize()
     from llava_jax.train.experiment import load_config

@@ -1,6 +1,6 @@
-"""`llava-jax data ...`: data tools.
+"""Packing LLaVA JSON + images into ArrayRecord shards (`llava-jax data pack`).
 
-`llava-jax data pack JSON IMAGE_ROOT OUT_DIR` converts LLaVA's JSON (or JSONL)
+`pack(JSON, IMAGE_ROOT, OUT_DIR)` converts LLaVA's JSON (or JSONL)
 plus its image folder into ArrayRecord shards holding each example's
 conversation and encoded image bytes (unchanged, no re-encoding), readable by
 `llava_jax.data.sources.ArrayRecordSource` / `open_source(OUT_DIR)`. Also
@@ -10,7 +10,6 @@ written: `lengths.npy` (grouping keys for modality-grouped batching) and
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import json
@@ -125,49 +124,3 @@ def pack(
     with open(os.path.join(out_dir, "metadata.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return summary
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Registers `data` subcommands on the `llava-jax data` parser."""
-    sub = parser.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
-    p = sub.add_parser(
-        "pack",
-        help="LLaVA JSON + images -> ArrayRecord shards",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("json", help="LLaVA JSON or JSONL file")
-    p.add_argument("image_root", help="folder the examples' image paths are relative to")
-    p.add_argument("out_dir", help="output folder for the shards")
-    p.add_argument("--shard-size", type=int, default=5000, help="examples per shard")
-    p.add_argument(
-        "--on-error",
-        choices=("skip", "strict"),
-        default="skip",
-        help="skip (log and count) or stop at the first unreadable example",
-    )
-    p.add_argument("--workers", type=int, default=8, help="threads reading image files")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Runs a `data` subcommand; returns the exit status."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if args.data_command == "pack":
-        try:
-            summary = pack(
-                args.json,
-                args.image_root,
-                args.out_dir,
-                shard_size=args.shard_size,
-                on_error=args.on_error,
-                workers=args.workers,
-            )
-        except DataError as error:
-            print(f"error: {error}")
-            return 1
-        print(
-            f"pack: wrote {summary['num_examples']} of {summary['num_input']} examples to "
-            f"{args.out_dir}; skipped {sum(summary['skipped'].values())} {summary['skipped'] or ''}"
-        )
-        return 0
-    raise ValueError(f"unknown data command {args.data_command!r}")

@@ -35,7 +35,6 @@ import os
 import sys
 import time
 
-DEFAULT_WORKDIR = "workdir_demo"
 STAGES = (
     ("stage0b", "LLM pretraining (projector + LLM; captions with images, conversations as text)"),
     ("stage1", "LLaVA stage 1 (projector; captions, plain)"),
@@ -44,40 +43,8 @@ STAGES = (
 
 
 def default_config_path() -> str:
-    """`configs/demo.py` of the source tree this package runs from."""
-    import llava_jax
-
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(llava_jax.__file__))), "configs", "demo.py")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `llava-jax demo`."""
-    parser.add_argument(
-        "--workdir",
-        default=DEFAULT_WORKDIR,
-        help=f"where data, checkpoints and results go (default {DEFAULT_WORKDIR}); "
-        "rerunning with the same directory reuses finished steps",
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="a few steps per stage on a few samples (checks the machinery, learns nothing)",
-    )
-    parser.add_argument(
-        "--config", default=None, help="experiment file with stage0/stage1/stage2 configs (default: configs/demo.py)"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=None, help="seed of the fresh chat image (default: a new one each run)"
-    )
-    parser.add_argument("--eval-batch-size", type=int, default=128, help="held-out questions answered per batch")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument(
-        "--cpu-devices",
-        type=int,
-        default=None,
-        help="JAX CPU devices to split each training batch over (default: one per core, up to 16, a power of 2); "
-        "ignored once JAX has started",
-    )
+    """The demo's experiment file inside the package (`llava_jax/demo/config.py`): no source tree needed."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.py")
 
 
 def default_cpu_devices(cores: int | None = None) -> int:
@@ -86,7 +53,7 @@ def default_cpu_devices(cores: int | None = None) -> int:
     On the 2-core dev box two devices (half a batch each) measured 0.200 s per
     stage-2 step against 0.228 s for one device over 40 steps (bench/RESULTS.md,
     "The demo", session 4). Full runs were slower (0.33-0.38 s), mostly from host
-    page faults, which huge pages remove (`llava_jax.hugepages`, session 5).
+    page faults, which huge pages remove (`llava_jax.runtime.hugepages`, session 5).
     """
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -146,11 +113,12 @@ def _log(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def _stage_config(config_path: str, stage: str, quick: bool, *, data_dir: str, init_path: str | None, progress: bool):
+def _stage_config(config_path: str, stage: str, quick: bool, *, data: tuple[str, str], init_path: str, progress: bool):
+    """The training config of `stage`, reading `data` = (LLaVA JSON, image root) from `init_path`."""
     from llava_jax.train.experiment import load_config
 
     cfg = load_config(f"{config_path}:{stage}{'_quick' if quick else ''}")
-    cfg.data.synthetic.directory = data_dir
+    cfg.data.json, cfg.data.image_root = data
     cfg.progress = progress
     if init_path is not None:
         cfg.init.path = init_path
@@ -224,13 +192,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     _set_cpu_devices(args.cpu_devices or default_cpu_devices())
     _enable_compilation_cache(workdir)
-    from llava_jax.demo_preset import register
-
-    register()
-    from llava_jax import demo_report as report
-    from llava_jax import demo_towers
     from llava_jax.api import load
-    from llava_jax.data.synthetic import (
+    from llava_jax.demo import report
+    from llava_jax.demo import towers as demo_towers
+    from llava_jax.demo.config import STAGE_DATA
+    from llava_jax.demo.synthetic import (
         synthetic_dataset_is_current,
         synthetic_dataset_paths,
         synthetic_tokenizer_path,
@@ -272,14 +238,13 @@ def run(args: argparse.Namespace) -> int:
     )
 
     inits = {"stage0b": tower_init, "stage1": towers_dir, "stage2": os.path.join(dirs["stage1"], "final")}
+    paths["language"] = os.path.join(workdir, "stage0b_language.json")
     for name, title in STAGES:
         final = os.path.join(dirs[name], "final")
-        cfg = _stage_config(config_path, name, args.quick, data_dir=data_dir, init_path=inits[name], progress=progress)
-        if name == "stage0b":
-            cfg.data.json = os.path.join(workdir, "stage0b_language.json")
-            cfg.data.image_root = paths["image_root"]
-            if not os.path.exists(cfg.data.json) or step.rerun_below:
-                demo_towers.write_language_mix(paths["captions"], paths["qa"], cfg.data.json)
+        data = (paths[STAGE_DATA[name]], paths["image_root"])
+        cfg = _stage_config(config_path, name, args.quick, data=data, init_path=inits[name], progress=progress)
+        if name == "stage0b" and (not os.path.exists(paths["language"]) or step.rerun_below):
+            demo_towers.write_language_mix(paths["captions"], paths["qa"], paths["language"])
         step(name, dirs[name], functools.partial(train, cfg, dirs[name]), done=_finished(final), message=title)
         if name == "stage0b":
             step(

@@ -122,7 +122,7 @@ def test_rerun_reuses_every_step(workdir, capsys):
 
 
 def test_default_cpu_devices_is_a_power_of_two_per_core():
-    from llava_jax.demo import default_cpu_devices
+    from llava_jax.demo.run import default_cpu_devices
 
     assert [default_cpu_devices(c) for c in (1, 2, 3, 4, 6, 8, 32)] == [1, 2, 2, 4, 4, 8, 16]
 
@@ -131,7 +131,7 @@ def test_cpu_devices_are_set_before_jax_starts():
     import subprocess
     import sys
 
-    code = "from llava_jax.demo import _set_cpu_devices; _set_cpu_devices(3); import jax; print(jax.device_count())"
+    code = "from llava_jax.demo.run import _set_cpu_devices; _set_cpu_devices(3); import jax; print(jax.device_count())"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split()[-1] == "3"

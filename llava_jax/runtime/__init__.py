@@ -1,0 +1,1 @@
+"""Process-level runtime: multi-host initialisation (`distributed`) and the CPU host heap (`hugepages`)."""
