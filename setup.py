@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "numpy",
     "ml_collections",
     "tqdm",
+    "tensorboardX",
 ]
 
 EXTRAS = {
@@ -33,7 +34,9 @@ EXTRAS = {
         "ipykernel",
         "scikit-learn",
         "matplotlib",
+        "openpyxl",
     ],
+    "eval": ["openpyxl"],  # the MMBench upload file (.xlsx)
     "tfds": ["tensorflow-datasets==4.9.10", "importlib_resources"],
 }
 
