@@ -10,7 +10,7 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint==0.12.8",
     "grain==0.2.18",
     "transformers>=5.24,<5.25",
-    "safetensors",
+    "safetensors>=0.8",  # safe_open(backend="pread")
     "sentencepiece",
     "tokenizers",
     "pillow",
