@@ -10,13 +10,14 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint==0.12.8",
     "grain==0.2.18",
     "transformers>=5.24,<5.25",
-    "safetensors",
+    "safetensors>=0.8",  # safe_open(backend="pread")
     "sentencepiece",
     "tokenizers",
     "pillow",
     "numpy",
     "ml_collections",
     "tqdm",
+    "tensorboardX",
 ]
 
 EXTRAS = {
@@ -33,7 +34,9 @@ EXTRAS = {
         "ipykernel",
         "scikit-learn",
         "matplotlib",
+        "openpyxl",
     ],
+    "eval": ["openpyxl"],  # the MMBench upload file (.xlsx)
     "tfds": ["tensorflow-datasets==4.9.10", "importlib_resources"],
 }
 

@@ -1,9 +1,14 @@
 """Reading and writing checkpoint tensors without unpickling and without whole-file copies.
 
-Safetensors files are parsed here (8-byte header length, JSON header, raw
-little-endian data) and read tensor by tensor with plain file reads, so peak
-memory is one tensor, and a truncated file is caught from its header.
-`.bin` files go through `torch.load(weights_only=True, mmap=True)`.
+Safetensors files are read with `safetensors.safe_open(path, framework="numpy",
+backend="pread")`, tensor by tensor (BF16 comes back as `ml_dtypes.bfloat16`,
+bit for bit), so peak memory is one tensor; the library checks the header against the file size
+when it opens a file, which catches a truncated file or one that is not
+safetensors at all. `.bin` files go through `torch.load(weights_only=True, mmap=True)`.
+
+Writing stays here: `safetensors.serialize_file` takes every tensor's buffer at
+once, while the exporter produces one tensor at a time, so `write_safetensors`
+fixes the header from the shapes up front and streams the data after it.
 """
 
 from __future__ import annotations
@@ -16,20 +21,21 @@ from collections.abc import Iterable, Iterator
 
 import ml_dtypes
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
-SAFETENSORS_DTYPES = {
-    "F64": np.dtype(np.float64),
-    "F32": np.dtype(np.float32),
-    "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "I64": np.dtype(np.int64),
-    "I32": np.dtype(np.int32),
-    "I16": np.dtype(np.int16),
-    "I8": np.dtype(np.int8),
-    "U8": np.dtype(np.uint8),
-    "BOOL": np.dtype(np.bool_),
+# numpy dtype -> the header's dtype name, for the writer.
+_DTYPE_NAMES = {
+    np.dtype(np.float64): "F64",
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float16): "F16",
+    np.dtype(ml_dtypes.bfloat16): "BF16",
+    np.dtype(np.int64): "I64",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.int16): "I16",
+    np.dtype(np.int8): "I8",
+    np.dtype(np.uint8): "U8",
+    np.dtype(np.bool_): "BOOL",
 }
-_DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
 
 class CheckpointError(ValueError):
@@ -41,54 +47,31 @@ class SafetensorsFile:
 
     def __init__(self, path: str):
         self.path = path
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, no header)")
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8:
-                raise CheckpointError(f"{path}: truncated or not a safetensors file (header says {n} bytes)")
-            try:
-                header = json.loads(f.read(n))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from e
-        self.metadata = header.pop("__metadata__", None) or {}
-        self._data_start = 8 + n
-        self._entries = header
-        end = max((e["data_offsets"][1] for e in header.values()), default=0)
-        if self._data_start + end > size:
-            raise CheckpointError(
-                f"{path}: truncated safetensors file: header needs {self._data_start + end} bytes, file has {size}"
-            )
+        try:
+            # pread, not the default mmap: with mmap every page read stays in the process's RSS until the
+            # file is closed (a 400 MB file read tensor by tensor: peak RSS 466 MB with mmap, 66 MB with pread).
+            self._file = safe_open(path, framework="numpy", backend="pread")
+        except SafetensorError as e:
+            raise CheckpointError(f"{path}: truncated safetensors file or not a safetensors file ({e})") from e
 
     def keys(self) -> list[str]:
-        return list(self._entries)
+        return list(self._file.keys())
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._entries[key]["shape"])
-
-    def dtype(self, key: str) -> np.dtype:
-        name = self._entries[key]["dtype"]
-        if name not in SAFETENSORS_DTYPES:
-            raise CheckpointError(f"{self.path}: tensor {key!r} has unsupported dtype {name}")
-        return SAFETENSORS_DTYPES[name]
+        try:
+            return tuple(self._file.get_slice(key).get_shape())
+        except SafetensorError as e:
+            raise CheckpointError(f"{self.path}: cannot read tensor {key!r} ({e})") from e
 
     def get(self, key: str) -> np.ndarray:
-        """The tensor `key` as a fresh numpy array (one read, no memory map)."""
-        entry = self._entries[key]
-        start, end = entry["data_offsets"]
-        dtype = self.dtype(key)
-        out = np.empty(self.shape(key), dtype)
-        if out.nbytes != end - start:
-            raise CheckpointError(f"{self.path}: tensor {key!r} byte size disagrees with its shape")
-        with open(self.path, "rb") as f:
-            f.seek(self._data_start + start)
-            view = memoryview(out.reshape(-1).view(np.uint8))
-            got = f.readinto(view)
-        if got != end - start:
-            raise CheckpointError(f"{self.path}: tensor {key!r} is truncated")
-        return out
+        """The tensor `key` as a fresh numpy array."""
+        try:
+            return self._file.get_tensor(key)
+        except SafetensorError as e:
+            raise CheckpointError(f"{self.path}: cannot read tensor {key!r} ({e})") from e
+        except (AttributeError, TypeError) as e:  # e.g. F8_E4M3: safetensors finds no numpy dtype for it
+            dtype = self._file.get_slice(key).get_dtype()
+            raise CheckpointError(f"{self.path}: tensor {key!r} has unsupported dtype {dtype} ({e})") from e
 
 
 class TorchBinFile:

@@ -31,7 +31,6 @@ from llava_jax.eval.common import (
     require,
 )
 from llava_jax.eval.records import Base64Image, Item
-from llava_jax.eval.xlsx import write_xlsx
 
 QUESTIONS_EN = "mmbench_dev_20230712.tsv"
 QUESTIONS_CN = "mmbench_dev_cn_20231003.tsv"
@@ -185,7 +184,27 @@ def _write_upload(
             else:
                 values.append(None if is_none(row.get(column)) else row[column])
         table.append(values)
-    write_xlsx(path, columns, table)
+    _write_xlsx(path, columns, table)
+
+
+def _write_xlsx(path: str, header: Sequence[str], rows: Sequence[Sequence]) -> None:
+    """One sheet, `header` then `rows`, as pandas' `to_excel` lays it out: None cells empty, numbers numbers."""
+    try:
+        from openpyxl import Workbook
+        from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+    except ImportError as e:
+        raise ImportError("writing the MMBench upload (.xlsx) needs openpyxl: pip install 'llava_jax[eval]'") from e
+
+    def cell(value):
+        # XML 1.0 forbids most control characters (openpyxl refuses them); model replies may hold some.
+        return ILLEGAL_CHARACTERS_RE.sub("", value) if isinstance(value, str) else value
+
+    book = Workbook(write_only=True)
+    sheet = book.create_sheet("Sheet1")
+    sheet.append(list(header))
+    for row in rows:
+        sheet.append([cell(v) for v in row])
+    book.save(path)
 
 
 def score(

@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
+from tqdm import tqdm
 
 from llava_jax.eval import prompts
 from llava_jax.eval.records import Item, answer_record, load_answers
@@ -187,9 +188,17 @@ def run_items(
     if not batches:
         return stats
 
-    bar = _progress_bar(len(items), stats.reused, progress, desc)
     start = time.perf_counter()
     with (
+        tqdm(
+            total=len(items),
+            initial=stats.reused,
+            desc=desc,
+            unit="q",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            disable=not progress,
+        ) as bar,
         ThreadPoolExecutor(max_workers=1) as pool,
         ThreadPoolExecutor(max_workers=IMAGE_THREADS) as workers,
         open(answers_path, "a", encoding="utf-8") as out,
@@ -217,26 +226,7 @@ def run_items(
             if i == 0:
                 stats.first_batch_seconds = time.perf_counter() - start
                 stats.first_batch_size = len(batch)
-            if bar is not None:
-                bar.update(len(batch))
-                elapsed = time.perf_counter() - start
-                bar.set_postfix(qps=f"{stats.answered / elapsed:.2f}")
+            bar.update(len(batch))
+            bar.set_postfix(qps=f"{stats.answered / (time.perf_counter() - start):.2f}")
     stats.seconds = time.perf_counter() - start
-    if bar is not None:
-        bar.close()
     return stats
-
-
-def _progress_bar(total: int, initial: int, enabled: bool, desc: str):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=desc,
-        unit="q",
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )

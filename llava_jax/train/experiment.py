@@ -1,83 +1,115 @@
 """Experiment configs: Python files exposing `get_config()` with command-line overrides.
 
-`load_config("configs/tiny.py:finetune", ["--config.optim.lr=1e-4"])` imports
-the file, calls `get_config("finetune")` and applies each override with the
-type of the field it replaces. Unknown fields are an error.
+`load_config("configs/tiny.py:finetune", ["--config.optim.lr=1e-4"])` loads the
+file and calls `get_config("finetune")` through `ml_collections.config_flags`
+(`DEFINE_config_file`), then applies the overrides with `DEFINE_config_dict`,
+each on a private `absl.flags.FlagValues` so the process's own flags are never
+touched. Overrides take config_flags' syntax: the field's type parses the text
+(`--config.batch_size=64`, `--config.model.freeze_vision=false`), tuples and
+lists take a Python literal or one bare element (`--config.trainable=^projector/`).
+
+Two things config_flags does not do are done here: list-valued fields (e.g.
+`trainable`, which it refuses to override) are parsed as tuples on a copy and
+set back as lists, and an unknown field is reported by its full dotted name. A field whose default is None has
+no type to parse with; declare it `ml_collections.config_dict.placeholder(T)`.
 """
 
 from __future__ import annotations
 
-import ast
-import importlib.util
+import copy
 import os
+import sys
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
+from ml_collections.config_flags import config_path
+
+_PREFIX = "--config."
+# config_flags loads every config file as this module; a stale one would lend its names to the next file.
+_MODULE = "config_config"
 
 
-def _parse_value(text: str, current):
-    if isinstance(current, bool):
-        if text.lower() in ("true", "1", "yes"):
-            return True
-        if text.lower() in ("false", "0", "no"):
-            return False
-        raise ValueError(f"expected a boolean, got {text!r}")
-    if isinstance(current, str) or current is None:
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            return text
-        return value if current is None else (text if not isinstance(value, str) else value)
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        raise ValueError(f"expected {type(current).__name__}, got {text!r}") from None
-    if isinstance(current, float) and isinstance(value, int):
-        return float(value)
-    if isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)):
-        return type(current)(value)
-    if not isinstance(value, type(current)):
-        raise ValueError(f"expected {type(current).__name__}, got {text!r}")
-    return value
+def _field(item: str) -> str:
+    if not item.startswith(_PREFIX):
+        raise ValueError(f"override {item!r} must look like --config.field=value")
+    return item[len(_PREFIX) :].partition("=")[0]
+
+
+def _lists(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Dotted paths of the list-valued fields of `config`."""
+    out = []
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            out += _lists(value, f"{prefix}{key}.")
+        elif isinstance(value, list):
+            out.append(prefix + key)
+    return out
+
+
+def _as_tuples(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` whose list fields are tuples, which config_flags can parse (lists it refuses)."""
+    shadow = copy.deepcopy(config)
+    for path in _lists(shadow):
+        holder, _, name = path.rpartition(".")
+        node = config_path.get_value(holder, shadow) if holder else shadow
+        with node.unlocked():
+            value = tuple(node[name])
+            del node[name]  # assigning a tuple to a list field would be cast back to a list
+            node[name] = value
+    return shadow
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
-    """Apply `--config.a.b=value` strings to `config` (in place) and return it."""
+    """Apply `--config.a.b=value` strings to `config` (in place, field order and lock kept) and return it."""
+    overrides = list(overrides)
+    if not overrides:
+        return config
     for item in overrides:
-        if not item.startswith("--config."):
-            raise ValueError(f"override {item!r} must look like --config.field=value")
-        key, sep, text = item[len("--config.") :].partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} has no '='")
-        node = config
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if part not in node:
-                raise KeyError(f"unknown config field {key!r} (no {part!r})")
-            node = node[part]
-        if parts[-1] not in node:
-            raise KeyError(f"unknown config field {key!r}")
-        with node.unlocked() if hasattr(node, "unlocked") else _null():
-            node[parts[-1]] = _parse_value(text, node[parts[-1]])
+        field = _field(item)
+        try:
+            config_path.get_value(field, config)
+        except (KeyError, AttributeError, IndexError):
+            raise KeyError(f"unknown config field {field!r}") from None
+    argv = ["prog", *overrides]
+    values = flags.FlagValues()
+    try:
+        config_flags.DEFINE_config_dict(
+            "config", _as_tuples(config), flag_values=values, lock_config=False, sys_argv=argv
+        )
+        values(argv)
+    except flags.Error as e:  # names the flag, e.g. "flag --config.batch_size=abc: invalid literal for int()"
+        raise ValueError(str(e)) from None
+    # Parsed on the copy, set on `config`: a tuple assigned to a list field becomes a list again.
+    for path, value in values["config"].override_values.items():
+        holder, _, name = path.rpartition(".")
+        node = config_path.get_value(holder, config) if holder else config
+        with node.unlocked():
+            node[name] = value
     return config
 
 
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def load_config(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
-    """Import `path.py[:arg]`, call `get_config([arg])`, apply overrides."""
-    path, _, arg = spec.partition(":")
-    if not os.path.exists(path):
+    """Load `path.py[:arg]` (its `get_config([arg])`) and apply `--config.x=y` overrides."""
+    path = spec.partition(":")[0]
+    if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path!r} does not exist")
-    module_spec = importlib.util.spec_from_file_location(f"llava_jax_config_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise AttributeError(f"{path} defines no get_config()")
-    config = module.get_config(arg) if arg else module.get_config()
+    argv = ["prog", f"--config={spec}"]
+    values = flags.FlagValues()
+    sys.modules.pop(_MODULE, None)
+    try:
+        config_flags.DEFINE_config_file("config", flag_values=values, lock_config=False, sys_argv=argv)
+        values(argv)
+        config = values.config
+    except Exception as e:
+        module = sys.modules.get(_MODULE)
+        if module is not None and not hasattr(module, "get_config"):
+            raise AttributeError(f"{path} defines no get_config()") from None
+        if isinstance(e, flags.Error):  # e.g. get_config raised: the message holds its traceback
+            raise ValueError(f"{spec}: {e}") from None
+        raise
+    finally:
+        sys.modules.pop(_MODULE, None)
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise TypeError(f"{spec}: get_config() returned {type(config).__name__}, not a ConfigDict")
     return apply_overrides(config, list(overrides))

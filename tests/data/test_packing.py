@@ -100,8 +100,24 @@ def test_pack_iter_covers_everything_once():
     skipped = [s for row in rows for s in row["_skipped"]]
     assert sorted(s[0] for s in skipped) == sorted(e["id"] for e in source if "_skip" in e)
     assert sum(int(row["skipped"]) for row in rows) == len(skipped)
+    by_id = {e["id"]: e for e in source}
     for row in rows:
         assert len(row["_images"]) <= 2 and (row["segment_ids"] > 0).sum() <= 100
+        # Segments 1..n in order, laid end to end, then padding.
+        seg = row["segment_ids"]
+        n = len(row["_ids"])
+        assert sorted(set(seg[seg > 0].tolist())) == list(range(1, n + 1)) and (np.diff(seg[seg > 0]) >= 0).all()
+        assert (seg[int((seg > 0).sum()) :] == 0).all()
+        for k, sid in enumerate(row["_ids"], start=1):
+            mask = seg == k
+            np.testing.assert_array_equal(row["input_ids"][mask], by_id[sid]["input_ids"])
+            np.testing.assert_array_equal(row["positions"][mask], np.arange(mask.sum()))
+            # The first token of each sample is never a target (no cross-sample prediction).
+            assert row["labels"][mask].tolist() == [IGNORE_INDEX] + by_id[sid]["labels"][1:].tolist()
+        # Images in segment order, each naming its own sample's image.
+        assert row["_images"] == [by_id[row["_ids"][k - 1]]["image"] for k in row["_image_segments"]]
+        assert [by_id[sid]["image"] for sid in row["_ids"] if by_id[sid]["image"]] == row["_images"]
+        assert (row["labels"][seg == 0] == IGNORE_INDEX).all() and (row["input_ids"][seg == 0] == 0).all()
 
 
 def rows_equal(a, b):
@@ -131,3 +147,15 @@ def test_pack_iter_checkpoint_restores_identical_continuation(case):
         assert len(rest) == len(reference) - stop
         for a, b in zip(rest, reference[stop:]):
             rows_equal(a, b)
+
+
+def test_stage2_like_rows_are_at_least_90_percent_tokens():
+    """The packing target on LLaVA-1.5 stage-2-like lengths (bench/data.py models the real mix)."""
+    rng = np.random.default_rng(0)
+    has_image = rng.random(1500) < 0.85
+    lengths = np.minimum(2048, 40 + rng.lognormal(np.log(250), 0.8, 1500) + 576 * has_image).astype(int)
+    rows = sum(
+        len(plan_rows(lengths[s : s + 512].tolist(), has_image[s : s + 512].astype(int).tolist(), 4096, 8))
+        for s in range(0, len(lengths), 512)
+    )
+    assert lengths.sum() / (rows * 4096) >= 0.9

@@ -174,3 +174,13 @@ def test_prepare_runs_ahead_and_images_are_loaded(tmp_path):
 def test_model_name_from_path():
     assert model_name_from_path("/ckpts/llava-v1.5-7b/") == "llava-v1.5-7b"
     assert model_name_from_path("runs/exp1/checkpoint-500") == "exp1_checkpoint-500"
+
+
+def test_progress_bar_counts_reused_answers_and_is_off_when_disabled(tmp_path, capsys):
+    path = str(tmp_path / "answers.jsonl")
+    answerer = FunctionAnswerer(_echo, "my-model")
+    run_items(_items(3), answerer, path, batch_size=2, max_new_tokens=7, progress=False, desc="first")
+    assert capsys.readouterr().err == ""
+    run_items(_items(5), answerer, path, batch_size=2, max_new_tokens=7, progress=True, desc="second")
+    err = capsys.readouterr().err
+    assert "second" in err and "3/5" in err and "5/5" in err and "qps=" in err  # starts at the 3 reused

@@ -4,7 +4,6 @@ import pytest
 
 from llava_jax.eval import mmbench, mme, pope, scienceqa, vqa
 from llava_jax.eval.common import EvalDataError
-from llava_jax.eval.xlsx import column_name
 
 
 @pytest.mark.parametrize(
@@ -124,14 +123,22 @@ def test_textvqa_question_recovery():
         vqa.textvqa_question("one line")
 
 
-def test_xlsx_column_names():
-    assert [column_name(i) for i in (0, 25, 26, 27, 701, 702)] == [
-        "A",
-        "Z",
-        "AA",
-        "AB",
-        "ZZ",
-        "AAA",
+def test_mmbench_upload_cells(tmp_path):
+    import openpyxl
+
+    from llava_jax.eval.mmbench import _write_xlsx
+
+    path = str(tmp_path / "upload.xlsx")
+    rows = [[7, "bell\x07 and <tag> & \u00e9", None, 2.5], [8, "", "x" * 40, -1]]
+    _write_xlsx(path, ["index", "prediction", "C", "score"], rows)
+    book = openpyxl.load_workbook(path, read_only=True)
+    got = list(book.active.iter_rows(values_only=True))
+    book.close()
+    # Control characters (illegal in XML) dropped, markup kept as text, None an empty cell.
+    assert got == [
+        ("index", "prediction", "C", "score"),
+        (7, "bell and <tag> & \u00e9", None, 2.5),
+        (8, None, "x" * 40, -1),
     ]
 
 

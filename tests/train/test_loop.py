@@ -1,6 +1,5 @@
 """End-to-end training runs of the tiny config: both stages, sharding equivalence, kill + resume, NaN stop."""
 
-import json
 import os
 import signal
 import subprocess
@@ -186,48 +185,3 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_dir,
     steps = sorted(int(d) for d in os.listdir(tmp_path / "nan" / "checkpoints") if d.isdigit())
     assert steps == [1]
     assert not os.path.exists(tmp_path / "nan" / "final")
-
-
-def test_config_overrides():
-    from llava_jax.train.defaults import stage2
-    from llava_jax.train.experiment import apply_overrides
-
-    c = apply_overrides(
-        stage2(),
-        [
-            "--config.optim.lr=3e-5",
-            "--config.model.freeze_vision=false",
-            "--config.trainable=['^projector/']",
-            "--config.data.template=plain",
-            "--config.batch_size=64",
-        ],
-    )
-    assert (c.optim.lr, c.model.freeze_vision, list(c.trainable), c.data.template, c.batch_size) == (
-        3e-5,
-        False,
-        ["^projector/"],
-        "plain",
-        64,
-    )
-    with pytest.raises(KeyError, match="unknown config field 'optim.nope'"):
-        apply_overrides(stage2(), ["--config.optim.nope=1"])
-    with pytest.raises(ValueError, match="expected int"):
-        apply_overrides(stage2(), ["--config.batch_size=abc"])
-
-
-def test_tensorboard_reads_the_event_file(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from llava_jax.train.metrics import MetricsWriter
-
-    writer = MetricsWriter(str(tmp_path))
-    for step in (1, 2, 3):
-        writer.write(step, {"train/loss": 1.0 / step, "train/lr": 1e-3, "note": "text"})
-    writer.close()
-    acc = EventAccumulator(str(tmp_path / "tensorboard"))
-    acc.Reload()
-    values = [(e.step, e.value) for e in acc.Scalars("train/loss")]
-    assert [s for s, _ in values] == [1, 2, 3]
-    np.testing.assert_allclose([v for _, v in values], [1.0, 0.5, 1 / 3], rtol=1e-6)
-    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-    assert rows[0] == {"step": 1, "train/loss": 1.0, "train/lr": 1e-3, "note": "text"}
