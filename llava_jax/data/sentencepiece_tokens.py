@@ -33,6 +33,7 @@ import functools
 import json
 import os
 import re
+import shutil
 from collections.abc import Mapping
 
 SPIECE_UNDERLINE = "\u2581"
@@ -153,24 +154,32 @@ class SentencePieceTokens:
         return self.encode(text)[0]
 
 
-def _read_legacy(directory: str) -> bool:
-    """The `legacy` flag of the directory's tokenizer_config.json; True when unset (4.31's default)."""
+# What the slow tokenizer reads from tokenizer_config.json, with transformers 4.31's defaults.
+SLOW_SETTINGS = {"legacy": True, "add_bos_token": True, "add_eos_token": False, "tokenizer_class": None}
+
+
+def tokenizer_settings(directory: str) -> dict:
+    """`SLOW_SETTINGS` as the directory's tokenizer_config.json sets them (defaults where unset or absent).
+
+    Read from the file: transformers 5 does not keep `legacy`, and its
+    `add_bos_token` attribute is not what a tokenizer.json-backed tokenizer does.
+    """
     path = os.path.join(directory, "tokenizer_config.json")
     try:
-        return _legacy_of(path, os.path.getmtime(path))
+        return dict(_read_settings(path, os.path.getmtime(path)))
     except OSError:
-        return True
+        return dict(SLOW_SETTINGS)
 
 
 @functools.lru_cache(maxsize=64)
-def _legacy_of(path: str, mtime: float) -> bool:
+def _read_settings(path: str, mtime: float) -> tuple:
     del mtime  # part of the key only
     try:
         with open(path) as f:
-            value = json.load(f).get("legacy")
+            config = json.load(f)
     except (OSError, json.JSONDecodeError):
-        return True
-    return True if value is None else bool(value)
+        config = {}
+    return tuple((k, default if config.get(k) is None else config[k]) for k, default in SLOW_SETTINGS.items())
 
 
 @functools.lru_cache(maxsize=16)
@@ -187,38 +196,66 @@ def _cached(model_file: str, mtime: float, legacy: bool, specials: tuple, bos, e
     )
 
 
-def is_llama_tokenizer(tokenizer) -> bool:
-    """Whether `tokenizer` is an HF LLaMA tokenizer (the class LLaVA-1.5's checkpoints name)."""
-    return type(tokenizer).__name__ in LLAMA_CLASSES
-
-
 def model_file(tokenizer) -> str | None:
-    """The sentencepiece `tokenizer.model` an HF LLaMA tokenizer was loaded with, or None."""
+    """The sentencepiece `tokenizer.model` a LLaMA tokenizer was loaded with, or None.
+
+    A LLaMA tokenizer: its directory's tokenizer_config.json names `LlamaTokenizer`
+    (transformers 5 may load such a directory as a generic `TokenizersBackend`,
+    e.g. beside a LLaVA `config.json`) or the object is a transformers LLaMA tokenizer.
+    """
     path = getattr(tokenizer, "vocab_file", None)
-    if not is_llama_tokenizer(tokenizer) or not isinstance(path, str) or not path.endswith(".model"):
+    if not isinstance(path, str) or not path.endswith(".model") or not os.path.isfile(path):
         return None
-    return path if os.path.isfile(path) else None
+    declared = tokenizer_settings(os.path.dirname(path))["tokenizer_class"]
+    if declared in LLAMA_CLASSES or type(tokenizer).__name__ in LLAMA_CLASSES:
+        return path
+    return None
 
 
 def for_tokenizer(tokenizer) -> SentencePieceTokens | None:
     """LLaVA's sentencepiece tokenization for `tokenizer`, or None when it ships no `tokenizer.model`.
 
-    The `legacy` flag comes from the `tokenizer_config.json` beside the model
-    file (transformers 5 does not keep it); special tokens, BOS/EOS and whether
-    they are added come from the tokenizer object.
+    `legacy` and whether BOS/EOS are added come from the tokenizer_config.json
+    beside the model file (`tokenizer_settings`); the special tokens and the
+    BOS/EOS ids from the tokenizer object.
     """
     path = model_file(tokenizer)
     if path is None:
         return None
+    settings = tokenizer_settings(os.path.dirname(path))
     decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     specials = tuple(sorted((str(tok), int(i)) for i, tok in decoder.items()))
     return _cached(
         path,
         os.path.getmtime(path),
-        _read_legacy(os.path.dirname(path)),
+        bool(settings["legacy"]),
         specials,
         tokenizer.bos_token_id,
         tokenizer.eos_token_id,
-        bool(getattr(tokenizer, "add_bos_token", True)),
-        bool(getattr(tokenizer, "add_eos_token", False)),
+        bool(settings["add_bos_token"]),
+        bool(settings["add_eos_token"]),
     )
+
+
+def save_tokenizer(tokenizer, directory: str) -> None:
+    """`tokenizer.save_pretrained(directory)`, keeping what LLaVA's tokenization needs.
+
+    For a tokenizer with a sentencepiece model, the model file is copied too and
+    the slow tokenizer's settings (`SLOW_SETTINGS`) are written as the source
+    directory had them (transformers 5 writes only tokenizer.json and drops or
+    rewrites them), so the saved directory tokenizes as the source did.
+    """
+    tokenizer.save_pretrained(directory)
+    path = model_file(tokenizer)
+    if path is None:
+        return
+    shutil.copy(path, os.path.join(directory, "tokenizer.model"))
+    config_path = os.path.join(directory, "tokenizer_config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    settings = tokenizer_settings(os.path.dirname(path))
+    if settings["tokenizer_class"] not in LLAMA_CLASSES:
+        settings["tokenizer_class"] = "LlamaTokenizer"  # what made this a LLaMA tokenizer: its type
+    config.update(settings)
+    with open(config_path, "w") as f:
+        json.dump(config, f, indent=2)
