@@ -55,7 +55,13 @@ def reference_model(seed: int = 0, *, hf_release: bool = False):
         )
     else:
         model = hf_fixtures.hf_llava(seed, text=TEXT, image_token_index=VOCAB - 1)
-    return model.half().float()  # the releases are float16
+    model = model.half().float()  # the releases are float16
+    import torch
+
+    with torch.no_grad():  # the stage-1 projector is bfloat16: these values are exact in both
+        for p in model.model.multi_modal_projector.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    return model
 
 
 def _state(model) -> dict[str, np.ndarray]:
