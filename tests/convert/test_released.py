@@ -83,7 +83,9 @@ def test_hub_name_tower_without_vision_tower_names_the_clip_dir(released):
     with pytest.raises(CheckpointError, match=r"mm_hidden_size 32 != vision hidden size 1024.*pass vision_tower="):
         llava_jax.load(released["dirs"]["13b"])
     # Without them: the error says which CLIP directory to fetch and pass.
-    with pytest.raises(CheckpointError, match=r"no vision tower weights; pass vision_tower=.*clip-vit-large-patch14-336"):
+    with pytest.raises(
+        CheckpointError, match=r"no vision tower weights; pass vision_tower=.*clip-vit-large-patch14-336"
+    ):
         llava_jax.load(released["dirs"]["7b-later"])
 
 
