@@ -100,6 +100,12 @@ def test_convert_cli_of_original_release(released, tmp_path):
     text = "<image>\nWhat is this? ASSISTANT: A cat.</s>USER: And?"
     source = llava_jax.load(src, vision_tower=released["dirs"]["clip"]).tokenizer
     assert for_tokenizer(model.tokenizer)(text) == for_tokenizer(source)(text)
+    # So does an HF export of it.
+    from transformers import AutoTokenizer
+
+    model.export_hf(str(tmp_path / "hf"))
+    exported = for_tokenizer(AutoTokenizer.from_pretrained(tmp_path / "hf"))
+    assert exported is not None and exported.legacy is False and exported(text) == for_tokenizer(source)(text)
 
 
 def test_stage1_projector_with_vicuna_and_clip(released, tmp_path):
