@@ -142,6 +142,15 @@ def test_llava_hf_release_loads_as_published(released):
         assert json.load(f)["image_token"] == "<image>"
 
 
+def test_llava_hf_release_converts(released, tmp_path):
+    ids, pixels, mask, ref = released["hf"]
+    cli_main(["convert", released["dirs"]["hf"], str(tmp_path / "jax")])
+    model = llava_jax.load(str(tmp_path / "jax"))
+    np.testing.assert_allclose(model.logits(ids, pixels, mask), ref, atol=ATOL, rtol=0)
+    assert model.tokenizer.convert_tokens_to_ids("<image>") == rf.HF_IMAGE_TOKEN
+    assert for_tokenizer(model.tokenizer) is not None
+
+
 def test_llava_hf_chat_template_is_the_llava_hf_template(released):
     from transformers import AutoProcessor
 
