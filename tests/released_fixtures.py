@@ -5,10 +5,9 @@ Each writer reproduces one released directory: the original repo's
 `mm_*` fields, fp16 `pytorch_model-0000k-of-0000n.bin` shards + index, the slow
 LLaMA tokenizer files, `generation_config.json`), the stage-1 projector
 release (`mm_projector.bin` + its `config.json`), `lmsys/vicuna-7b-v1.5`,
-`openai/clip-vit-large-patch14-336` (a whole `CLIPModel` in `pytorch_model.bin`)
-and `llava-hf/llava-1.5-7b-hf` (safetensors shards in the published key layout,
-`processor_config.json`, `chat_template.json`, the tokenizer with `<image>` and
-`<pad>` added). Keys and values are the published ones except the sizes.
+`openai/clip-vit-large-patch14-336` (a whole `CLIPModel` in `pytorch_model.bin`);
+`tests.released_hf_fixtures` writes `llava-hf/llava-1.5-7b-hf`. Keys and values
+are the published ones except the sizes.
 
 Sizes: the towers of `tests.hf_fixtures` (CLIP 32-wide, 28 px, 4 patches; LLaMA
 64-wide, 2 layers) with the vocabulary of `tests/assets/tokenizer.model` (768
@@ -36,7 +35,7 @@ CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
-def _dump(directory: str, name: str, obj) -> None:
+def dump_json(directory: str, name: str, obj) -> None:
     with open(os.path.join(directory, name), "w") as f:
         json.dump(obj, f, indent=2)
 
@@ -64,11 +63,11 @@ def reference_model(seed: int = 0, *, hf_release: bool = False):
     return model
 
 
-def _state(model) -> dict[str, np.ndarray]:
+def numpy_state(model) -> dict[str, np.ndarray]:
     return {k: v.detach().numpy() for k, v in model.state_dict().items()}
 
 
-def _split_keys(model_state: dict, prefixes: dict[str, str]) -> dict[str, np.ndarray]:
+def rename_keys(model_state: dict, prefixes: dict[str, str]) -> dict[str, np.ndarray]:
     """Rename transformers-5 in-memory keys by prefix (first match wins); unmatched keys dropped."""
     out = {}
     for key, value in model_state.items():
@@ -97,7 +96,7 @@ def _write_bin_shards(directory: str, tensors: dict[str, np.ndarray], shards: in
             weight_map[key] = name
             total += t.numel() * t.element_size()
         torch.save(part, os.path.join(directory, name))
-    _dump(directory, "pytorch_model.bin.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+    dump_json(directory, "pytorch_model.bin.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
     return names
 
 
@@ -132,10 +131,10 @@ def write_slow_tokenizer(directory: str, *, legacy: bool | None = False, model_m
     }
     if legacy is None:
         del config["legacy"]
-    _dump(directory, "tokenizer_config.json", config)
+    dump_json(directory, "tokenizer_config.json", config)
     special = {"bos_token": added("<s>", False), "eos_token": added("</s>", False), "pad_token": "<unk>"}
     special["unk_token"] = added("<unk>", False)
-    _dump(directory, "special_tokens_map.json", special)
+    dump_json(directory, "special_tokens_map.json", special)
     return directory
 
 
@@ -206,7 +205,7 @@ def write_original_release(directory: str, model, *, variant: str = "13b", with_
     import torch
 
     os.makedirs(directory, exist_ok=True)
-    state = _state(model)
+    state = numpy_state(model)
     prefixes = {
         "model.language_model.": "model.",
         "lm_head.": "lm_head.",
@@ -215,15 +214,15 @@ def write_original_release(directory: str, model, *, variant: str = "13b", with_
     }
     if with_vision:
         prefixes["model.vision_tower."] = "model.vision_tower.vision_tower.vision_model."
-    tensors = _split_keys(state, prefixes)
+    tensors = rename_keys(state, prefixes)
     tensors.update(_rotary_buffers(TEXT["num_hidden_layers"], TEXT["hidden_size"] // TEXT["num_attention_heads"]))
     if with_vision:
         n_pos = (hf_fixtures.VISION["image_size"] // hf_fixtures.VISION["patch_size"]) ** 2 + 1
         key = "model.vision_tower.vision_tower.vision_model.embeddings.position_ids"
         tensors[key] = np.arange(n_pos, dtype=np.int64)[None]
     _write_bin_shards(directory, tensors, 2, torch.float16)
-    _dump(directory, "config.json", original_config(variant=variant))
-    _dump(
+    dump_json(directory, "config.json", original_config(variant=variant))
+    dump_json(
         directory,
         "generation_config.json",
         {
@@ -274,9 +273,9 @@ def write_clip_release(directory: str, model) -> str:
         ),
         "vision_config_dict": vision,
     }
-    _dump(directory, "config.json", published)
+    dump_json(directory, "config.json", published)
     size = v["image_size"]
-    _dump(
+    dump_json(
         directory,
         "preprocessor_config.json",
         {
@@ -300,7 +299,7 @@ def write_vicuna_release(directory: str, model) -> str:
 
     os.makedirs(directory, exist_ok=True)
     t = TEXT
-    tensors = _split_keys(_state(model), {"model.language_model.": "model.", "lm_head.": "lm_head."})
+    tensors = rename_keys(numpy_state(model), {"model.language_model.": "model.", "lm_head.": "lm_head."})
     tensors.update(_rotary_buffers(t["num_hidden_layers"], t["hidden_size"] // t["num_attention_heads"]))
     _write_bin_shards(directory, tensors, 2, torch.float16)
     keys = ("hidden_size", "intermediate_size", "max_position_embeddings", "num_attention_heads")
@@ -327,8 +326,8 @@ def write_vicuna_release(directory: str, model) -> str:
             "vocab_size": t["vocab_size"],
         }
     )
-    _dump(directory, "config.json", dict(sorted(config.items())))
-    _dump(
+    dump_json(directory, "config.json", dict(sorted(config.items())))
+    dump_json(
         directory,
         "generation_config.json",
         {
@@ -351,8 +350,8 @@ def write_projector_release(directory: str, model) -> str:
     import torch
 
     os.makedirs(directory, exist_ok=True)
-    tensors = _split_keys(
-        _state(model),
+    tensors = rename_keys(
+        numpy_state(model),
         {
             "model.multi_modal_projector.linear_1.": "model.mm_projector.0.",
             "model.multi_modal_projector.linear_2.": "model.mm_projector.2.",
@@ -371,175 +370,6 @@ def write_projector_release(directory: str, model) -> str:
         use_cache=False,
         torch_dtype="bfloat16",
     )
-    _dump(directory, "config.json", config)
-    _dump(directory, "trainer_state.json", {"epoch": 1.0, "global_step": 2181, "log_history": []})
-    return directory
-
-
-def llava_hf_config() -> dict:
-    """llava-hf/llava-1.5-7b-hf's `config.json`, its text/vision sizes written out (tiny)."""
-    t, v = TEXT, hf_fixtures.VISION
-    text_sizes = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-    return {
-        "architectures": ["LlavaForConditionalGeneration"],
-        "ignore_index": -100,
-        "image_seq_length": (v["image_size"] // v["patch_size"]) ** 2,
-        "image_token_index": HF_IMAGE_TOKEN,
-        "model_type": "llava",
-        "pad_token_id": HF_PAD_TOKEN,
-        "projector_hidden_act": "gelu",
-        "text_config": {
-            "_name_or_path": "lmsys/vicuna-7b-v1.5",
-            "architectures": ["LlamaForCausalLM"],
-            **{k: t[k] for k in text_sizes},
-            "max_position_embeddings": 4096,
-            "model_type": "llama",
-            "rms_norm_eps": 1e-05,
-            "torch_dtype": "float16",
-            "vocab_size": HF_VOCAB,
-        },
-        "tie_word_embeddings": False,
-        "torch_dtype": "float16",
-        "transformers_version": "4.36.0.dev0",
-        "vision_config": {
-            "hidden_size": v["hidden_size"],
-            "image_size": v["image_size"],
-            "intermediate_size": v["intermediate_size"],
-            "model_type": "clip_vision_model",
-            "num_attention_heads": v["num_attention_heads"],
-            "num_hidden_layers": v["num_hidden_layers"],
-            "patch_size": v["patch_size"],
-            "projection_dim": 768,
-            "vocab_size": 32000,
-        },
-        "vision_feature_layer": -2,
-        "vision_feature_select_strategy": "default",
-        "vocab_size": HF_VOCAB,
-    }
-
-
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
-    "{% endif %}{# Render all images first #}{% for content in message['content'] | selectattr('type', "
-    "'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != "
-    "'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{{ content['text'] + ' '}}{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', "
-    "'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
-
-
-def write_llava_hf_tokenizer(directory: str) -> str:
-    """llava-hf's tokenizer files: tokenizer.model + tokenizer.json, `<image>` and `<pad>` added after the vocab."""
-    from transformers import AutoTokenizer
-
-    os.makedirs(directory, exist_ok=True)
-    shutil.copy(TOKENIZER_MODEL, os.path.join(directory, "tokenizer.model"))
-
-    def added(content):
-        return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
-
-    decoder = {"0": "<unk>", "1": "<s>", "2": "</s>", str(HF_IMAGE_TOKEN): "<image>", str(HF_PAD_TOKEN): "<pad>"}
-    config = {
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "added_tokens_decoder": {i: dict(added(c), special=True) for i, c in decoder.items()},
-        "bos_token": "<s>",
-        "clean_up_tokenization_spaces": False,
-        "eos_token": "</s>",
-        "legacy": False,
-        "model_max_length": 1000000000000000019884624838656,
-        "pad_token": "<pad>",
-        "padding_side": "left",
-        "processor_class": "LlavaProcessor",
-        "sp_model_kwargs": {},
-        "tokenizer_class": "LlamaTokenizer",
-        "trust_remote_code": False,
-        "unk_token": "<unk>",
-        "use_default_system_prompt": False,
-    }
-    _dump(directory, "tokenizer_config.json", config)
-    special = {"bos_token": added("<s>"), "eos_token": added("</s>"), "pad_token": added("<pad>")}
-    special["unk_token"] = added("<unk>")
-    _dump(directory, "special_tokens_map.json", special)
-    _dump(directory, "added_tokens.json", {"<image>": HF_IMAGE_TOKEN, "<pad>": HF_PAD_TOKEN})
-    # tokenizer.json as transformers writes it for this tokenizer.
-    staging = directory.rstrip("/") + ".tokenizer-json"
-    AutoTokenizer.from_pretrained(directory).save_pretrained(staging)
-    shutil.copy(os.path.join(staging, "tokenizer.json"), os.path.join(directory, "tokenizer.json"))
-    shutil.rmtree(staging)
-    return directory
-
-
-def write_llava_hf_release(directory: str, model) -> str:
-    """llava-hf/llava-1.5-7b-hf as published: fp16 safetensors shards in the 4.3x on-disk layout + processor files."""
-    from llava_jax.convert.tensors import write_safetensors
-
-    os.makedirs(directory, exist_ok=True)
-    tensors = _split_keys(
-        _state(model),
-        {
-            "model.language_model.": "language_model.model.",
-            "lm_head.": "language_model.lm_head.",
-            "model.vision_tower.": "vision_tower.vision_model.",
-            "model.multi_modal_projector.": "multi_modal_projector.",
-        },
-    )
-    keys = sorted(tensors)
-    names = [f"model-{i + 1:05d}-of-00003.safetensors" for i in range(3)]
-    weight_map = {}
-    for i, name in enumerate(names):
-        part = {k: tensors[k].astype(np.float16) for k in keys[i::3]}
-        write_safetensors(
-            os.path.join(directory, name), iter(part.items()), {k: (a.shape, a.dtype) for k, a in part.items()}
-        )
-        weight_map.update(dict.fromkeys(part, name))
-    total = sum(a.size * 2 for a in tensors.values())
-    _dump(directory, "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
-    _dump(directory, "config.json", llava_hf_config())
-    _dump(
-        directory,
-        "generation_config.json",
-        {
-            "_from_model_config": True,
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-            "pad_token_id": HF_PAD_TOKEN,
-            "transformers_version": "4.36.0.dev0",
-        },
-    )
-    v = hf_fixtures.VISION
-    _dump(
-        directory,
-        "processor_config.json",
-        {
-            "image_token": "<image>",
-            "num_additional_image_tokens": 1,
-            "patch_size": v["patch_size"],
-            "processor_class": "LlavaProcessor",
-            "vision_feature_select_strategy": "default",
-        },
-    )
-    _dump(directory, "chat_template.json", {"chat_template": CHAT_TEMPLATE})
-    size = v["image_size"]
-    _dump(
-        directory,
-        "preprocessor_config.json",
-        {
-            "crop_size": {"height": size, "width": size},
-            "do_center_crop": True,
-            "do_convert_rgb": True,
-            "do_normalize": True,
-            "do_rescale": True,
-            "do_resize": True,
-            "image_mean": CLIP_MEAN,
-            "image_processor_type": "CLIPImageProcessor",
-            "image_std": CLIP_STD,
-            "processor_class": "LlavaProcessor",
-            "resample": 3,
-            "rescale_factor": 0.00392156862745098,
-            "size": {"shortest_edge": size},
-        },
-    )
-    write_llava_hf_tokenizer(directory)
+    dump_json(directory, "config.json", config)
+    dump_json(directory, "trainer_state.json", {"epoch": 1.0, "global_step": 2181, "log_history": []})
     return directory

@@ -19,6 +19,7 @@ from llava_jax.convert.hf_config import config_kind, llava_config_from_hf, origi
 from llava_jax.convert.tensors import CheckpointError
 from llava_jax.data.sentencepiece_tokens import for_tokenizer, tokenizer_settings
 from tests import released_fixtures as rf
+from tests import released_hf_fixtures as rhf
 from tests.hf_fixtures import random_inputs
 
 ATOL = 1e-4
@@ -40,7 +41,7 @@ def released(tmp_path_factory):
         "clip": rf.write_clip_release(str(root / "clip-vit-large-patch14-336"), model),
         "vicuna": rf.write_vicuna_release(str(root / "vicuna-7b-v1.5"), model),
         "stage1": rf.write_projector_release(str(root / "llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5"), model),
-        "hf": rf.write_llava_hf_release(str(root / "llava-1.5-7b-hf"), hf_model),
+        "hf": rhf.write_llava_hf_release(str(root / "llava-1.5-7b-hf"), hf_model),
     }
     out = {"dirs": dirs, "root": root}
     for name, m in (("original", model), ("hf", hf_model)):
