@@ -1,9 +1,10 @@
 """llava_jax: LLaVA-1.5 (Improved Baselines with Visual Instruction Tuning) in JAX/Flax.
 
 Public API:
-  load(path, *, dtype, mesh) -> Llava      HF / original / llava_jax checkpoints
-  load_components(vision_dir, llm_dir)    stage-1 initialisation
+  load(path, *, dtype, mesh) -> Llava      llava-hf / original llava-v1.5 / llava_jax checkpoints
+  load_components(vision_dir, llm_dir, projector=None)  CLIP + Vicuna + the stage-1 projector (or a fresh one)
   convert(src, dst)                       HF / original -> llava_jax checkpoint, streamed
+  (docs/checkpoints.md: the commands for each released artifact)
   Llava.logits / .generate / .chat / .save / .export_hf
   preprocess_image(image, *, mode, size)  CLIP preprocessing with LLaVA's pad mode
   configs: VisionConfig, ProjectorConfig, LlamaConfig, LlavaConfig; PRESETS and the preset functions;

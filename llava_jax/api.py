@@ -96,20 +96,24 @@ def load(
     mesh=None,
     rules: Rules = DEFAULT_RULES,
     vision_tower: str | None = None,
+    llm: str | None = None,
 ) -> Llava:
-    """Load a LLaVA model from an HF LLaVA directory, an original LLaVA checkpoint or a llava_jax checkpoint.
+    """Load a LLaVA model: llava-hf, the original repo's llava-v1.5-7b/13b, or a llava_jax checkpoint.
 
     Args:
-      path: the model directory.
+      path: the model directory; or a stage-1 release (`mm_projector.bin`, or the directory
+        holding it alone), joined with `llm` and `vision_tower` (see `load_components`).
       dtype: parameter and compute dtype ('float32', 'bfloat16'); None keeps the stored dtype.
       mesh: place parameters sharded on this mesh (by `rules`) straight from the files.
       vision_tower: HF CLIP directory for original checkpoints: its config always (the original
-        `config.json` names the tower but does not describe it; default CLIP ViT-L/14-336 or the
-        local directory `mm_vision_tower` names), its weights when the checkpoint has none.
+        `config.json` names the tower, e.g. the hub name openai/clip-vit-large-patch14-336, but
+        does not describe it), its weights when the checkpoint has none.
+      llm: the LLaMA/Vicuna directory, with a stage-1 projector only.
     Returns:
       `Llava` with `.config`, `.params`, `.tokenizer` (None when the directory has none).
     """
-    return Llava.wrap(loaders.load_model(path, dtype=dtype, mesh=mesh, rules=rules, vision_tower=vision_tower))
+    loaded = loaders.load_model(path, dtype=dtype, mesh=mesh, rules=rules, vision_tower=vision_tower, llm=llm)
+    return Llava.wrap(loaded)
 
 
 def load_components(
@@ -117,25 +121,38 @@ def load_components(
     llm_dir: str,
     config: LlavaConfig | None = None,
     *,
+    projector: str | None = None,
     dtype: str = "float32",
     mesh=None,
     rules: Rules = DEFAULT_RULES,
     seed: int = 0,
 ) -> Llava:
-    """Stage-1 initialisation: HF CLIP + HF LLaMA/Vicuna weights and a fresh projector.
+    """HF CLIP + HF LLaMA/Vicuna weights and a projector: the stage-1 release's, or a fresh one.
 
+    `load_components(clip_dir, vicuna_dir, projector="…/mm_projector.bin")` joins the released
+    stage-1 projector with its towers; without `projector` it is stage-1 initialisation.
     See `llava_jax.convert.loaders.load_components`.
     """
-    loaded = loaders.load_components(vision_dir, llm_dir, config, dtype=dtype, mesh=mesh, rules=rules, seed=seed)
+    loaded = loaders.load_components(
+        vision_dir, llm_dir, config, projector=projector, dtype=dtype, mesh=mesh, rules=rules, seed=seed
+    )
     return Llava.wrap(loaded)
 
 
-def convert(src: str, dst: str, *, dtype: str | None = "float32", vision_tower: str | None = None) -> LoadedModel:
-    """Convert an HF / original checkpoint into a llava_jax checkpoint, one parameter in memory at a time.
+def convert(
+    src: str,
+    dst: str,
+    *,
+    dtype: str | None = "float32",
+    vision_tower: str | None = None,
+    llm: str | None = None,
+) -> LoadedModel:
+    """Convert an HF / original checkpoint (or a stage-1 projector with `llm` and `vision_tower`) into a
+    llava_jax checkpoint, one parameter in memory at a time.
 
     Returns the config and tokenizer (`params` is None: nothing is kept in memory); load `dst` to use it.
     """
-    return loaders.convert(src, dst, dtype=dtype, vision_tower=vision_tower)
+    return loaders.convert(src, dst, dtype=dtype, vision_tower=vision_tower, llm=llm)
 
 
 def random_model(config: LlavaConfig, seed: int = 0, mesh=None, rules: Rules = DEFAULT_RULES, tokenizer=None) -> Llava:

@@ -11,6 +11,7 @@ from llava_jax.convert.hf import write_hf_weights
 from llava_jax.convert.hf_config import llava_config_to_hf
 from llava_jax.convert.tensors import CheckpointError
 from llava_jax.data.image import CLIP_MEAN, CLIP_STD
+from llava_jax.data.sentencepiece_tokens import save_tokenizer
 
 
 def _processor_files(model, directory: str) -> None:
@@ -76,5 +77,5 @@ def export_hf(model, directory: str, *, dtype=None) -> None:
         json.dump({k: v for k, v in generation.items() if v is not None}, f, indent=2)
     write_hf_weights(model.params, config, directory, dtype=dtype)
     if model.tokenizer is not None:
-        model.tokenizer.save_pretrained(directory)
+        save_tokenizer(model.tokenizer, directory)
         _processor_files(model, directory)

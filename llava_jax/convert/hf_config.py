@@ -21,15 +21,61 @@ from llava_jax.config import (
 )
 from llava_jax.presets import clip_vit_l14_336
 
+# The original repo's LLaVA-1.5 class; transformers' class. Other LLaVA classes (the repo's MPT /
+# Mistral variants, LLaVA-NeXT) are named in the error rather than misread.
+ORIGINAL_ARCHITECTURES = ("LlavaLlamaForCausalLM",)
+HF_ARCHITECTURES = ("LlavaForConditionalGeneration",)
+# CLIP towers whose architecture is known without their config.json (by `mm_vision_tower`).
+KNOWN_VISION_TOWERS = {"openai/clip-vit-large-patch14-336": clip_vit_l14_336}
+
+
+def _layout_found(hf: Mapping) -> str:
+    mm = sorted(k for k in hf if k.startswith("mm_"))
+    return (
+        f"found architectures={list(hf.get('architectures') or [])}, model_type={hf.get('model_type')!r}, "
+        f"mm_* fields={mm or 'none'}, text_config={'present' if 'text_config' in hf else 'absent'}"
+    )
+
 
 def config_kind(hf: Mapping) -> str:
-    """'hf' for an HF LlavaConfig dict, 'original' for the LLaVA repo's; else `ConfigError`."""
-    if hf.get("model_type") == "llava" or "text_config" in hf:
-        return "hf"
-    if "mm_hidden_size" in hf or "mm_vision_tower" in hf or "mm_projector_type" in hf:
+    """'hf' for transformers' `LlavaConfig` dict, 'original' for the LLaVA repo's flat one; else `ConfigError`.
+
+    Decided by `architectures`, the `mm_*` fields and the presence of `text_config`,
+    never by `model_type` alone: the released llava-v1.5-7b/13b configs say
+    `model_type: "llava"`, the same string as transformers' LlavaConfig. Some
+    original-repo checkpoints saved with newer transformers carry a stub
+    `text_config` beside their flat fields; `architectures` decides those.
+    """
+    archs = [str(a) for a in hf.get("architectures") or []]
+    has_mm = any(k in hf for k in ("mm_vision_tower", "mm_hidden_size", "mm_projector_type"))
+    has_text = isinstance(hf.get("text_config"), Mapping)
+    original = any(a in ORIGINAL_ARCHITECTURES for a in archs)
+    transformers_class = any(a in HF_ARCHITECTURES for a in archs)
+    if original and transformers_class:
+        raise ConfigError(f"config names both the original and the transformers LLaVA classes; {_layout_found(hf)}")
+    if original:
+        if not has_mm:
+            raise ConfigError(f"config names {ORIGINAL_ARCHITECTURES[0]} but has no mm_* fields; {_layout_found(hf)}")
         return "original"
+    if transformers_class:
+        if not has_text:
+            raise ConfigError(f"config names {HF_ARCHITECTURES[0]} but has no text_config; {_layout_found(hf)}")
+        return "hf"
+    if archs:
+        hint = ""
+        if any(a in ("LlamaForCausalLM", "CLIPModel", "CLIPVisionModel") for a in archs):
+            hint = " (a component: join CLIP + LLaMA with load_components(vision_dir, llm_dir, projector=...))"
+        raise ConfigError(
+            f"config is neither an HF LlavaConfig ({HF_ARCHITECTURES[0]}) nor an original LLaVA-1.5 config "
+            f"({ORIGINAL_ARCHITECTURES[0]}){hint}; {_layout_found(hf)}"
+        )
+    if has_mm and not has_text:
+        return "original"
+    if has_text and not has_mm:
+        return "hf"
     raise ConfigError(
-        "config is neither an HF LlavaConfig (model_type 'llava') nor an original LLaVA config (mm_* fields)"
+        "config is neither an HF LlavaConfig (text_config, no mm_* fields) nor an original LLaVA config "
+        f"(mm_* fields); {_layout_found(hf)}"
     )
 
 
@@ -137,7 +183,27 @@ def _from_hf_llava(hf: Mapping) -> LlavaConfig:
     return config
 
 
-def _from_original(hf: Mapping, vision_hf: Mapping | None) -> LlavaConfig:
+def _original_vision(hf: Mapping, vision_hf: Mapping | None) -> VisionConfig:
+    if vision_hf:
+        return vision_config_from_hf(vision_hf)
+    tower = hf.get("mm_vision_tower") or hf.get("vision_tower") or "openai/clip-vit-large-patch14-336"
+    if tower not in KNOWN_VISION_TOWERS:
+        raise ConfigError(
+            f"mm_vision_tower {tower!r} is not a CLIP tower known here: pass vision_tower= a local copy of "
+            f"{tower!r} (an HF CLIP directory; CLI --vision-tower)"
+        )
+    return KNOWN_VISION_TOWERS[tower]()
+
+
+def original_llava_config(hf: Mapping, vision_hf: Mapping | None = None) -> LlavaConfig:
+    """`LlavaConfig` from the original LLaVA repo's flat `config.json` (LLaMA fields + `mm_*`).
+
+    The vision tower is described by `vision_hf` (the CLIP `config.json` dict); without
+    it, by the known architecture of the tower `mm_vision_tower` names. Fields the
+    model does not depend on (training flags, `tokenizer_*`, `mm_projector_lr`, ...)
+    are ignored; settings LLaVA-1.5 never uses (anyres, image start/end tokens,
+    other projectors or patch merges) are a `ConfigError`.
+    """
     projector_type = hf.get("mm_projector_type", "linear")
     if projector_type != "mlp2x_gelu":
         raise ConfigError(f"mm_projector_type {projector_type!r} is not supported (only 'mlp2x_gelu')")
@@ -145,9 +211,24 @@ def _from_original(hf: Mapping, vision_hf: Mapping | None) -> LlavaConfig:
     strategy = {"patch": "default", "cls_patch": "full"}.get(select)
     if strategy is None:
         raise ConfigError(f"mm_vision_select_feature {select!r} not in ('patch', 'cls_patch')")
-    vision = vision_config_from_hf(vision_hf) if vision_hf else clip_vit_l14_336()
+    for flag in ("mm_use_im_start_end", "mm_use_im_patch_token"):
+        if hf.get(flag):
+            raise ConfigError(f"{flag}: true is not supported (LLaVA-1.5 has no image start/end or patch tokens)")
+    merge = hf.get("mm_patch_merge_type") or "flat"
+    if merge != "flat":
+        raise ConfigError(f"mm_patch_merge_type {merge!r} is not supported (only 'flat')")
+    # The reference's `process_images` pads for 'pad' and uses the CLIP processor alone otherwise.
+    aspect = hf.get("image_aspect_ratio") or "square"
+    if aspect not in ("pad", "square"):
+        raise ConfigError(f"image_aspect_ratio {aspect!r} is not supported (only 'pad' and 'square')")
+    vision = _original_vision(hf, vision_hf)
     if int(hf.get("mm_hidden_size", vision.hidden_size)) != vision.hidden_size:
-        raise ConfigError(f"mm_hidden_size {hf['mm_hidden_size']} != vision hidden size {vision.hidden_size}")
+        tower = hf.get("mm_vision_tower")
+        where = "the given vision tower" if vision_hf else f"the default tower for mm_vision_tower {tower!r}"
+        raise ConfigError(
+            f"mm_hidden_size {hf['mm_hidden_size']} != vision hidden size {vision.hidden_size} of {where}: "
+            f"pass vision_tower= the HF CLIP directory this checkpoint was trained with (CLI --vision-tower)"
+        )
     return compose_llava(
         vision,
         llama_config_from_hf(hf),
@@ -157,18 +238,19 @@ def _from_original(hf: Mapping, vision_hf: Mapping | None) -> LlavaConfig:
         image_token_index=int(hf.get("vocab_size", 32000)),
         projector_act="gelu",
         projector_bias=True,
-        aspect=hf.get("image_aspect_ratio", "pad") or "square",
+        aspect=aspect,
     )
 
 
 def llava_config_from_hf(hf: Mapping, *, vision_hf: Mapping | None = None) -> LlavaConfig:
     """`LlavaConfig` from an HF `LlavaConfig` dict, or an original LLaVA repo `config.json` dict.
 
-    For original-repo configs the vision tower config is not inside the file:
-    pass `vision_hf` (the CLIP `config.json` dict) or get CLIP ViT-L/14-336.
+    The two are told apart by `config_kind`. For original-repo configs the vision
+    tower config is not inside the file: pass `vision_hf` (the CLIP `config.json`
+    dict), else the tower `mm_vision_tower` names must be a known one (CLIP ViT-L/14-336).
     """
     kind = config_kind(hf)
-    return _from_hf_llava(hf) if kind == "hf" else _from_original(hf, vision_hf)
+    return _from_hf_llava(hf) if kind == "hf" else original_llava_config(hf, vision_hf)
 
 
 def llava_config_to_hf(config: LlavaConfig) -> dict:

@@ -18,6 +18,7 @@ import orbax.checkpoint.experimental.v1 as ocp
 
 from llava_jax.config import LlavaConfig
 from llava_jax.convert.tensors import CheckpointError
+from llava_jax.data.sentencepiece_tokens import save_tokenizer
 from llava_jax.model.params import abstract_params, param_shardings
 from llava_jax.sharding import DEFAULT_RULES, Rules
 
@@ -70,7 +71,7 @@ def save_native(directory: str, params, config: LlavaConfig, tokenizer=None) -> 
     if primary:
         config.save(staging)
         if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
+            save_tokenizer(tokenizer, staging)
         os.makedirs(directory, exist_ok=True)
         for name in os.listdir(staging):
             os.replace(os.path.join(staging, name), os.path.join(directory, name))

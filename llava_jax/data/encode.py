@@ -5,6 +5,11 @@
 placeholder ids inserted in between (`image_seq_length` of them, where the
 reference inserts one sentinel and splices 576 embeddings later).
 
+Tokenizers that ship a sentencepiece `tokenizer.model` (LLaVA-1.5's, Vicuna's,
+llava-hf's) tokenize each piece as the slow LLaMA tokenizer LLaVA trained with
+did (`llava_jax.data.sentencepiece_tokens`); other tokenizers are used as they
+are (a fast tokenizer, for its offsets).
+
 Labels: the reference derives them from token counts of re-tokenized pieces,
 which breaks on some tokenizers ("tokenization mismatch", after which it
 zeroes the sample's loss). Here each token of the whole-prompt tokenization is
@@ -23,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from llava_jax.data import sentencepiece_tokens
 from llava_jax.data.conversation import (
     IMAGE_TOKEN,
     get_template,
@@ -71,12 +77,16 @@ def _split_tokenize(prompt: str, tokenizer, *, with_offsets: bool):
     `[start, end)` character positions in `prompt` (None without offsets).
     """
     pieces = prompt.split(IMAGE_TOKEN)
+    slow = sentencepiece_tokens.for_tokenizer(tokenizer)
     encoded = []
     start = 0
     for piece in pieces:
-        enc = tokenizer(piece, return_offsets_mapping=with_offsets)
-        ids = list(enc["input_ids"])
-        offsets = [(start + s, start + e) for s, e in enc["offset_mapping"]] if with_offsets else None
+        if slow is not None:
+            ids, local = slow.encode(piece)
+        else:
+            enc = tokenizer(piece, return_offsets_mapping=with_offsets)
+            ids, local = list(enc["input_ids"]), (enc["offset_mapping"] if with_offsets else None)
+        offsets = [(start + s, start + e) for s, e in local] if with_offsets else None
         encoded.append((ids, offsets))
         start += len(piece) + len(IMAGE_TOKEN)
     bos = tokenizer.bos_token_id
@@ -184,7 +194,8 @@ def encode_example(
     Args:
       example: `{"id", "image" (optional reference: path or bytes), "conversations":
         [{"from": "human"|"gpt", "value"}, ...]}`.
-      tokenizer: a fast HF tokenizer (`AutoTokenizer.from_pretrained`).
+      tokenizer: an HF tokenizer (`AutoTokenizer.from_pretrained`): a LLaMA tokenizer
+        with its `tokenizer.model` (tokenized as LLaVA's slow tokenizer did), or a fast one.
       template: `vicuna_v1`, `llava_v1`, `plain` or `llava_hf` (name or `Template`).
       image_seq_length: placeholder ids per image (576 for CLIP-L/14-336).
       max_length: longest sequence kept; longer ones are truncated unless the
@@ -218,7 +229,10 @@ def encode_example(
     try:
         pieces = _split_tokenize(text, tokenizer, with_offsets=True)
     except NotImplementedError:
-        raise TypeError("encode_example needs a fast (tokenizers-backed) tokenizer for offsets") from None
+        raise TypeError(
+            "encode_example needs a fast (tokenizers-backed) tokenizer for offsets, or a LLaMA tokenizer "
+            "loaded from a directory with its tokenizer.model"
+        ) from None
     for k, (piece_ids, offsets) in enumerate(pieces):
         if k:
             blocks.append((len(ids), len(ids) + image_seq_length))
@@ -231,7 +245,12 @@ def encode_example(
                     "tokenization_mismatch",
                     f"token {token} spans characters {s}:{e} across a reply boundary",
                 )
-            supervised = s < e and any(lo <= s and e <= hi for lo, hi in ranges)
+            if s < e:
+                supervised = any(lo <= s and e <= hi for lo, hi in ranges)
+            else:
+                # A zero-width token (sentencepiece's dummy prefix, the first byte of a
+                # byte-fallback character) belongs to the text that follows it.
+                supervised = any(lo <= s < hi for lo, hi in ranges)
             ids.append(token)
             labels.append(token if supervised else IGNORE_INDEX)
     if len(ids) > max_length:

@@ -6,11 +6,17 @@ settings: resize the shortest side to `size` (bicubic), centre crop, rescale by
 the image centred on a square filled with the mean colour (reference
 `expand2square`); `square` is the CLIP processor alone (stage 1).
 
-Mode conversion follows HF: files and bytes go through `load_image` (EXIF
-orientation applied, then `convert("RGB")`, as `transformers.image_utils.load_image`
-does); in-memory PIL images are converted as the processor's `convert_to_rgb`
-does (transparency composited on white). The LLaVA repo ignores EXIF; the two
-differ only for EXIF-rotated or transparent images.
+One rule turns any input into RGB, the same for paths, encoded bytes, PIL
+images and arrays, so an image gives the same pixels however it is passed:
+
+- default (`alpha="drop"`, `exif=False`): LLaVA's training and evaluation,
+  `Image.open(path).convert("RGB")`: transparency is dropped (RGBA/LA/PA lose
+  their alpha, a palette or colour-key transparency is ignored) and EXIF
+  orientation is not applied;
+- `alpha="white"`: transparency composited on white, as transformers' CLIP
+  processor converts in-memory images (`convert_to_rgb`);
+- `exif=True`: EXIF orientation applied first, as transformers' `load_image`
+  does for files.
 """
 
 from __future__ import annotations
@@ -46,12 +52,16 @@ def _normalize_table(mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
 _TABLE = _normalize_table()
 
 
-def load_image(source: str | os.PathLike | bytes) -> Image.Image:
-    """Open an image file or encoded bytes as an RGB PIL image, as HF `load_image` does.
+ALPHA_RULES = ("drop", "white")
 
-    Raises `ValueError` for empty input, `OSError`/`PIL.UnidentifiedImageError`
-    for unreadable or truncated data (the image is decoded here, not lazily).
-    """
+
+def _check_rule(alpha: str) -> None:
+    if alpha not in ALPHA_RULES:
+        raise ValueError(f"alpha must be one of {ALPHA_RULES}, got {alpha!r}")
+
+
+def _open(source: str | os.PathLike | bytes) -> Image.Image:
+    """Decode a file or encoded bytes (eagerly, so truncated data fails here)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise ValueError("empty image data (0 bytes)")
@@ -60,12 +70,37 @@ def load_image(source: str | os.PathLike | bytes) -> Image.Image:
         if os.path.getsize(source) == 0:
             raise ValueError(f"empty image file (0 bytes): {os.fspath(source)}")
         image = Image.open(source)
-    # Decode now so truncated files fail here rather than somewhere downstream.
     image.load()
-    image = ImageOps.exif_transpose(image)
-    image = image.convert("RGB")
+    return image
+
+
+def _has_transparency(image: Image.Image) -> bool:
+    return "A" in image.getbands() or image.info.get("transparency") is not None
+
+
+def _convert(image: Image.Image, *, alpha: str, exif: bool) -> Image.Image:
+    """The one RGB rule (module docstring) applied to a decoded PIL image."""
+    if exif:
+        image = ImageOps.exif_transpose(image)
+    if alpha == "white" and _has_transparency(image):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba).convert("RGB")
+    elif image.mode != "RGB":
+        image = image.convert("RGB")
     _check_size(image)
     return image
+
+
+def load_image(source: str | os.PathLike | bytes, *, alpha: str = "drop", exif: bool = False) -> Image.Image:
+    """Open an image file or encoded bytes as an RGB PIL image (LLaVA's `Image.open(...).convert('RGB')`).
+
+    `alpha` and `exif` as in `to_rgb`. Raises `ValueError` for empty input,
+    `OSError`/`PIL.UnidentifiedImageError` for unreadable or truncated data (the
+    image is decoded here, not lazily).
+    """
+    _check_rule(alpha)
+    return _convert(_open(source), alpha=alpha, exif=exif)
 
 
 def _check_size(image: Image.Image) -> None:
@@ -73,22 +108,20 @@ def _check_size(image: Image.Image) -> None:
         raise ValueError(f"zero-sized image ({image.width}x{image.height})")
 
 
-def to_rgb(image: ImageInput) -> Image.Image:
-    """Any supported input as an RGB PIL image (see module docstring for the rules).
+def to_rgb(image: ImageInput, *, alpha: str = "drop", exif: bool = False) -> Image.Image:
+    """Any supported input as an RGB PIL image, by one rule for every kind of input.
 
-    Arrays: uint8 `[H, W]`, `[H, W, 1]`, `[H, W, 3]` or `[H, W, 4]` (channels last).
+    Args:
+      image: a PIL image, a path, encoded bytes, or a uint8 array `[H, W]`, `[H, W, 1]`,
+        `[H, W, 3]` or `[H, W, 4]` (channels last; 4 channels = RGBA).
+      alpha: "drop" (default: LLaVA's `.convert('RGB')`) or "white" (transparency
+        composited on white, as transformers' CLIP processor does for in-memory images).
+      exif: apply EXIF orientation first (transformers' `load_image` does for files;
+        LLaVA does not).
     """
+    _check_rule(alpha)
     if isinstance(image, Image.Image):
-        has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
-        if has_alpha:
-            # As HF `convert_to_rgb`: composite on white instead of dropping alpha.
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, rgba).convert("RGB")
-        elif image.mode != "RGB":
-            image = image.convert("RGB")
-        _check_size(image)
-        return image
+        return _convert(image, alpha=alpha, exif=exif)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise TypeError(f"image arrays must be uint8 [H, W(, C)], got {image.dtype}")
@@ -98,9 +131,9 @@ def to_rgb(image: ImageInput) -> Image.Image:
             raise ValueError(f"image array must be [H, W], [H, W, 1|3|4], got shape {image.shape}")
         if 0 in image.shape:
             raise ValueError(f"zero-sized image array {image.shape}")
-        return to_rgb(Image.fromarray(image))
+        return _convert(Image.fromarray(image), alpha=alpha, exif=exif)
     if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
-        return load_image(image)
+        return load_image(image, alpha=alpha, exif=exif)
     raise TypeError(f"unsupported image type {type(image).__name__}")
 
 
@@ -153,18 +186,22 @@ def normalize(array: np.ndarray) -> np.ndarray:
     return out
 
 
-def prepare_pixels(image: ImageInput, *, mode: str = "pad", size: int = 336) -> np.ndarray:
+def prepare_pixels(
+    image: ImageInput, *, mode: str = "pad", size: int = 336, alpha: str = "drop", exif: bool = False
+) -> np.ndarray:
     """`preprocess_image` before normalisation: uint8[size, size, 3] (4x smaller to ship between processes)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    pil = to_rgb(image)
+    pil = to_rgb(image, alpha=alpha, exif=exif)
     if mode == "pad":
         pil = expand_to_square(pil)
     pil = resize_shortest_edge(pil, size)
     return np.ascontiguousarray(center_crop(np.asarray(pil), size))
 
 
-def preprocess_image(image: ImageInput, *, mode: str = "pad", size: int = 336) -> np.ndarray:
+def preprocess_image(
+    image: ImageInput, *, mode: str = "pad", size: int = 336, alpha: str = "drop", exif: bool = False
+) -> np.ndarray:
     """One image to CLIP pixels as LLaVA-1.5 feeds them to the vision tower.
 
     Args:
@@ -172,14 +209,18 @@ def preprocess_image(image: ImageInput, *, mode: str = "pad", size: int = 336) -
       mode: `pad` (square on the mean colour first; stage 2 and evaluation) or
         `square` (CLIP resize + centre crop only; stage 1).
       size: output side (336 for CLIP ViT-L/14-336).
+      alpha: "drop" (default, LLaVA's `Image.open(...).convert('RGB')`: transparency
+        ignored) or "white" (composited on white, as transformers' processor does);
+        the same rule for paths, bytes, PIL images and arrays.
+      exif: apply EXIF orientation (transformers' `load_image`; LLaVA does not).
     Returns:
       float32[size, size, 3], channels last.
     """
-    return normalize(prepare_pixels(image, mode=mode, size=size))
+    return normalize(prepare_pixels(image, mode=mode, size=size, alpha=alpha, exif=exif))
 
 
-def preprocess_images(images, *, mode: str = "pad", size: int = 336) -> np.ndarray:
+def preprocess_images(images, *, mode: str = "pad", size: int = 336, alpha: str = "drop", exif: bool = False):
     """A list of images -> float32[N, size, size, 3] (see `preprocess_image`)."""
     if not images:
         return np.zeros((0, size, size, 3), np.float32)
-    return np.stack([preprocess_image(im, mode=mode, size=size) for im in images])
+    return np.stack([preprocess_image(im, mode=mode, size=size, alpha=alpha, exif=exif) for im in images])

@@ -42,9 +42,8 @@ def reference_pixels(image: Image.Image, *, mode: str, size: int) -> np.ndarray:
         except (TypeError, ValueError):
             image = expand_to_square(image.convert("RGB"))
     rgb = image if image.mode == "RGB" else image.convert("RGB")
-    # An RGB PNG may still carry a tRNS colour key; 4.37 ignored it.
-    rgb.info.pop("transparency", None)
-    return preprocess_image(rgb, mode="square", size=size)
+    # An RGB PNG may still carry a tRNS colour key; 4.37 ignored it, as `alpha="drop"` does.
+    return preprocess_image(rgb, mode="square", size=size, alpha="drop")
 
 
 @dataclasses.dataclass

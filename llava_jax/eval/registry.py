@@ -81,8 +81,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             LONG,
             (66.8, 71.6),
             "img_accuracy",
-            "",
-            ("img_accuracy", "accuracy"),
+            "unanswered problems count as wrong (img_accuracy_answered leaves them out)",
+            ("img_accuracy", "accuracy", "img_accuracy_answered"),
         ),
         Benchmark(
             "textvqa",
@@ -154,8 +154,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             SHORT,
             (58.6, 61.6),
             "accuracy",
-            "all questions, video ones on their middle frame",
-            ("accuracy", "image_accuracy", "video_accuracy"),
+            "all questions, video ones on their middle frame; unanswered ones count as wrong",
+            ("accuracy", "accuracy_answered", "image_accuracy", "video_accuracy"),
         ),
         Benchmark(
             "llava_bench",

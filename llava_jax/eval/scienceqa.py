@@ -18,7 +18,6 @@ from llava_jax.eval.common import (
     DataConfig,
     EvalDataError,
     Score,
-    answered,
     limited,
     percent,
 )
@@ -118,40 +117,60 @@ def _truth(items: Sequence[Item], cfg: DataConfig) -> dict[str, tuple[int, int]]
 
 
 def score(items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str) -> Score:
-    """Accuracy and IMG accuracy over the answered test problems; the reference's result file."""
+    """Accuracy and IMG accuracy over every loaded test problem; the reference's result file.
+
+    As `eval_science_qa.py` (and the paper), a problem without an answer counts as
+    wrong ("FAILED"): `accuracy` / `img_accuracy` are over the whole split (the
+    loaded problems, all of them unless `limit` is set). `*_answered` are the same
+    over the answered problems only. Unlike the reference, an unanswered image
+    problem stays an image problem (the reference looks for `<image>` in the
+    missing prediction's prompt, so it drops out of the IMG denominator).
+    """
     truth = _truth(items, cfg)
-    correct = total = img_correct = img_total = 0
+    counts = dict.fromkeys(("correct", "total", "answered", "img_correct", "img_total", "img_answered"), 0)
     results, outputs = {}, {}
-    for item, text in answered(items, answers):
+    for item in items:
         if item.key not in truth:
             raise EvalDataError(f"no ground truth for ScienceQA problem {item.key}")
         answer_index, n_choices = truth[item.key]
-        letter = parse_answer(text)
+        text = answers[item.key]["text"] if item.key in answers else None
+        letter = parse_answer(text) if text is not None else "FAILED"
         pred = OPTIONS.index(letter) if letter in OPTIONS[:n_choices] else -1
-        results[item.key], outputs[item.key] = pred, text
+        results[item.key], outputs[item.key] = pred, (text if text is not None else "FAILED")
         hit = pred == answer_index
-        total += 1
-        correct += hit
-        if prompts.IMAGE_TOKEN in item.prompt:
-            img_total += 1
-            img_correct += hit
+        is_img = prompts.IMAGE_TOKEN in item.prompt
+        for prefix, counted in (("", True), ("img_", is_img)):
+            if counted:
+                counts[prefix + "total"] += 1
+                counts[prefix + "correct"] += hit
+                counts[prefix + "answered"] += text is not None
     metrics = {
-        "accuracy": percent(correct, total),
-        "img_accuracy": percent(img_correct, img_total),
-        "correct": correct,
-        "count": total,
-        "img_count": img_total,
+        "accuracy": percent(counts["correct"], counts["total"]),
+        "img_accuracy": percent(counts["img_correct"], counts["img_total"]),
+        "accuracy_answered": percent(counts["correct"], counts["answered"]),
+        "img_accuracy_answered": percent(counts["img_correct"], counts["img_answered"]),
+        "correct": counts["correct"],
+        "count": counts["total"],
+        "img_count": counts["img_total"],
+        "answered": counts["answered"],
+        "img_answered": counts["img_answered"],
     }
+    notes = []
+    if counts["answered"] < counts["total"]:
+        notes.append(
+            f"{counts['total'] - counts['answered']} of {counts['total']} problems unanswered: counted wrong in "
+            f"accuracy / img_accuracy (as the paper's script does); *_answered leave them out"
+        )
     path = os.path.join(out_dir, "scienceqa_result.json")
     write_json(
         path,
         {
             "acc": metrics["accuracy"],
-            "correct": correct,
-            "count": total,
+            "correct": counts["correct"],
+            "count": counts["total"],
             "results": results,
             "outputs": outputs,
         },
         indent=2,
     )
-    return Score(metrics, {"result": path})
+    return Score(metrics, {"result": path}, notes)

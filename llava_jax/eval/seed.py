@@ -19,7 +19,6 @@ from llava_jax.eval.common import (
     DataConfig,
     EvalDataError,
     Score,
-    answered,
     limited,
     llava_jsonl_items,
     percent,
@@ -73,29 +72,50 @@ def load(cfg: DataConfig) -> list[Item]:
 
 
 def score(items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str) -> Score:
-    """`accuracy` over answered questions, `image_accuracy` / `video_accuracy`, and
-    `dimension/<name>`; writes the leaderboard upload (`question_id`, `prediction`)."""
+    """`accuracy` over every loaded question, `image_accuracy` / `video_accuracy`, `dimension/<name>`;
+    writes the leaderboard upload (`question_id`, `prediction`) of the answered ones.
+
+    As `convert_seed_for_submission.py` (and the paper), a question without an
+    answer counts as wrong: every figure is over the whole split (the loaded
+    questions, all of them unless `limit` is set); `accuracy_answered` is over the
+    answered questions only.
+    """
     data = _annotations(cfg)
     names = {v: k for k, v in data["question_type"].items()}
     truth = {str(q["question_id"]): q for q in data["questions"]}
     by_dimension: dict[str, list[bool]] = {}
     by_type: dict[str, list[bool]] = {}
+    answered_hits: list[bool] = []
     upload_lines = []
-    for item, text in answered(items, answers):
+    for item in items:
         q = truth.get(str(item.question_id))
         if q is None:
             raise EvalDataError(f"SEED-Bench question {item.question_id} not in the annotation file")
-        hit = text == q["answer"]
+        text = answers[item.key]["text"] if item.key in answers else None
+        hit = text is not None and text == q["answer"]
         by_dimension.setdefault(names.get(q["question_type_id"], str(q["question_type_id"])), []).append(hit)
         by_type.setdefault(q.get("data_type", "image"), []).append(hit)
-        upload_lines.append({"question_id": q["question_id"], "prediction": text})
+        if text is not None:
+            answered_hits.append(hit)
+            upload_lines.append({"question_id": q["question_id"], "prediction": text})
     hits = [h for flags in by_type.values() for h in flags]
-    metrics: dict = {"accuracy": percent(sum(hits), len(hits)), "answered": len(hits)}
+    metrics: dict = {
+        "accuracy": percent(sum(hits), len(hits)),
+        "accuracy_answered": percent(sum(answered_hits), len(answered_hits)),
+        "answered": len(answered_hits),
+        "questions": len(hits),
+    }
     for data_type, flags in sorted(by_type.items()):
         metrics[f"{data_type}_accuracy"] = percent(sum(flags), len(flags))
     for name, flags in sorted(by_dimension.items()):
         metrics[f"dimension/{name}"] = percent(sum(flags), len(flags))
+    notes = []
+    if len(answered_hits) < len(hits):
+        notes.append(
+            f"{len(hits) - len(answered_hits)} of {len(hits)} questions unanswered: counted wrong in every figure "
+            f"but accuracy_answered, and missing from the upload file"
+        )
     path = os.path.join(out_dir, "seed_bench_upload.jsonl")
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(line) + "\n" for line in upload_lines)
-    return Score(metrics, {"upload": path})
+    return Score(metrics, {"upload": path}, notes)

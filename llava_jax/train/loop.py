@@ -20,7 +20,14 @@ import numpy as np
 from tqdm import tqdm
 
 from llava_jax.convert.export import export_hf as write_hf
-from llava_jax.convert.loaders import LoadedModel, load_components, load_model, load_tokenizer, random_model
+from llava_jax.convert.loaders import (
+    LoadedModel,
+    load_components,
+    load_model,
+    load_tokenizer,
+    projector_file,
+    random_model,
+)
 from llava_jax.convert.native import save_native
 from llava_jax.model.lora import add_lora, merge_lora
 from llava_jax.model.params import merge_trees, param_logical_axes
@@ -57,10 +64,20 @@ def initial_model(cfg: ml_collections.ConfigDict, mesh, rules=DEFAULT_RULES) -> 
     elif init.kind == "llava":
         model = load_model(init.path, dtype="float32", mesh=mesh, rules=rules)
     elif init.kind == "components":
-        model = load_components(init.vision_dir, init.llm_dir, dtype="float32", mesh=mesh, rules=rules, seed=cfg.seed)
+        # A stage-1 release (mm_projector.bin) joins the towers directly; a whole model is a donor below.
+        projector = init.projector_from if init.projector_from and projector_file(init.projector_from) else None
+        model = load_components(
+            init.vision_dir,
+            init.llm_dir,
+            projector=projector,
+            dtype="float32",
+            mesh=mesh,
+            rules=rules,
+            seed=cfg.seed,
+        )
     else:
         raise ValueError(f"init.kind {init.kind!r} not in ('random', 'llava', 'components')")
-    if init.projector_from:
+    if init.projector_from and not (init.kind == "components" and projector_file(init.projector_from)):
         donor = load_model(init.projector_from, dtype="float32", mesh=mesh, rules=rules)
         model.params["projector"] = donor.params["projector"]
     config = model_config(cfg, model.config)

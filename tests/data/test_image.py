@@ -88,7 +88,7 @@ def test_pil_modes_as_hf_processor(pil_mode):
     else:
         image = base.convert(pil_mode)
     for mode in ("square", "pad"):
-        ours = preprocess_image(image, mode=mode)
+        ours = preprocess_image(image, mode=mode, alpha="white")  # transformers' composite rule
         if mode == "pad":
             # The processor's RGB conversion first, then LLaVA's padding.
             from transformers.image_transforms import convert_to_rgb
@@ -113,13 +113,14 @@ def test_files_bytes_and_exif_as_hf_load_image(tmp_path):
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
     path = tmp_path / "rotated.jpg"
     photo.save(path, exif=exif.tobytes(), quality=95)
-    loaded = load_image(str(path))
+    assert load_image(str(path)).size == (500, 300)  # LLaVA's rule: EXIF orientation ignored
+    loaded = load_image(str(path), exif=True)
     assert loaded.size == (300, 500)  # transposed
     for mode in ("square", "pad"):
         hf = hf_load_image(str(path))
         reference = hf_pixels(hf if mode == "square" else expand_to_square(hf))
-        np.testing.assert_allclose(preprocess_image(str(path), mode=mode), reference, atol=1e-5)
-        np.testing.assert_allclose(preprocess_image(path.read_bytes(), mode=mode), reference, atol=1e-5)
+        np.testing.assert_allclose(preprocess_image(str(path), mode=mode, exif=True), reference, atol=1e-5)
+        np.testing.assert_allclose(preprocess_image(path.read_bytes(), mode=mode, exif=True), reference, atol=1e-5)
     # RGBA files: HF `load_image` converts (drops alpha), as the LLaVA repo's `.convert("RGB")`.
     rgba = Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 30, 4), dtype=np.uint8))
     rgba.save(tmp_path / "a.png")
