@@ -59,8 +59,9 @@ function add(cls, text) {
 function note(text) { const d = add('note', text); d.className = 'note'; }
 function showImage(url) {
   image = url; $('preview').innerHTML = '';
-  if (url) { const i = document.createElement('img'); i.src = url; i.alt = 'uploaded image'; $('preview').appendChild(i); }
-  else { $('preview').textContent = 'no image'; }
+  if (url) {
+    const i = document.createElement('img'); i.src = url; i.alt = 'uploaded image'; $('preview').appendChild(i);
+  } else { $('preview').textContent = 'no image'; }
 }
 function clearAll() {
   if (controller) controller.abort();
@@ -139,7 +140,9 @@ for (const ex of cfg.examples) {
   const b = document.createElement('button'); b.className = 'example';
   const i = document.createElement('img'); i.src = ex.image; i.alt = 'example image';
   const t = document.createElement('span'); t.textContent = ex.question.split('\n')[0];
-  if (ex.answer) { const s = document.createElement('small'); s.textContent = ' (truth: ' + ex.answer + ')'; t.appendChild(s); }
+  if (ex.answer) {
+    const s = document.createElement('small'); s.textContent = ' (truth: ' + ex.answer + ')'; t.appendChild(s);
+  }
   b.appendChild(i); b.appendChild(t);
   b.addEventListener('click', () => { clearAll(); showImage(ex.image); $('question').value = ex.question; });
   $('examples').appendChild(b);
