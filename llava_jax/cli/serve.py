@@ -57,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="examples on the page (auto: the demo task's when the model uses the demo tokenizer)",
     )
     parser.add_argument("--no-warmup", action="store_true", help="compile on first use instead of before ready")
+    parser.add_argument(
+        "--warmup-max-tokens",
+        type=int,
+        default=None,
+        help="max_tokens of the warm-up shapes (default: the default answer length; requests whose prompt + "
+        "max_tokens round to the same cache size reuse them)",
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
@@ -144,7 +151,9 @@ def build(args, model):
 
 def run(args) -> int:
     """Serve until interrupted; 2 for a model or option that cannot serve."""
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
     if args.allow_local_images and not os.path.isdir(args.allow_local_images):
         return _error(f"--allow-local-images {args.allow_local_images!r} is not a directory")
     if args.max_batch < 1:
@@ -170,7 +179,7 @@ def run(args) -> int:
         return _error(f"cannot listen on {args.host}:{args.port}: {e}")
     host, port = sock.getsockname()[:2]
     print(f"llava-jax serve: {name} on http://{host}:{port} (warming up; /health says when ready)", flush=True)
-    engine.start(warmup=not args.no_warmup)
+    engine.start(warmup=not args.no_warmup, warmup_max_tokens=args.warmup_max_tokens)
 
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level=args.log_level, timeout_graceful_shutdown=5))
 

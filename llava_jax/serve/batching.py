@@ -206,9 +206,10 @@ class Engine:
         return live
 
     # ------------------------------------------------------------------ thread
-    def start(self, warmup: bool = True) -> None:
-        """Start the worker thread; it warms up (when asked) and then sets `ready`."""
-        self._thread = threading.Thread(target=self._main, args=(warmup,), name="llava-serve-engine", daemon=True)
+    def start(self, warmup: bool = True, warmup_max_tokens: int | None = None) -> None:
+        """Start the worker thread; it warms up (when asked, see `warmup`) and then sets `ready`."""
+        args = (warmup, warmup_max_tokens)
+        self._thread = threading.Thread(target=self._main, args=args, name="llava-serve-engine", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -223,10 +224,10 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def _main(self, warmup: bool) -> None:
+    def _main(self, warmup: bool, warmup_max_tokens: int | None) -> None:
         try:
             if warmup:
-                self.warmup()
+                self.warmup(max_tokens=warmup_max_tokens)
         except Exception as e:  # a model that cannot run at all: report, never serve
             log.exception("warm-up failed")
             self.failed = f"warm-up failed: {type(e).__name__}: {e}"
@@ -246,26 +247,17 @@ class Engine:
                 for job in batch:
                     job.sink("error", f"generation failed: {type(e).__name__}")
 
-    def warmup(self, prompt_ids: np.ndarray | None = None) -> float:
+    def warmup(self, prompt_ids: np.ndarray | None = None, max_tokens: int | None = None) -> float:
         """Compile prefill and decode for every batch bucket at the shape of `prompt_ids` (default: a
-        one-image question) with the default `max_tokens`; returns the seconds it took."""
+        one-image question) and `max_tokens` (default: the default); returns the seconds it took."""
         start = time.perf_counter()
         if prompt_ids is None:
-            prompt_ids = self.encode([("user", "What is in the image? Answer briefly.")], has_image=True)
+            prompt_ids = self.encode([("user", "What is in the image?")], has_image=True)
         pixels = np.zeros((self.config.vision.image_size,) * 2 + (3,), np.float32)
         has_image = bool((prompt_ids == self.config.image_token_index).any())
         for b in self.buckets:
-            jobs = [
-                Job(
-                    prompt_ids,
-                    pixels if has_image else None,
-                    self.default_max_tokens(len(prompt_ids)),
-                    Sampling(),
-                    (),
-                    _drop,
-                )
-                for _ in range(b)
-            ]
+            n = max_tokens or self.default_max_tokens(len(prompt_ids))
+            jobs = [Job(prompt_ids, pixels if has_image else None, n, Sampling(), (), _drop) for _ in range(b)]
             self.run_batch(jobs, count=False, steps=2)
         seconds = time.perf_counter() - start
         log.info("warm-up: compiled batches of %s rows in %.1f s", self.buckets, seconds)
@@ -346,7 +338,7 @@ class Engine:
             state = first_token(logits, cache, position, **consts, num_new=n, mode=mode, keep_logits=False)
             done = np.asarray(jax.device_get(state["done"])).copy()
             done[len(jobs) :] = True
-            state = {**state, "done": jnp.asarray(done)}
+            state = _with_done(state, done)
             while True:
                 out = np.asarray(jax.device_get(state["out"]))
                 step = int(state["step"])
@@ -365,7 +357,7 @@ class Engine:
                 if not live or step >= n:
                     break
                 if changed:
-                    state = {**state, "done": jnp.asarray(done)}
+                    state = _with_done(state, done)
                 limit = min(step + self.chunk_tokens, max(live), n)
                 state = decode(
                     model.params,
@@ -394,6 +386,12 @@ class Engine:
                 step,
                 time.perf_counter() - start,
             )
+
+
+def _with_done(state: dict, done: np.ndarray) -> dict:
+    """The decode state with `done` bool[B] replaced, placed as the loop's own output is (an array
+    placed differently would make `decode` compile a second time)."""
+    return {**state, "done": jax.device_put(done, state["done"].sharding)}
 
 
 def _drop(kind, payload) -> None:

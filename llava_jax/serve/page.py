@@ -149,6 +149,8 @@ for (const ex of cfg.examples) {
 }
 $('examplebox').hidden = cfg.examples.length === 0;
 $('temperature').value = cfg.temperature; $('top_p').value = cfg.top_p; $('max_tokens').value = cfg.max_tokens;
+// A server that wants a key says so on any route: show the key field then.
+fetch('v1/models').then((r) => { if (r.status === 401) $('keybox').hidden = false; }).catch(() => {});
 setBusy(false);
 """
 
