@@ -26,7 +26,8 @@ def ask(client, messages, **fields):
 def user(text, image: bytes | None = None) -> dict:
     if image is None:
         return {"role": "user", "content": text}
-    return {"role": "user", "content": [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": data_url(image)}}]}  # fmt: skip
+    parts = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": data_url(image)}}]
+    return {"role": "user", "content": parts}
 
 
 def reference(model, image: bytes | None, turns) -> str:
@@ -126,7 +127,8 @@ def _post(client, body, **kwargs):
 
 
 def _image_message(url: str) -> list:
-    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Hi"}]}]  # fmt: skip
+    parts = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Hi"}]
+    return [{"role": "user", "content": parts}]
 
 
 def test_bad_requests_get_openai_errors_and_the_server_lives_on(client, server, model, pictures, allowed_dir, tmp_path):
@@ -217,7 +219,8 @@ def test_every_route_checks_the_key(server):
     import httpx
 
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
-        for method, path in (("GET", "/health"), ("GET", "/v1/models"), ("GET", "/metrics"), ("POST", "/v1/chat/completions")):  # fmt: skip
+        routes = (("GET", "/health"), ("GET", "/v1/models"), ("GET", "/metrics"), ("POST", "/v1/chat/completions"))
+        for method, path in routes:
             response = httpx.request(method, server.url + path, headers=headers, json={}, timeout=30)
             assert response.status_code == 401, (path, headers)
             assert response.json()["error"]["code"] == "invalid_api_key"
