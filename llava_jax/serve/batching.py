@@ -307,10 +307,11 @@ class Engine:
                 images[r, 0] = jobs[r].pixels
         return ids, mask, images
 
-    def run_batch(self, jobs: list[Job], *, count: bool = True, steps: int | None = None) -> None:
+    def run_batch(self, jobs: list[Job], *, count: bool = True, steps: int | None = None) -> int:
         """Prefill `jobs` together and decode until each has its answer (sent through its sink).
 
         `steps` caps the decode steps (warm-up); `count` adds the batch to the statistics.
+        Returns the tokens decoded per row (the longest row's count, cancelled rows stop early).
         """
         start = time.perf_counter()
         model, config = self.model, self.config
@@ -386,6 +387,7 @@ class Engine:
                 step,
                 time.perf_counter() - start,
             )
+        return step
 
 
 def _with_done(state: dict, done: np.ndarray) -> dict:
