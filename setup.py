@@ -33,7 +33,12 @@ EXTRAS = {
         "ipykernel",
         "scikit-learn",
         "matplotlib",
+        "fastapi",
+        "uvicorn",
+        "httpx",
+        "playwright",
     ],
+    "serve": ["fastapi", "uvicorn"],
     "tfds": ["tensorflow-datasets==4.9.10", "importlib_resources"],
 }
 

@@ -38,23 +38,33 @@ def test_waiting_requests_are_grouped_by_sampling_settings(model):
 def test_a_cancelled_row_stops_and_the_batch_ends_with_the_others(model):
     from tests.serve.conftest import png_bytes
 
-    engine = Engine(model, template=get_template("vicuna_v1"), max_batch=2, chunk_tokens=1)
+    engine = Engine(model, template=get_template("vicuna_v1"), max_batch=4, chunk_tokens=1)
     image = load_image(png_bytes(np.random.default_rng(3).integers(0, 255, (30, 30, 3), dtype=np.uint8)))
     ids = engine.encode([("user", "What is in the image?")], has_image=True)
-    events = {"long": [], "short": []}
+    text_ids = engine.encode([("user", "Who are you?")], has_image=False)
+    events = {"long": [], "image": [], "text": []}
     long_job = None
 
     def long_sink(kind, payload):
         events["long"].append(kind)
         long_job.cancelled.set()  # the client went away after its first words
 
+    def sink(name):
+        return lambda kind, payload: events[name].append((kind, payload))
+
     pixels = load_pixels(image, model.config)
     long_job = Job(ids, pixels, 200, Sampling(), (), long_sink)
-    short_job = Job(ids, pixels, 8, Sampling(), (), lambda kind, payload: events["short"].append((kind, payload)))
-    steps = engine.run_batch([long_job, short_job])
-    assert steps < 200 and engine.stats["cancelled"] == 1 and engine.stats["completed"] == 1
+    jobs = [
+        long_job,
+        Job(ids, pixels, 8, Sampling(), (), sink("image")),
+        Job(text_ids, None, 8, Sampling(), (), sink("text")),
+    ]
+    steps = engine.run_batch(jobs)  # 3 rows in the 4-row bucket: one filler row
+    assert steps < 200 and engine.stats["cancelled"] == 1 and engine.stats["completed"] == 2
+    assert engine.batch_sizes == {3: 1}
     assert "done" not in events["long"] and events["long"]  # it got words, then nothing more
-    done = events["short"][-1]
-    assert done[0] == "done" and done[1]["completion_tokens"] <= 8
-    assert done[1]["text"] == model.chat(image, "What is in the image?", max_new_tokens=8)[0]
-    assert "".join(p for k, p in events["short"] if k == "delta") == done[1]["text"]
+    for name, (img, question) in {"image": (image, "What is in the image?"), "text": (None, "Who are you?")}.items():
+        kind, done = events[name][-1]
+        assert kind == "done" and 1 <= done["completion_tokens"] <= 8
+        assert done["text"] == model.chat(img, question, max_new_tokens=8)[0]
+        assert "".join(p for k, p in events[name] if k == "delta") == done["text"]
