@@ -111,18 +111,8 @@ def create_app(
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return fail(ApiError(500, f"internal error ({type(exc).__name__}); see the server log"))
 
-    @app.middleware("http")
-    async def _authorize(request: Request, call_next):
-        if api_key is not None and not (page is not None and request.url.path == "/"):
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-                return fail(
-                    ApiError(
-                        401, "missing or wrong API key (send Authorization: Bearer <key>)", code="invalid_api_key"
-                    ),
-                    {"WWW-Authenticate": "Bearer"},
-                )
-        return await call_next(request)
+    if api_key is not None:
+        app.add_middleware(_RequireKey, key=api_key, open_path="/" if page is not None else None, fail=fail)
 
     def ready_or_503():
         if engine.failed:
@@ -220,7 +210,6 @@ def create_app(
                 code="model_not_found",
             )
         ready_or_503()
-        ids, pixels, max_tokens = await anyio.to_thread.run_sync(prepare, chat)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 
@@ -231,13 +220,15 @@ def create_app(
                 pass
 
         rid = completion_id()
-        job = Job(ids, pixels, max_tokens, chat.sampling, chat.stop, sink, request_id=rid)
-        try:
-            engine.submit(job)
-        except QueueFull as e:
-            raise ApiError(429, f"the server is busy: {e}; retry later", code="queue_full") from None
-        except NotReady as e:
-            raise ApiError(503, str(e), code="not_ready") from None
+        with engine.arriving():  # a batch about to start waits for this request
+            ids, pixels, max_tokens = await anyio.to_thread.run_sync(prepare, chat)
+            job = Job(ids, pixels, max_tokens, chat.sampling, chat.stop, sink, stream=chat.stream, request_id=rid)
+            try:
+                engine.submit(job)
+            except QueueFull as e:
+                raise ApiError(429, f"the server is busy: {e}; retry later", code="queue_full") from None
+            except NotReady as e:
+                raise ApiError(503, str(e), code="not_ready") from None
         if chat.stream:
             return StreamingResponse(
                 _stream(job, events, rid, model_name, chat.include_usage),
@@ -261,6 +252,25 @@ def create_app(
             job.cancelled.set()  # no effect once done; frees the row if this handler was cancelled
 
     return app
+
+
+class _RequireKey:
+    """ASGI middleware: 401 unless `Authorization: Bearer <key>` (the page's own path excepted)."""
+
+    def __init__(self, app, *, key: str, open_path: str | None, fail):
+        self.app, self.key, self.open_path, self.fail = app, key.encode(), open_path, fail
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] != self.open_path:
+            header = dict(scope["headers"]).get(b"authorization", b"")
+            scheme, _, token = header.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+                error = ApiError(
+                    401, "missing or wrong API key (send Authorization: Bearer <key>)", code="invalid_api_key"
+                )
+                await self.fail(error, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def _stream(job: Job, events: asyncio.Queue, rid: str, model: str, include_usage: bool):

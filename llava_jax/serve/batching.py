@@ -26,6 +26,7 @@ shapes a one-image question with the default `max_tokens` uses, for every B.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
@@ -47,6 +48,9 @@ log = logging.getLogger("llava_jax.serve")
 
 PAD_TO_MULTIPLE = 16  # as `llava_jax.infer.chat`
 MIN_NEW_SLOTS = 16
+# Decode steps per call when no row streams or watches for stop sequences: the host only looks
+# in to end rows at their own max_tokens and to drop cancelled ones.
+QUIET_CHUNK = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +86,7 @@ class Job:
     sampling: Sampling
     stop: tuple[str, ...]
     sink: Callable[[str, object], None]
+    stream: bool = False  # send ("delta", text) as the answer grows (else only "done")
     request_id: str = ""
     cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
     enqueued: float = dataclasses.field(default_factory=time.monotonic)
@@ -111,8 +116,9 @@ class Engine:
       template: the conversation template the model was trained with (for its stop string).
       max_batch: most rows decoded together.
       max_queue: most requests waiting; `submit` raises `QueueFull` past it.
-      chunk_tokens: decode steps between looks at the text (stream granularity).
-      batch_wait_s: after the first request of a batch, wait this long for others to join.
+      chunk_tokens: decode steps between looks at the text when a row streams or has stop sequences.
+      batch_wait_s: while other requests are still being read (`arriving`), wait up to this long
+        for them to join the batch; nothing is waited for when none is on its way.
     """
 
     def __init__(
@@ -123,7 +129,7 @@ class Engine:
         max_batch: int = 8,
         max_queue: int = 128,
         chunk_tokens: int = 8,
-        batch_wait_s: float = 0.002,
+        batch_wait_s: float = 0.005,
         layout: str = "auto",
     ):
         if model.tokenizer is None:
@@ -158,6 +164,7 @@ class Engine:
         self._queue: collections.deque[Job] = collections.deque()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._arriving = 0
         self.ready = threading.Event()
         self.failed: str | None = None
         self.stats = collections.Counter()
@@ -174,7 +181,20 @@ class Engine:
                 raise QueueFull(f"{len(self._queue)} requests are already waiting (--max-queue {self.max_queue})")
             self._queue.append(job)
             self.stats["requests"] += 1
-            self._cond.notify()
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def arriving(self):
+        """Context for a request being read and encoded before `submit`: a batch about to start
+        waits (up to `batch_wait_s`) for it rather than leaving it for the next batch."""
+        with self._cond:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._arriving -= 1
+                self._cond.notify_all()
 
     def queue_depth(self) -> int:
         with self._cond:
@@ -186,9 +206,11 @@ class Engine:
                 self._cond.wait()
             if self._stopping:
                 return None
-        if self.batch_wait_s > 0 and len(self._queue) < self.max_batch:
-            time.sleep(self.batch_wait_s)  # let requests that arrive together share the batch
-        with self._cond:
+            deadline = time.monotonic() + self.batch_wait_s
+            while self._arriving and len(self._queue) < self.max_batch and time.monotonic() < deadline:
+                self._cond.wait(max(0.0, deadline - time.monotonic()))
+            if self._stopping:
+                return None
             head = self._queue.popleft()
             batch, skipped = [head], []
             key = head.sampling.batch_key()
@@ -340,10 +362,11 @@ class Engine:
             done = np.asarray(jax.device_get(state["done"])).copy()
             done[len(jobs) :] = True
             state = _with_done(state, done)
+            watch = any(row.job.stream or row.text.stop_strings for row in rows)
+            chunk = self.chunk_tokens if watch else max(self.chunk_tokens, QUIET_CHUNK)
             while True:
-                out = np.asarray(jax.device_get(state["out"]))
-                step = int(state["step"])
-                done = np.asarray(jax.device_get(state["done"])).copy()
+                out, done, step = jax.device_get((state["out"], state["done"], state["step"]))
+                done, step = np.array(done), int(step)
                 changed = False
                 with self.tokenizer_lock:
                     for r, row in enumerate(rows):
@@ -359,7 +382,7 @@ class Engine:
                     break
                 if changed:
                     state = _with_done(state, done)
-                limit = min(step + self.chunk_tokens, max(live), n)
+                limit = min(step + chunk, max(live), n)
                 state = decode(
                     model.params,
                     layers,
@@ -423,7 +446,7 @@ class _Row:
             tokens, reason = tokens[: hits[0] + 1], "stop"
         elif len(tokens) >= job.max_tokens:
             tokens, reason = tokens[: job.max_tokens], "length"
-        k = self.text.stop_token(tokens, self.checked)
+        k = self.text.stop_token(tokens, self.checked) if self.text.stop_strings else None
         if k is not None:
             tokens, reason = tokens[:k], "stop"
         self.checked = len(tokens) + 1
@@ -431,7 +454,7 @@ class _Row:
         if reason is None and final_step:
             reason = "length"
         if reason is None:
-            delta = self.text.delta(tokens)
+            delta = self.text.delta(tokens) if job.stream else ""
             if delta:
                 job.sink("delta", delta)
             return False
@@ -439,7 +462,7 @@ class _Row:
         return True
 
     def finish(self, reason: str) -> None:
-        delta = self.text.delta(self.kept, final=True)
+        delta = self.text.delta(self.kept, final=True) if self.job.stream else ""
         if delta:
             self.job.sink("delta", delta)
         self.finished, self.finish_reason = True, reason

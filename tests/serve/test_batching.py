@@ -53,11 +53,11 @@ def test_a_cancelled_row_stops_and_the_batch_ends_with_the_others(model):
         return lambda kind, payload: events[name].append((kind, payload))
 
     pixels = load_pixels(image, model.config)
-    long_job = Job(ids, pixels, 200, Sampling(), (), long_sink)
+    long_job = Job(ids, pixels, 200, Sampling(), (), long_sink, stream=True)
     jobs = [
         long_job,
-        Job(ids, pixels, 8, Sampling(), (), sink("image")),
-        Job(text_ids, None, 8, Sampling(), (), sink("text")),
+        Job(ids, pixels, 8, Sampling(), (), sink("image"), stream=True),
+        Job(text_ids, None, 8, Sampling(), (), sink("text"), stream=True),
     ]
     steps = engine.run_batch(jobs)  # 3 rows in the 4-row bucket: one filler row
     assert steps < 200 and engine.stats["cancelled"] == 1 and engine.stats["completed"] == 2
