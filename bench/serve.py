@@ -11,7 +11,8 @@ process (images already decoded). Both are warmed up first (every shape
 compiled), so the figures are steady state: requests/s, tokens/s, and
 per-request latency p50/p95.
 
-Run: `.venv/bin/python bench/serve.py [--requests 96] [--max-tokens 32] [--clients 1 8 32] [--max-batch 8]`
+Run: `.venv/bin/python bench/serve.py [--requests 256] [--max-tokens 32] [--clients 1 8 32] [--max-batch 8]
+[--batch-wait-ms 5]`
 """
 
 from __future__ import annotations
@@ -77,11 +78,26 @@ def sequential(model, requests: list[dict], max_tokens: int) -> dict:
     return {"wall": wall, "latencies": latencies, "requests": len(requests)}
 
 
-def start_server(model_dir: str, max_batch: int, max_tokens: int) -> tuple[subprocess.Popen, str, list]:
+def batched(model, requests: list[dict], max_tokens: int, rows: int) -> dict:
+    """`Llava.chat` on `rows` requests per call, in this process: what batching alone can give (no HTTP)."""
+    groups = [requests[i : i + rows] for i in range(0, len(requests), rows)]
+    for g in groups:
+        model.chat([r["image"] for r in g], [r["question"] for r in g], max_new_tokens=max_tokens)
+    latencies = []
+    start = time.perf_counter()
+    for g in groups:
+        t0 = time.perf_counter()
+        model.chat([r["image"] for r in g], [r["question"] for r in g], max_new_tokens=max_tokens)
+        latencies += [time.perf_counter() - t0] * len(g)
+    return {"wall": time.perf_counter() - start, "latencies": latencies, "requests": len(requests)}
+
+
+def start_server(model_dir: str, max_batch: int, max_tokens: int, wait_ms: float) -> tuple[subprocess.Popen, str, list]:
     env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
     command = [
         sys.executable, "-m", "llava_jax.cli", "serve", "--model", model_dir, "--port", "0",
-        "--max-batch", str(max_batch), "--warmup-max-tokens", str(max_tokens), "--log-level", "warning",
+        "--max-batch", str(max_batch), "--warmup-max-tokens", str(max_tokens), "--log-level", "info",
+        "--batch-wait-ms", str(wait_ms),
     ]  # fmt: skip
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
@@ -138,10 +154,12 @@ def batches(url: str) -> dict[int, int]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=96)
+    parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0, help="the server's --batch-wait-ms")
+    parser.add_argument("--server-log", help="write the server's log (one line per batch) here")
     args = parser.parse_args(argv)
 
     tok = synthetic_tokenizer()
@@ -150,13 +168,21 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = os.path.join(tmp, "demo-random")
         model.save(model_dir)
-        process, url, lines = start_server(model_dir, args.max_batch, args.max_tokens)
+        process, url, lines = start_server(model_dir, args.max_batch, args.max_tokens, args.batch_wait_ms)
         try:
             base = sequential(model, requests, args.max_tokens)
             expected = [model.chat(r["image"], r["question"], max_new_tokens=args.max_tokens)[0] for r in requests]
             rows = [("sequential Llava.chat", base, None)]
+            rows.append(
+                (
+                    f"Llava.chat, {args.max_batch} per call",
+                    batched(model, requests, args.max_tokens, args.max_batch),
+                    None,
+                )
+            )
             for clients in args.clients:
-                load(url, requests, clients, args.max_tokens)  # the same load once first: every shape compiled
+                for _ in range(3):  # the same load first, until (batch size, prompt length) shapes are compiled
+                    load(url, requests, clients, args.max_tokens)
                 before = batches(url)
                 result = load(url, requests, clients, args.max_tokens)
                 after = batches(url)
@@ -167,9 +193,14 @@ def main(argv=None) -> None:
         finally:
             process.terminate()
             process.wait(30)
+            if args.server_log:
+                with open(args.server_log, "w") as f:
+                    f.write("".join(lines))
     base_rate = base["requests"] / base["wall"]
-    print(f"\n{platform.node()}: {os.cpu_count()} CPUs, {args.requests} requests, max_tokens {args.max_tokens}, "
-          f"--max-batch {args.max_batch}, demo shape (random weights)")  # fmt: skip
+    setting = f"--max-batch {args.max_batch}, --batch-wait-ms {args.batch_wait_ms}"
+    print(
+        f"\n{platform.node()}: {os.cpu_count()} CPUs, {args.requests} requests, max_tokens {args.max_tokens}, {setting}"
+    )
     print("| run | requests/s | x sequential | latency p50 s | p95 s | mean rows/batch | answers != chat |")
     print("|---|---|---|---|---|---|---|")
     for name, r, extra in rows:
