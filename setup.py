@@ -35,8 +35,13 @@ EXTRAS = {
         "scikit-learn",
         "matplotlib",
         "openpyxl",
+        "fastapi",
+        "uvicorn",
+        "httpx",
+        "playwright",
     ],
     "eval": ["openpyxl"],  # the MMBench upload file (.xlsx)
+    "serve": ["fastapi", "uvicorn"],
     "tfds": ["tensorflow-datasets==4.9.10", "importlib_resources"],
 }
 

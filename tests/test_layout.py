@@ -24,6 +24,7 @@ RANK = {
     "eval": 4,
     "api": 5,
     "demo": 6,
+    "serve": 6,
     "cli": 7,
     "": 8,  # llava_jax/__init__.py
 }

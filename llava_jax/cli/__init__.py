@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "eval": ("llava_jax.cli.eval", "run a benchmark of the LLaVA-1.5 evaluation suite"),
     "demo": ("llava_jax.cli.demo", "train a small LLaVA end to end on a synthetic task and chat with it"),
     "plan": ("llava_jax.cli.plan", "memory plan for a config on a mesh"),
+    "serve": ("llava_jax.cli.serve", "serve a model over an OpenAI-style HTTP API (and a web chat page)"),
 }
 # Subcommands that run XLA:CPU training steps: re-executed with huge pages for the host heap.
 HUGEPAGE_SUBCOMMANDS = ("demo", "train")

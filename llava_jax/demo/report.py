@@ -257,3 +257,4 @@ def print_summary(results: dict, timings, curves: dict, chat: dict, *, workdir: 
         f"results {os.path.join(workdir, 'results.json')}, plot {os.path.join(workdir, 'loss.png')}, "
         f"model {os.path.join(workdir, 'stage2', 'final')}, HF {os.path.join(workdir, 'hf')}"
     )
+    print(f"serve it: llava-jax serve --model {os.path.join(workdir, 'stage2', 'final')} --ui  (http://127.0.0.1:8000)")

@@ -119,6 +119,7 @@ def test_rerun_reuses_every_step(workdir, capsys):
         after = json.load(f)["seconds"]
     assert {k: after[k] for k in STEPS[:-1]} == {k: before[k] for k in STEPS[:-1]}
     assert "JAX already started: keeping" in out  # the suite's JAX runs first; the demo keeps its devices
+    assert f"serve it: llava-jax serve --model {workdir / 'stage2' / 'final'} --ui" in out  # the summary's last line
 
 
 def test_default_cpu_devices_is_a_power_of_two_per_core():
