@@ -4,7 +4,8 @@
 (`num_steps=-5 must be >= 0 (0: one pass over the data)`) so that a refused
 run leaves its workdir untouched: no `experiment.json`, no checkpoint, no
 `final/`. It is called first by `llava_jax.train.loop.run`. `check_source`
-refuses a dataset with no example at all.
+refuses a dataset with no example at all, or one whose sampled image files
+are all unreadable (before the model is built).
 
 Where a value has a documented meaning it keeps it: `num_steps=0` is one pass
 over the data (`data.num_epochs`), `data.num_epochs=0` repeats the data
@@ -21,9 +22,12 @@ import re
 from collections.abc import Callable
 
 import ml_collections
+import numpy as np
 
 from llava_jax.config import ConfigError
 from llava_jax.data.conversation import TEMPLATES
+from llava_jax.data.paths import DEFAULT_MAX_IMAGE_BYTES, ImageFileError, check_image_file
+from llava_jax.data.sources import JsonSource
 
 _MISSING = object()
 INIT_KINDS = ("random", "llava", "components")
@@ -159,9 +163,40 @@ def validate_config(cfg: ml_collections.ConfigDict, *, paths: bool = True) -> No
         raise ConfigError("invalid config: " + "; ".join(problems))
 
 
-def check_source(cfg: ml_collections.ConfigDict, source) -> None:
-    """`ConfigError` when the training data holds no example (an empty JSON file or list)."""
+def check_source(cfg: ml_collections.ConfigDict, source, *, sample: int = 64, min_images: int = 8) -> None:
+    """`ConfigError` when the training data holds no example, or when no image it names can be read.
+
+    The second check reads `sample` examples spread over a JSON source and stats their image files:
+    when at least `min_images` were looked at and none is readable (a wrong `data.image_root`, say),
+    the run stops before the model is even built. Fewer failures are left to the skip guard.
+    """
     if len(source) == 0:
         raise ConfigError(
             f"data.json={cfg.data.json!r} holds no examples (an empty file or an empty list): nothing to train on"
+        )
+    if not isinstance(source, JsonSource):
+        return  # packed records carry their image bytes
+    max_bytes = int(cfg.data.get("max_image_mb", DEFAULT_MAX_IMAGE_BYTES / 2**20) * 2**20)
+    failures, looked = [], 0
+    for index in sorted(set(np.linspace(0, len(source) - 1, min(sample, len(source))).astype(int).tolist())):
+        example = source[index]
+        reason = example.get("_reason")
+        if reason == "image_outside_root":
+            looked += 1
+            failures.append(f"{example.get('id')}: {example.get('_error')}")
+            continue
+        if reason:
+            continue  # a broken record, not an image: the skip guard's business
+        path = example.get("image")
+        if not isinstance(path, str):
+            continue
+        looked += 1
+        try:
+            check_image_file(path, max_bytes)
+        except ImageFileError as e:
+            failures.append(f"{example.get('id')}: {e}")
+    if looked >= min_images and len(failures) >= looked:
+        raise ConfigError(
+            f"none of the {looked} image files sampled from data.json={cfg.data.json!r} can be read "
+            f"(e.g. {failures[0]}): is data.image_root={cfg.data.image_root!r} right?"
         )
