@@ -115,10 +115,10 @@ def load_native(directory: str, *, dtype=None, mesh=None, rules: Rules = DEFAULT
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     try:
         params = ocp.load(os.path.join(directory, PARAMS_DIR), target)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        raise CheckpointError(f"{directory}: params do not match config.json ({e})") from e
-    except Exception as e:  # tensorstore reports truncated or corrupt array files as a bare Exception
+    except Exception as e:  # tensorstore reports truncated array files as a bare Exception, metadata as ValueError
+        detail = " ".join(str(e).split())
         raise CheckpointError(
-            f"{directory}: cannot read {PARAMS_DIR}/ (truncated or corrupt files?): {' '.join(str(e).split())[:300]}"
+            f"{directory}: {PARAMS_DIR}/ cannot be read as config.json describes it (truncated or corrupt files, "
+            f"or the parameters of another config): {type(e).__name__}: {detail[:300]}"
         ) from e
     return config, params
