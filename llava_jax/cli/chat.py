@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--vision-tower", help="HF CLIP directory, for original checkpoints without vision weights")
     parser.add_argument("--no-stream", action="store_true", help="print each answer whole instead of streaming")
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=None,
+        help="refuse images with more pixels than this (default: PIL's decompression-bomb limit, ~179 million)",
+    )
 
 
 def _error(message: str) -> int:
@@ -73,21 +79,29 @@ def run(args, stdin=None, stdout=None) -> int:
 
     stdin = stdin or sys.stdin
     out = stdout or sys.stdout
+    image = None
+    if args.max_image_pixels is not None:
+        from llava_jax.data.image import set_max_image_pixels
+
+        set_max_image_pixels(args.max_image_pixels)
+    if args.image:
+        from llava_jax.data.image import load_image
+
+        try:  # before the model loads: a bad image fails in a second, not after minutes
+            image = load_image(args.image)
+        except (OSError, ValueError, SyntaxError) as e:  # PIL reports bad files as OSError subclasses
+            return _error(f"cannot read image {args.image!r}: {type(e).__name__}: {e}")
     try:
         model = load(args.model, dtype=args.dtype, vision_tower=args.vision_tower)
     except (CheckpointError, OSError, ValueError) as e:
         return _error(f"cannot load model {args.model!r}: {e}")
     if model.tokenizer is None:
         return _error(f"{args.model}: the model directory has no tokenizer")
-    image = None
-    if args.image:
+    if image is not None:
         try:
-            load_pixels(args.image, model.config)  # fail now, not after the first question
+            load_pixels(image, model.config)  # fail now, not after the first question
         except ImageError as e:
             return _error(str(e))
-        from llava_jax.data.image import load_image
-
-        image = load_image(args.image)
 
     if args.prompt is not None:
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from llava_jax.data.encode import DataError
+from llava_jax.data.paths import DEFAULT_MAX_IMAGE_BYTES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +32,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip (log and count) or stop at the first unreadable example",
     )
     p.add_argument("--workers", type=int, default=8, help="threads reading image files")
+    p.add_argument("--overwrite", action="store_true", help="replace the pack already in OUT_DIR (refused without it)")
+    p.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="read image paths that lead outside IMAGE_ROOT (absolute, '..', symbolic links); refused by default",
+    )
+    p.add_argument(
+        "--max-image-mb",
+        type=float,
+        default=DEFAULT_MAX_IMAGE_BYTES / 2**20,
+        help="skip image files larger than this many MiB (default %(default)g)",
+    )
     s = sub.add_parser(
         "synthetic",
         help="write the synthetic shapes dataset (stage-1 captions, stage-2 conversations, held-out questions)",
@@ -70,18 +82,18 @@ def run(args: argparse.Namespace) -> int:
     if args.data_command == "pack":
         from llava_jax.data.pack import pack
 
-        try:
-            summary = pack(
-                args.json,
-                args.image_root,
-                args.out_dir,
-                shard_size=args.shard_size,
-                on_error=args.on_error,
-                workers=args.workers,
-            )
-        except DataError as error:
-            print(f"error: {error}")
-            return 1
+        # Errors (DataError in strict mode, PackError) are reported by the `llava-jax` dispatcher.
+        summary = pack(
+            args.json,
+            args.image_root,
+            args.out_dir,
+            shard_size=args.shard_size,
+            on_error=args.on_error,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            allow_outside_root=args.allow_outside_root,
+            max_image_bytes=int(args.max_image_mb * 2**20),
+        )
         print(
             f"pack: wrote {summary['num_examples']} of {summary['num_input']} examples to "
             f"{args.out_dir}; skipped {sum(summary['skipped'].values())} {summary['skipped'] or ''}"

@@ -81,6 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="score OUT/answers.jsonl without loading a model",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="read image references that lead outside the image folder (absolute, '..', symbolic links)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         annotation_file=args.annotation_file,
         limit=args.limit,
         all_rounds=args.all_rounds,
+        allow_outside_root=args.allow_outside_root,
     )
     answerer = None
     size = args.model_size.upper() if args.model_size else None

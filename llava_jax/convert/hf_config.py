@@ -100,6 +100,24 @@ def _rope_from_hf(text: Mapping) -> tuple[float, RopeScaling]:
     )
 
 
+def _int(d: Mapping, key: str, default):
+    """`d[key]` (or `default`) as an int; `ConfigError` naming the key for anything but a whole number."""
+    value = d.get(key, default)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ConfigError(f"{key}={value!r} is not an integer")
+
+
+def _float(d: Mapping, key: str, default) -> float:
+    """`d[key]` (or `default`) as a float; `ConfigError` naming the key for anything but a number."""
+    value = d.get(key, default)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigError(f"{key}={value!r} is not a number")
+
+
 def _first_int(value):
     if isinstance(value, (list, tuple)):
         return int(value[0]) if value else None
@@ -113,21 +131,23 @@ def llama_config_from_hf(text: Mapping) -> LlamaConfig:
         raise ConfigError(f"LLaMA hidden_act {act!r} is not supported (only 'silu')")
     if text.get("pretraining_tp", 1) not in (1, None):
         raise ConfigError("pretraining_tp != 1 is not supported")
-    heads = int(text.get("num_attention_heads", 32))
-    hidden = int(text.get("hidden_size", 4096))
+    heads = _int(text, "num_attention_heads", 32)
+    hidden = _int(text, "hidden_size", 4096)
+    if heads is None or heads < 1:
+        raise ConfigError(f"num_attention_heads={heads!r} must be at least 1")
     theta, scaling = _rope_from_hf(text)
     return LlamaConfig(
-        vocab_size=int(text.get("vocab_size", 32000)),
+        vocab_size=_int(text, "vocab_size", 32000),
         hidden_size=hidden,
-        intermediate_size=int(text.get("intermediate_size", 11008)),
-        num_layers=int(text.get("num_hidden_layers", 32)),
+        intermediate_size=_int(text, "intermediate_size", 11008),
+        num_layers=_int(text, "num_hidden_layers", 32),
         num_heads=heads,
-        num_kv_heads=int(text.get("num_key_value_heads") or heads),
-        head_dim=int(text.get("head_dim") or hidden // heads),
-        rms_norm_eps=float(text.get("rms_norm_eps", 1e-6)),
+        num_kv_heads=_int(text, "num_key_value_heads", None) or heads,
+        head_dim=_int(text, "head_dim", None) or hidden // heads,
+        rms_norm_eps=_float(text, "rms_norm_eps", 1e-6),
         rope_theta=theta,
         rope_scaling=scaling,
-        max_position_embeddings=int(text.get("max_position_embeddings", 2048)),
+        max_position_embeddings=_int(text, "max_position_embeddings", 2048),
         tie_word_embeddings=bool(text.get("tie_word_embeddings", False)),
         attention_bias=bool(text.get("attention_bias", False)),
         mlp_bias=bool(text.get("mlp_bias", False)),
@@ -142,14 +162,14 @@ def vision_config_from_hf(vision: Mapping) -> VisionConfig:
     if "vision_config" in vision:
         vision = vision["vision_config"]
     return VisionConfig(
-        hidden_size=int(vision.get("hidden_size", 768)),
-        intermediate_size=int(vision.get("intermediate_size", 3072)),
-        num_layers=int(vision.get("num_hidden_layers", 12)),
-        num_heads=int(vision.get("num_attention_heads", 12)),
-        image_size=int(vision.get("image_size", 224)),
-        patch_size=int(vision.get("patch_size", 32)),
-        num_channels=int(vision.get("num_channels", 3)),
-        layer_norm_eps=float(vision.get("layer_norm_eps", 1e-5)),
+        hidden_size=_int(vision, "hidden_size", 768),
+        intermediate_size=_int(vision, "intermediate_size", 3072),
+        num_layers=_int(vision, "num_hidden_layers", 12),
+        num_heads=_int(vision, "num_attention_heads", 12),
+        image_size=_int(vision, "image_size", 224),
+        patch_size=_int(vision, "patch_size", 32),
+        num_channels=_int(vision, "num_channels", 3),
+        layer_norm_eps=_float(vision, "layer_norm_eps", 1e-5),
         hidden_act=vision.get("hidden_act", "quick_gelu"),
     )
 

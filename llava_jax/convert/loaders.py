@@ -60,6 +60,8 @@ def _read_json(path: str) -> dict:
         raise CheckpointError(f"{os.path.dirname(path) or '.'}: no config.json (not a model directory)") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    except RecursionError:
+        raise CheckpointError(f"{path}: JSON nested too deeply to read") from None
 
 
 def load_tokenizer(directory: str):

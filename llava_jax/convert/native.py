@@ -26,12 +26,25 @@ PARAMS_DIR = "params"
 
 
 def is_native(directory: str) -> bool:
-    """True when `directory` holds a llava_jax checkpoint."""
+    """True when `directory` holds a llava_jax checkpoint.
+
+    A `config.json` of the llava_jax format without its `params/` folder is a
+    `CheckpointError` (an incomplete copy or an interrupted save), not another format.
+    """
     path = os.path.join(directory, "config.json")
-    if not os.path.exists(path) or not os.path.isdir(os.path.join(directory, PARAMS_DIR)):
+    if not os.path.exists(path):
         return False
-    with open(path) as f:
-        return json.load(f).get("format") == "llava_jax"
+    try:
+        with open(path) as f:
+            native = json.load(f).get("format") == "llava_jax"
+    except (ValueError, AttributeError, RecursionError):  # not JSON, or not an object: not ours to judge
+        return False
+    if native and not os.path.isdir(os.path.join(directory, PARAMS_DIR)):
+        raise CheckpointError(
+            f"{directory}: a llava_jax checkpoint (config.json) without its {PARAMS_DIR}/ folder: an incomplete "
+            f"copy, or a save that did not finish; copy or write the checkpoint again"
+        )
+    return native
 
 
 def _leaves_with_paths(params) -> Iterable[tuple[tuple[str, ...], jax.Array]]:
@@ -102,6 +115,10 @@ def load_native(directory: str, *, dtype=None, mesh=None, rules: Rules = DEFAULT
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     try:
         params = ocp.load(os.path.join(directory, PARAMS_DIR), target)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        raise CheckpointError(f"{directory}: params do not match config.json ({e})") from e
+    except Exception as e:  # tensorstore reports truncated array files as a bare Exception, metadata as ValueError
+        detail = " ".join(str(e).split())
+        raise CheckpointError(
+            f"{directory}: {PARAMS_DIR}/ cannot be read as config.json describes it (truncated or corrupt files, "
+            f"or the parameters of another config): {type(e).__name__}: {detail[:300]}"
+        ) from e
     return config, params

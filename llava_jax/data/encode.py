@@ -35,6 +35,7 @@ from llava_jax.data.conversation import (
     move_image_to_front,
     training_segments,
 )
+from llava_jax.data.paths import DEFAULT_MAX_IMAGE_BYTES, ImageFileError, check_image_file
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ REASONS = (
     "image_token_in_answer",
     "no_image",
     "missing_image",
+    "image_outside_root",
+    "not_a_regular_file",
+    "image_too_large",
     "corrupt_image",
     "tokenization_mismatch",
     "image_cut_by_truncation",
@@ -170,10 +174,11 @@ def validate_turns(example: dict, template) -> tuple[str, list[tuple[str, str]],
         raise DataError(sample_id, "image_token_in_text_only")
     if has_image and markers == 0:
         raise DataError(sample_id, "missing_image_token")
+    # Checked before the count: a marker in an answer is the fault to name, even beside the question's.
+    if any(IMAGE_TOKEN in value for role, value in turns if role == "gpt"):
+        raise DataError(sample_id, "image_token_in_answer", f"an answer contains {IMAGE_TOKEN}")
     if markers > 1:
         raise DataError(sample_id, "multiple_image_tokens", f"{markers} markers for one image")
-    if any(IMAGE_TOKEN in value for role, value in turns if role == "gpt"):
-        raise DataError(sample_id, "image_token_in_answer")
     if has_image:
         # Reference `preprocess_multimodal`: the marker goes to the front of its turn.
         turns = [(role, move_image_to_front(v, training=True) if IMAGE_TOKEN in v else v) for role, v in turns]
@@ -285,7 +290,8 @@ class EncodeFn:
     """Raw example -> encoded sample, or a skip marker (or `DataError` in strict mode).
 
     Also rejects image references that are certainly unreadable (missing or
-    empty file, empty bytes) before packing, so packed rows rarely need blanking.
+    empty file, not a regular file, above `config.max_image_bytes`, empty bytes)
+    before packing, so packed rows rarely need blanking.
     """
 
     def __init__(self, tokenizer, config):
@@ -303,7 +309,7 @@ class EncodeFn:
                 max_length=c.max_length,
                 image_token_index=c.image_token_index,
             )
-            _check_image_ref(out["id"], out["image"])
+            _check_image_ref(out["id"], out["image"], getattr(c, "max_image_bytes", DEFAULT_MAX_IMAGE_BYTES))
         except DataError as error:
             if c.on_error == "strict":
                 raise
@@ -312,13 +318,13 @@ class EncodeFn:
         return out
 
 
-def _check_image_ref(sample_id: str, ref) -> None:
+def _check_image_ref(sample_id: str, ref, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> None:
     if ref is None:
         return
     if isinstance(ref, (str, os.PathLike)):
-        if not os.path.isfile(ref):
-            raise DataError(sample_id, "missing_image", os.fspath(ref))
-        if os.path.getsize(ref) == 0:
-            raise DataError(sample_id, "corrupt_image", f"empty file {os.fspath(ref)}")
+        try:
+            check_image_file(os.fspath(ref), max_bytes)
+        except ImageFileError as e:
+            raise DataError(sample_id, e.reason, str(e)) from None
     elif isinstance(ref, (bytes, bytearray, memoryview)) and len(ref) == 0:
         raise DataError(sample_id, "corrupt_image", "empty image bytes")

@@ -60,17 +60,37 @@ def _check_rule(alpha: str) -> None:
         raise ValueError(f"alpha must be one of {ALPHA_RULES}, got {alpha!r}")
 
 
+class ImageTooLarge(ValueError):
+    """An image with more pixels than PIL's decompression-bomb limit (see `set_max_image_pixels`)."""
+
+    reason = "image_too_large"
+
+
+def set_max_image_pixels(pixels: int) -> None:
+    """Accept images of up to `pixels` pixels (process-wide; PIL refuses above 2 x `Image.MAX_IMAGE_PIXELS`)."""
+    if pixels < 1:
+        raise ValueError(f"max image pixels must be at least 1, got {pixels}")
+    Image.MAX_IMAGE_PIXELS = -(-int(pixels) // 2)
+
+
 def _open(source: str | os.PathLike | bytes) -> Image.Image:
     """Decode a file or encoded bytes (eagerly, so truncated data fails here)."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) == 0:
-            raise ValueError("empty image data (0 bytes)")
-        image = Image.open(io.BytesIO(bytes(source)))
-    else:
-        if os.path.getsize(source) == 0:
-            raise ValueError(f"empty image file (0 bytes): {os.fspath(source)}")
-        image = Image.open(source)
-    image.load()
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            if len(source) == 0:
+                raise ValueError("empty image data (0 bytes)")
+            image = Image.open(io.BytesIO(bytes(source)))
+        else:
+            if os.path.getsize(source) == 0:
+                raise ValueError(f"empty image file (0 bytes): {os.fspath(source)}")
+            image = Image.open(source)
+        image.load()
+    except Image.DecompressionBombError as e:
+        where = f"{os.fspath(source)}: " if isinstance(source, (str, os.PathLike)) else ""
+        raise ImageTooLarge(
+            f"{where}{e} Raise the limit with `llava-jax chat --max-image-pixels N` "
+            f"(in Python: llava_jax.data.image.set_max_image_pixels(N))"
+        ) from None
     return image
 
 

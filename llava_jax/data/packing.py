@@ -170,7 +170,8 @@ class DecodeImages:
             try:
                 images[slot] = prepare_pixels(ref, mode=self.mode, size=self.size)
             except Exception as e:
-                reason = "missing_image" if isinstance(e, FileNotFoundError) else "corrupt_image"
+                fallback = "missing_image" if isinstance(e, FileNotFoundError) else "corrupt_image"
+                reason = getattr(e, "reason", None) or fallback  # e.g. image_too_large
                 error = DataError(sample_id, reason, f"{type(e).__name__}: {e}")
                 if self.on_error == "strict":
                     raise error from e

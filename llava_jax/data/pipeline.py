@@ -42,6 +42,7 @@ from llava_jax.data.packing import (
     plan_rows,
     stack_rows,
 )
+from llava_jax.data.paths import DEFAULT_MAX_IMAGE_BYTES
 from llava_jax.sharding import DEFAULT_RULES, Rules, batch_axes, batch_sharding
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class DataConfig:
     `pad_multiple`, sorted within megabatches of `group_factor` global batches;
     `group_factor=1` is the reference's grouping). `on_error`: `skip` (log,
     count, continue) or `strict` (raise with the sample id and reason).
+    `max_image_bytes`: image files above it are skipped (`image_too_large`).
     `read_threads` / `read_buffer`: grain's reading threads and prefetch buffer
     (elements: encoded samples when packing, whole batches when padding). grain
     polls every buffered element on each read, so its default buffer of 500 cost
@@ -94,6 +96,7 @@ class DataConfig:
     read_buffer: int = 16
     on_error: str = "skip"
     pad_token_id: int = 0
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
 
     def __post_init__(self):
         if self.batching not in ("pack", "pad"):
@@ -112,6 +115,8 @@ class DataConfig:
             )
         if self.pack_length is not None and self.pack_length < self.max_length:
             raise ValueError("pack_length must be at least max_length (a sample must fit)")
+        if self.max_image_bytes < 1:
+            raise ValueError(f"max_image_bytes must be at least 1, got {self.max_image_bytes}")
 
     @property
     def row_length(self) -> int:
@@ -369,6 +374,7 @@ class Loader:
         self.mesh, self.rules, self.pad_token_id = mesh, rules, pad_token_id
         self.skipped: collections.Counter = collections.Counter()
         self.recent_skips: collections.deque = collections.deque(maxlen=1000)
+        self.samples = 0  # samples delivered in the batches `next` returned (the skip guard's denominator)
         self._ahead = None  # (grain state before it, batch or None at the end, its skips)
 
     def __iter__(self):
@@ -378,8 +384,10 @@ class Loader:
         try:
             batch = next(self._it)
         except StopIteration:
-            return None, []
+            return None, [], 0
         skips = batch.pop("_skipped", [])
+        # A sample's first token is the one at position 0 of a non-padding segment.
+        samples = int(np.count_nonzero((batch["positions"] == 0) & (batch["segment_ids"] > 0)))
         batch = normalize_images(batch)
         if self.mesh is not None:
             batch = make_global_batch(
@@ -389,7 +397,7 @@ class Loader:
                 pad_token_id=self.pad_token_id,
                 agree_length=self.agree_length,
             )
-        return batch, skips
+        return batch, skips, samples
 
     def read_ahead(self) -> None:
         """Read the next batch now (no-op if one is already waiting); `next` returns it."""
@@ -399,26 +407,30 @@ class Loader:
 
     def __next__(self) -> dict:
         if self._ahead is not None:
-            _, batch, skips = self._ahead
+            _, batch, skips, samples = self._ahead
             self._ahead = None
         else:
-            batch, skips = self._read()
+            batch, skips, samples = self._read()
         if batch is None:
             raise StopIteration
+        self.samples += samples
         for sample_id, reason in skips:
             self.skipped[reason] += 1
             self.recent_skips.append((sample_id, reason))
         return batch
 
     def get_state(self) -> dict:
-        """JSON-serialisable position of the pipeline (after the last batch `next` returned) plus skip counts."""
+        """JSON-serialisable pipeline position (after the last batch `next` returned), skip and sample counts."""
         grain_state = self._ahead[0] if self._ahead is not None else self._it.get_state()
-        return {"grain": grain_state, "skipped": dict(self.skipped)}
+        return {"grain": grain_state, "skipped": dict(self.skipped), "samples": self.samples}
 
     def set_state(self, state: dict) -> None:
         self._ahead = None
         self._it.set_state(state["grain"])
         self.skipped = collections.Counter(state.get("skipped", {}))
+        self.samples = int(state.get("samples", 0))
+        if "samples" not in state:  # an older checkpoint: restart the skip counts with the sample count
+            self.skipped = collections.Counter()
 
     def close(self) -> None:
         """Stops grain worker processes, if any."""

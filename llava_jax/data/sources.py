@@ -7,6 +7,7 @@ encoded image bytes (ArrayRecord, TFDS) or None (text-only). A record that
 cannot even be read (e.g. invalid UTF-8) comes back as
 `{"id", "_error", "_reason"}`, so one bad record never stops a run: the
 encoder turns it into a counted, logged skip (or an error in strict mode).
+So does an image reference that leaves the image root (`llava_jax.data.paths`).
 
 `modality_lengths()` gives the reference's grouping key per example: the word
 count of its conversation, positive for image samples, negative for text-only.
@@ -22,6 +23,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+
+from llava_jax.data.paths import ImageFileError, ImageRoot
 
 MAGIC = b"LLJ1"
 _ID_RE = re.compile(r'"id"\s*:\s*"([^"]*)"')
@@ -61,11 +64,21 @@ class JsonSource:
       path: `.json` (a list) or `.jsonl` (one example per line).
       image_root: folder that the examples' `image` paths are relative to
         (default: the JSON file's folder).
+      allow_outside_root: accept image paths outside `image_root` (absolute, `..`,
+        symlinks leading out); by default such an example is an error record
+        (reason `image_outside_root`).
     """
 
-    def __init__(self, path: str | os.PathLike, image_root: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        image_root: str | os.PathLike | None = None,
+        *,
+        allow_outside_root: bool = False,
+    ):
         self.path = os.fspath(path)
         self.image_root = os.fspath(image_root) if image_root is not None else os.path.dirname(self.path)
+        self._root = ImageRoot(self.image_root, allow_outside_root=allow_outside_root)
         with open(self.path, "rb") as f:
             data = f.read()
         # latin-1 maps each byte to one character, so character offsets are byte
@@ -122,7 +135,10 @@ class JsonSource:
                     "_error": f"bad image field {image!r}",
                     "_reason": "malformed",
                 }
-            example["image"] = os.path.join(self.image_root, image)
+            try:
+                example["image"] = self._root.resolve(image)
+            except ImageFileError as e:
+                return {"id": str(example["id"]), "_error": str(e), "_reason": e.reason}
         return example
 
     def modality_lengths(self) -> np.ndarray:
@@ -166,6 +182,8 @@ def _decode(decoder: json.JSONDecoder, text: str, pos: int, path: str):
         return decoder.raw_decode(text, pos)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: invalid JSON at byte {e.pos}: {e.msg}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: the JSON value at byte {pos} is nested too deeply to read") from None
 
 
 def serialize_record(example: dict, image_bytes: bytes | None) -> bytes:
@@ -225,6 +243,11 @@ class ArrayRecordSource:
         self._source = grain.sources.ArrayRecordDataSource(paths)
         lengths_path = os.path.join(self.directory, "lengths.npy")
         self._lengths = np.load(lengths_path) if os.path.exists(lengths_path) else None
+        if self._lengths is not None and len(self._lengths) != len(self._source):
+            raise ValueError(
+                f"{self.directory}: {len(self._source)} records but lengths.npy describes {len(self._lengths)}: "
+                f"shards of different packs are mixed there; re-pack into an empty folder (or with --overwrite)"
+            )
 
     def __len__(self) -> int:
         return len(self._source)
@@ -269,9 +292,11 @@ def compute_modality_lengths(source: Sequence) -> np.ndarray:
     return np.asarray([word_length(source[i]) for i in range(len(source))], np.int32)
 
 
-def open_source(path: str | os.PathLike, image_root: str | os.PathLike | None = None):
+def open_source(
+    path: str | os.PathLike, image_root: str | os.PathLike | None = None, *, allow_outside_root: bool = False
+):
     """A source from a path: a pack folder (ArrayRecord) or a LLaVA `.json` / `.jsonl` file."""
     path = os.fspath(path)
     if os.path.isdir(path):
         return ArrayRecordSource(path)
-    return JsonSource(path, image_root)
+    return JsonSource(path, image_root, allow_outside_root=allow_outside_root)

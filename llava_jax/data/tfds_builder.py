@@ -23,6 +23,7 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
+from llava_jax.data.paths import ImageFileError, read_image_file
 from llava_jax.data.sources import JsonSource, MappedSource, word_length
 
 log = logging.getLogger(__name__)
@@ -97,11 +98,10 @@ class LlavaJson(tfds.core.GeneratorBasedBuilder):
             image = b""
             if image_path is not None:
                 try:
-                    with open(image_path, "rb") as f:
-                        image = f.read()
-                except OSError as e:
+                    image = read_image_file(image_path)  # regular files only, size-capped (data/paths.py)
+                except ImageFileError as e:
                     log.warning("tfds: skipping %s: %s", example.get("id"), e)
-                    skipped.append([str(example.get("id")), "missing_image"])
+                    skipped.append([str(example.get("id")), e.reason])
                     continue
             lengths.append(word_length(example))
             yield (

@@ -7,8 +7,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from llava_jax.data.paths import ImageFileError
 from llava_jax.eval import prompts
-from llava_jax.eval.records import FileImage, Item, iter_jsonl
+from llava_jax.eval.records import FileImage, Item, file_image, iter_jsonl
 
 
 class EvalDataError(ValueError):
@@ -25,6 +26,8 @@ class DataConfig:
     limit: keep only the first N questions (N rows for MMBench).
     lang: MMBench prompt language (`en` / `cn`).
     all_rounds: MMBench: ask every rotation of the options (reference `--all-rounds`).
+    allow_outside_root: read image references leading outside their image folder
+        (absolute, `..`, symbolic links); refused by default (`llava_jax.data.paths`).
     """
 
     data_dir: str
@@ -34,6 +37,7 @@ class DataConfig:
     limit: int | None = None
     lang: str = "en"
     all_rounds: bool = False
+    allow_outside_root: bool = False
 
     def path(self, override: str | None, default: str) -> str:
         """`override` if given, else `default`; relative paths are under `data_dir`."""
@@ -51,6 +55,13 @@ class DataConfig:
     def annotations(self, default: str) -> str:
         """The ground-truth file (or folder)."""
         return self.path(self.annotation_file, default)
+
+    def image(self, folder: str, ref: str, question, *, convert_rgb: bool = True) -> FileImage:
+        """Image `ref` of `folder` for question `question`; `EvalDataError` naming it if `ref` leaves the folder."""
+        try:
+            return file_image(folder, ref, convert_rgb=convert_rgb, allow_outside_root=self.allow_outside_root)
+        except ImageFileError as e:
+            raise EvalDataError(f"question {question!r}: {e}") from None
 
 
 @dataclasses.dataclass
@@ -87,17 +98,18 @@ def percent(numerator: float, denominator: float) -> float:
     return 100.0 * numerator / denominator if denominator else 0.0
 
 
-def llava_jsonl_items(question_file: str, image_folder: str, limit: int | None) -> list[Item]:
+def llava_jsonl_items(question_file: str, image_folder: str, cfg: DataConfig) -> list[Item]:
     """Items of a LLaVA question file (`question_id`, `image`, `text` per line).
 
     This is what `model_vqa_loader.py` / `model_vqa.py` do: the message is the
     image marker, a newline and `text`; the recorded prompt is `text`; the
     image is converted to RGB. Keys are line positions, so `--limit` runs and
     their resumption agree; the full record is kept in `meta["record"]`.
+    `cfg` gives the limit and whether images may lie outside `image_folder`.
     """
     records = list(iter_jsonl(require(question_file, "question file")))
     items = []
-    for i, rec in enumerate(limited(records, limit)):
+    for i, rec in enumerate(limited(records, cfg.limit)):
         image = rec.get("image")
         items.append(
             Item(
@@ -105,7 +117,7 @@ def llava_jsonl_items(question_file: str, image_folder: str, limit: int | None) 
                 question_id=rec["question_id"],
                 message=prompts.with_image(rec["text"]) if image else rec["text"],
                 prompt=rec["text"],
-                image=FileImage(os.path.join(image_folder, image)) if image else None,
+                image=cfg.image(image_folder, image, rec["question_id"]) if image else None,
                 meta={"record": rec},
             )
         )

@@ -24,12 +24,12 @@ MMVET_IMAGES = "images"
 
 def load_llava_bench(cfg: DataConfig) -> list[Item]:
     """LLaVA-Bench in-the-wild questions (`llavabench.sh`, plain questions, no suffix)."""
-    return llava_jsonl_items(cfg.questions(LLAVA_BENCH_QUESTIONS), cfg.images(LLAVA_BENCH_IMAGES), cfg.limit)
+    return llava_jsonl_items(cfg.questions(LLAVA_BENCH_QUESTIONS), cfg.images(LLAVA_BENCH_IMAGES), cfg)
 
 
 def load_mmvet(cfg: DataConfig) -> list[Item]:
     """MM-Vet questions (`mmvet.sh`)."""
-    return llava_jsonl_items(cfg.questions(MMVET_QUESTIONS), cfg.images(MMVET_IMAGES), cfg.limit)
+    return llava_jsonl_items(cfg.questions(MMVET_QUESTIONS), cfg.images(MMVET_IMAGES), cfg)
 
 
 def score_llava_bench(items: Sequence[Item], answers: Mapping[str, dict], cfg: DataConfig, out_dir: str) -> Score:

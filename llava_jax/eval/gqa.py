@@ -37,7 +37,7 @@ ANNOTATION_CANDIDATES = (
 
 def load(cfg: DataConfig) -> list[Item]:
     """GQA testdev-balanced questions."""
-    return llava_jsonl_items(cfg.questions(QUESTIONS), cfg.images(IMAGES), cfg.limit)
+    return llava_jsonl_items(cfg.questions(QUESTIONS), cfg.images(IMAGES), cfg)
 
 
 def prediction(text: str) -> str:

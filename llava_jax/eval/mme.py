@@ -24,7 +24,7 @@ from llava_jax.eval.common import (
     llava_jsonl_items,
     percent,
 )
-from llava_jax.eval.records import FileImage, Item
+from llava_jax.eval.records import Item
 
 QUESTIONS = "llava_mme.jsonl"
 RELEASE = "MME_Benchmark_release_version"
@@ -78,7 +78,7 @@ def read_ground_truth(release: str) -> dict[tuple[str, str, str], str]:
     return truth
 
 
-def _build_items(release: str, limit: int | None) -> list[Item]:
+def _build_items(release: str, cfg: DataConfig) -> list[Item]:
     """Questions straight from the MME release when `llava_mme.jsonl` is absent."""
     records = []
     for category, name, question in read_ground_truth(release):
@@ -93,7 +93,7 @@ def _build_items(release: str, limit: int | None) -> list[Item]:
         rel_image = os.path.relpath(os.path.join(image_dir, image), release)
         records.append((f"{category}/{image}", rel_image, prompts.mme(question)))
     items = []
-    for i, (qid, rel_image, text) in enumerate(limited(records, limit)):
+    for i, (qid, rel_image, text) in enumerate(limited(records, cfg.limit)):
         record = {
             "question_id": qid,
             "image": rel_image,
@@ -106,7 +106,7 @@ def _build_items(release: str, limit: int | None) -> list[Item]:
                 question_id=qid,
                 message=prompts.with_image(text),
                 prompt=text,
-                image=FileImage(os.path.join(release, rel_image)),
+                image=cfg.image(release, rel_image, qid),
                 meta={"record": record},
             )
         )
@@ -118,8 +118,8 @@ def load(cfg: DataConfig) -> list[Item]:
     path = cfg.questions(QUESTIONS)
     release = cfg.images(RELEASE)
     if os.path.exists(path):
-        return llava_jsonl_items(path, release, cfg.limit)
-    return _build_items(release, cfg.limit)
+        return llava_jsonl_items(path, release, cfg)
+    return _build_items(release, cfg)
 
 
 def original_question(prompt: str, category: str, name: str, truth: Mapping) -> str:

@@ -22,7 +22,7 @@ from llava_jax.eval.common import (
     llava_jsonl_items,
     percent,
 )
-from llava_jax.eval.records import FileImage, Item, iter_jsonl
+from llava_jax.eval.records import Item, iter_jsonl
 
 QUESTIONS = "llava_pope_test.jsonl"
 IMAGES = "val2014"
@@ -38,7 +38,7 @@ def load(cfg: DataConfig) -> list[Item]:
     """POPE questions: LLaVA's file if present, else built from the POPE files."""
     path = cfg.questions(QUESTIONS)
     if os.path.exists(path):
-        return llava_jsonl_items(path, cfg.images(IMAGES), cfg.limit)
+        return llava_jsonl_items(path, cfg.images(IMAGES), cfg)
     folder, images = cfg.annotations(ANNOTATIONS), cfg.images(IMAGES)
     records = []
     for category in CATEGORIES:
@@ -61,7 +61,7 @@ def load(cfg: DataConfig) -> list[Item]:
                 question_id=i,
                 message=prompts.with_image(text),
                 prompt=text,
-                image=FileImage(os.path.join(images, rec["image"])),
+                image=cfg.image(images, rec["image"], i),
                 meta={"record": record, "label": rec["label"]},
             )
         )

@@ -21,6 +21,8 @@ from typing import Any
 
 from PIL import Image
 
+from llava_jax.data.paths import DEFAULT_MAX_IMAGE_BYTES, ImageRoot, read_image_file
+
 ImageSource = Callable[[], Image.Image]
 
 
@@ -30,17 +32,27 @@ class FileImage:
 
     `convert_rgb` follows the reference script of each benchmark: most call
     `.convert('RGB')`, ScienceQA and MMBench hand the raw PIL image over.
+    Only a regular file of at most `max_bytes` is read (`llava_jax.data.paths`);
+    build one with `file_image` to also keep it inside its image folder.
     """
 
     path: str
     convert_rgb: bool = True
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
 
     def __call__(self) -> Image.Image:
-        image = Image.open(self.path)
+        image = Image.open(io.BytesIO(read_image_file(self.path, self.max_bytes)))
         if self.convert_rgb:
             return image.convert("RGB")
         image.load()
         return image
+
+
+def file_image(folder: str, ref: str, *, convert_rgb: bool = True, allow_outside_root: bool = False) -> FileImage:
+    """The `FileImage` of reference `ref` in image folder `folder`; `ImageFileError` if it leads outside
+    the folder (absolute, `..`, symbolic links) unless `allow_outside_root` (`llava-jax eval --allow-outside-root`)."""
+    root = ImageRoot(folder, allow_outside_root=allow_outside_root, hint="pass --allow-outside-root to allow it")
+    return FileImage(root.resolve(ref), convert_rgb=convert_rgb)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,18 +115,27 @@ def model_name_from_path(path: str) -> str:
     return parts[-1]
 
 
+def _loads(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: invalid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{where}: JSON nested too deeply to read") from None
+
+
 def iter_jsonl(path: str) -> Iterator[dict]:
-    """Records of a JSON-lines file, skipping blank lines."""
+    """Records of a JSON-lines file, skipping blank lines; `ValueError` naming the file and line if one is bad."""
     with open(path, encoding="utf-8") as f:
-        for line in f:
+        for number, line in enumerate(f, start=1):
             if line.strip():
-                yield json.loads(line)
+                yield _loads(line, f"{path} line {number}")
 
 
 def read_json(path: str) -> Any:
-    """A JSON document."""
+    """A JSON document; `ValueError` naming the file if it is not valid JSON."""
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        return _loads(f.read(), path)
 
 
 def write_json(path: str, obj: Any, *, indent: int | None = None) -> None:

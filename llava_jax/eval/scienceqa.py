@@ -21,7 +21,7 @@ from llava_jax.eval.common import (
     limited,
     percent,
 )
-from llava_jax.eval.records import FileImage, Item, read_json, write_json
+from llava_jax.eval.records import Item, read_json, write_json
 
 QUESTIONS = "llava_test_CQM-A.json"
 IMAGES = "images/test"
@@ -72,7 +72,7 @@ def load(cfg: DataConfig) -> list[Item]:
         image = None
         if "image" in rec:
             # The reference opens the file without converting it to RGB.
-            image = FileImage(os.path.join(folder, rec["image"]), convert_rgb=False)
+            image = cfg.image(folder, rec["image"], rec.get("id"), convert_rgb=False)
             text = prompts.with_image(text)
         text = f"{text}\n{prompts.MULTIPLE_CHOICE}"
         gpt = rec["conversations"][1]["value"] if len(rec["conversations"]) > 1 else ""

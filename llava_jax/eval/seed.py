@@ -24,7 +24,7 @@ from llava_jax.eval.common import (
     percent,
     require,
 )
-from llava_jax.eval.records import FileImage, Item, read_json
+from llava_jax.eval.records import Item, read_json
 
 QUESTIONS = "llava-seed-bench.jsonl"
 IMAGES = "."
@@ -42,7 +42,7 @@ def load(cfg: DataConfig) -> list[Item]:
     path = cfg.questions(QUESTIONS)
     images = cfg.images(IMAGES)
     if os.path.exists(path):
-        return llava_jsonl_items(path, images, cfg.limit)
+        return llava_jsonl_items(path, images, cfg)
     data = _annotations(cfg)
     names = {v: k for k, v in data["question_type"].items()}
     records = [q for q in data["questions"] if q.get("data_type", "image") == "image"]
@@ -64,7 +64,7 @@ def load(cfg: DataConfig) -> list[Item]:
                 question_id=q["question_id"],
                 message=prompts.with_image(text),
                 prompt=text,
-                image=FileImage(os.path.join(images, image)),
+                image=cfg.image(images, image, q["question_id"]),
                 meta={"record": record},
             )
         )

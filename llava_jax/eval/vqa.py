@@ -38,17 +38,17 @@ TEXTVQA_ANNOTATIONS = "TextVQA_0.5.1_val.json"
 
 def load_vqav2(cfg: DataConfig) -> list[Item]:
     """VQAv2 test-dev questions (`vqav2.sh`)."""
-    return llava_jsonl_items(cfg.questions(VQAV2_QUESTIONS), cfg.images(VQAV2_IMAGES), cfg.limit)
+    return llava_jsonl_items(cfg.questions(VQAV2_QUESTIONS), cfg.images(VQAV2_IMAGES), cfg)
 
 
 def load_vizwiz(cfg: DataConfig) -> list[Item]:
     """VizWiz test questions (`vizwiz.sh`); the file's text carries the unanswerable hint."""
-    return llava_jsonl_items(cfg.questions(VIZWIZ_QUESTIONS), cfg.images(VIZWIZ_IMAGES), cfg.limit)
+    return llava_jsonl_items(cfg.questions(VIZWIZ_QUESTIONS), cfg.images(VIZWIZ_IMAGES), cfg)
 
 
 def load_textvqa(cfg: DataConfig) -> list[Item]:
     """TextVQA validation questions with reference OCR tokens (`textvqa.sh`)."""
-    return llava_jsonl_items(cfg.questions(TEXTVQA_QUESTIONS), cfg.images(TEXTVQA_IMAGES), cfg.limit)
+    return llava_jsonl_items(cfg.questions(TEXTVQA_QUESTIONS), cfg.images(TEXTVQA_IMAGES), cfg)
 
 
 def _gt_answers(entry: Mapping) -> list[str]:

@@ -56,6 +56,10 @@ class Checkpointer:
         """The newest complete checkpoint's step, or None."""
         return self._mgr.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """Steps of the complete checkpoints kept, oldest first."""
+        return sorted(self._mgr.all_steps())
+
     def due(self, step: int) -> bool:
         """Whether `save(step, ...)` would write a checkpoint (the step is on the interval)."""
         return self._mgr.should_save(step)

@@ -70,6 +70,13 @@ def base() -> ml_collections.ConfigDict:
             read_threads=4,  # grain reading threads and prefetch buffer (DataConfig)
             read_buffer=16,
             on_error="skip",
+            # Image paths leading outside image_root (absolute, '..', symlinks) are skipped unless allowed.
+            allow_outside_root=False,
+            max_image_mb=256.0,  # image files above it are skipped (image_too_large)
+            # Stop when more than this fraction of samples is skipped, judged once skip_check_after
+            # samples were read (and at the end); 1.0 never stops. A run where no sample survives always stops.
+            max_skip_fraction=0.05,
+            skip_check_after=1000,
         )
     )
     c.batch_size = 128
@@ -86,6 +93,10 @@ def base() -> ml_collections.ConfigDict:
     # Metrics are fetched from the devices (and written, and checked for divergence) every
     # `log_every` steps and on checkpoint steps; fetching every step stalls the dispatch.
     c.log_every = 10
+    # Stop when the loss stays above spike_factor x its running median (over spike_window steps, and by
+    # more than spike_min_delta) for spike_steps steps in a row; spike_factor 0 turns it off. A non-finite
+    # loss or gradient norm always stops. See llava_jax/train/guards.py.
+    c.guard = ml_collections.ConfigDict(dict(spike_factor=10.0, spike_steps=3, spike_window=100, spike_min_delta=1.0))
     return c
 
 

@@ -10,8 +10,9 @@ lists take a Python literal or one bare element (`--config.trainable=^projector/
 
 Two things config_flags does not do are done here: list-valued fields (e.g.
 `trainable`, which it refuses to override) are parsed as tuples on a copy and
-set back as lists, and an unknown field is reported by its full dotted name. A field whose default is None has
-no type to parse with; declare it `ml_collections.config_dict.placeholder(T)`.
+set back as lists, and an unknown field is a `ConfigError` naming its full dotted name.
+A field whose default is None has no type to parse with; declare it
+`ml_collections.config_dict.placeholder(T)`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 from ml_collections.config_flags import config_path
+
+from llava_jax.config import ConfigError
 
 _PREFIX = "--config."
 # config_flags loads every config file as this module; a stale one would lend its names to the next file.
@@ -70,7 +73,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
         try:
             config_path.get_value(field, config)
         except (KeyError, AttributeError, IndexError):
-            raise KeyError(f"unknown config field {field!r}") from None
+            raise ConfigError(f"unknown config field {field!r}") from None
     argv = ["prog", *overrides]
     values = flags.FlagValues()
     try:

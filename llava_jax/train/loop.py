@@ -35,17 +35,16 @@ from llava_jax.presets import PRESETS
 from llava_jax.sharding import DEFAULT_RULES, MeshConfig, batch_sharding, make_mesh, mesh_context, tree_shardings
 from llava_jax.train.checkpoint import Checkpointer
 from llava_jax.train.flops import peak_flops, train_step_flops
+from llava_jax.train.guards import DivergenceGuard, SkipGuard, TrainingDiverged
 from llava_jax.train.metrics import MetricsWriter
 from llava_jax.train.partition import split
 from llava_jax.train.state import init_state, model_config, optimizer_for
 from llava_jax.train.step import BATCH_KEYS, TrainState, jit_train_step
+from llava_jax.train.validate import check_source, validate_config
 
 log = logging.getLogger(__name__)
 FINAL_DIR = "final"
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or gradient norm stopped being finite."""
+__all__ = ["TrainingDiverged", "run"]  # TrainingDiverged lives in guards; importable from here as before
 
 
 def is_primary() -> bool:
@@ -123,6 +122,7 @@ def data_config(cfg, model: LoadedModel):
         read_buffer=d.read_buffer,
         on_error=d.on_error,
         pad_token_id=int(pad_id),
+        max_image_bytes=int(d.get("max_image_mb", 256) * 2**20),
     )
 
 
@@ -176,23 +176,31 @@ def _describe_memory(compiled) -> str:
 
 # ------------------------------------------------------------------------- run
 def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Train one stage into `workdir`; returns a summary dict (steps, last loss, paths)."""
+    """Train one stage into `workdir`; returns a summary dict (steps, last loss, paths).
+
+    Raises `ConfigError` (before anything is written) for an impossible config or empty data,
+    `TrainingDiverged` / `TooManySkipped` when a guard stops the run (never leaving `final/`).
+    """
+    validate_config(cfg)
     workdir = os.path.abspath(workdir)
     final_dir = os.path.join(workdir, FINAL_DIR)
     if os.path.exists(os.path.join(final_dir, "config.json")):
         if is_primary():
             print(f"{workdir}: already finished ({final_dir} exists); nothing to do")
         return {"finished": True, "final": final_dir, "resumed": True, "steps": None}
+    from llava_jax.data.pipeline import create_loader
+    from llava_jax.data.sources import open_source
+
+    source = open_source(
+        cfg.data.json, cfg.data.image_root, allow_outside_root=cfg.data.get("allow_outside_root", False)
+    )
+    check_source(cfg, source)
     os.makedirs(workdir, exist_ok=True)
     if is_primary():
         with open(os.path.join(workdir, "experiment.json"), "w") as f:
             f.write(cfg.to_json_best_effort(indent=2))
     mesh = build_mesh(cfg)
     model = initial_model(cfg, mesh)
-    from llava_jax.data.pipeline import create_loader
-    from llava_jax.data.sources import open_source
-
-    source = open_source(cfg.data.json, cfg.data.image_root)
     data_cfg = data_config(cfg, model)
     total_steps = estimate_steps(cfg, source, data_cfg, model.tokenizer)
     optimizer, lr_fn = optimizer_for(cfg, total_steps, split(model.params, list(cfg.trainable))[0])
@@ -226,6 +234,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     if log_every < 1:
         raise ValueError(f"log_every must be >= 1, got {log_every}")
     compiled_cache: dict = {}
+    divergence, skips = DivergenceGuard.from_config(cfg), SkipGuard.from_config(cfg)
     step = int(jax.device_get(state.step))
     progress = tqdm(
         total=total_steps, initial=step, desc="train", dynamic_ncols=True, disable=not (cfg.progress and is_primary())
@@ -239,6 +248,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                     batch = next(loader)
                 except StopIteration:
                     break
+                if step % log_every == 0:
+                    skips.check(loader)
                 inputs = {k: batch[k] for k in BATCH_KEYS if k in batch}
                 key = tuple((k, v.shape) for k, v in inputs.items())
                 if key not in compiled_cache:
@@ -252,6 +263,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                         )
                     interval_start += time.time() - t0  # compilation is not step time
                 state, metrics = compiled_cache[key](state, inputs)
+                divergence.record(step + 1, metrics)  # every step's loss, kept on the device until checked
                 if step + 1 < total_steps:
                     loader.read_ahead()  # the step runs asynchronously meanwhile
                 step += 1
@@ -261,19 +273,16 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 # step: fetching them every step would wait for each step before dispatching the next.
                 if step % log_every and not ckpt.due(step) and step != total_steps:
                     continue
+                divergence.check(ckpt.all_steps(), ckpt.directory)  # before any save: see guards.py
                 metrics = jax.device_get(metrics)
                 dt = (time.time() - interval_start) / interval_steps  # wall time per step, unhidden reads included
                 interval_start, interval_steps = time.time(), 0
-                loss, gnorm = float(metrics["train/loss"]), float(metrics["train/grad_norm"])
-                if not (math.isfinite(loss) and math.isfinite(gnorm)):
-                    raise TrainingDiverged(
-                        f"step {step}: non-finite loss ({loss}) or gradient norm ({gnorm}); stopping. "
-                        f"The last good checkpoint is in {ckpt.directory} (step {ckpt.latest_step()})"
-                    )
-                last_loss = loss
+                last_loss = loss = float(metrics["train/loss"])
                 writer.write(step, _row(cfg, model, metrics, batch, loader, dt, peak))
                 ckpt.save(step, _checkpoint_tree(state), loader)
                 progress.set_postfix(loss=f"{loss:.4f}")
+        divergence.check(ckpt.all_steps(), ckpt.directory)
+        skips.check(loader, final=True, num_examples=len(source))
         if ckpt.latest_step() != step:
             ckpt.save(step, _checkpoint_tree(state), loader, force=True)
         ckpt.wait()

@@ -131,7 +131,8 @@ def test_pack_cli_roundtrip(tmp_path, capsys):
     np.testing.assert_array_equal(source.modality_lengths(), np.delete(json_source.modality_lengths(), 4))
     # Strict mode stops at the missing image with its id.
     rc = cli.main(["data", "pack", path, root, str(tmp_path / "strict"), "--on-error", "strict"])
-    assert rc == 1 and examples[4]["id"] in capsys.readouterr().out
+    assert rc == 2 and examples[4]["id"] in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "strict") and not os.path.exists(tmp_path / "strict.partial")
 
 
 def test_tfds_builder(tmp_path):

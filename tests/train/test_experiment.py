@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from llava_jax.config import ConfigError
 from llava_jax.train.defaults import stage2
 from llava_jax.train.experiment import apply_overrides, load_config
 
@@ -29,9 +30,9 @@ def test_config_overrides():
         "plain",
         64,
     )
-    with pytest.raises(KeyError, match="unknown config field 'optim.nope'"):
+    with pytest.raises(ConfigError, match="unknown config field 'optim.nope'"):
         apply_overrides(stage2(), ["--config.optim.nope=1"])
-    with pytest.raises(KeyError, match="unknown config field 'nope.lr'"):
+    with pytest.raises(ConfigError, match="unknown config field 'nope.lr'"):
         apply_overrides(stage2(), ["--config.nope.lr=1"])
     with pytest.raises(ValueError, match=r"--config.batch_size=abc: invalid literal for int"):
         apply_overrides(stage2(), ["--config.batch_size=abc"])
@@ -63,7 +64,7 @@ def test_load_config_file_and_argument():
         load_config(f"{TINY}:bogus")
     with pytest.raises(FileNotFoundError, match="config file '.*nope.py' does not exist"):
         load_config(os.path.join(ROOT, "configs", "nope.py"))
-    with pytest.raises(KeyError, match="unknown config field 'optim.nope'"):
+    with pytest.raises(ConfigError, match="unknown config field 'optim.nope'"):
         load_config(TINY, ["--config.optim.nope=1"])
 
 
