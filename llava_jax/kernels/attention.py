@@ -224,7 +224,8 @@ def attention(
       mesh: the mesh to split a kernel over (default: the ambient `jax.set_mesh` mesh).
       axis_names: `AttentionAxes` (logical names of batch, query heads, kv heads),
         resolved by the logical rules in context; needed by a kernel under a mesh of
-        several devices (sharded.py says how each is split and what is refused).
+        several devices (sharded.py says how each is split and what is refused). A
+        split that is refused raises for a named kernel; `auto` then uses `xla`.
     Returns:
       float[B, T, N, H]; a query row that sees no key gives 0.
     Raises:
@@ -234,15 +235,23 @@ def attention(
         raise UnsupportedAttention(f"attention impl {impl!r} not in {IMPLS}")
     _check_inputs(q, k, v, segment_ids, kv_segment_ids, padding_mask)
     masking = {"segment_ids": segment_ids, "kv_segment_ids": kv_segment_ids, "padding_mask": padding_mask}
-    if impl == "auto":
+    auto = impl == "auto"
+    if auto:
         impl = select_impl(q, k, v, causal=causal, **masking)
+    part = None
+    if impl != "xla":
+        reason = unsupported_reason(impl, q, k, v, causal=causal, interpret=interpret, **masking)
+        if reason is not None:
+            raise UnsupportedAttention(f"{impl}: {reason}")
+        try:
+            part = sharded.partition(impl, q, k, mesh=mesh, axis_names=axis_names)
+        except UnsupportedAttention:
+            if not auto:
+                raise
+            impl = "xla"  # `auto` falls back to the GSPMD-partitioned reference where a kernel cannot split
     if impl == "xla":
         return reference_attention(q, k, v, causal=causal, scale=scale, **masking)
-    reason = unsupported_reason(impl, q, k, v, causal=causal, interpret=interpret, **masking)
-    if reason is not None:
-        raise UnsupportedAttention(f"{impl}: {reason}")
     module = _module(impl)
-    part = sharded.partition(impl, q, k, mesh=mesh, axis_names=axis_names)
 
     def call(q, k, v, **masking):
         if impl == "cudnn":

@@ -3,6 +3,7 @@
 8 CPU devices as a (data 2, fsdp 2, tensor 2) mesh; Pallas kernels in interpret mode.
 """
 
+import importlib
 import re
 
 import jax
@@ -84,12 +85,17 @@ def test_an_explicit_mesh_without_an_ambient_one(mesh):
     assert out.sharding.spec == PartitionSpec(("data", "fsdp"), None, "tensor")
 
 
-def test_kv_heads_fewer_than_the_tensor_size_is_a_clear_error(mesh):
+def test_kv_heads_fewer_than_the_tensor_size_is_a_clear_error(mesh, monkeypatch):
     q, k, v, kw, _ = _inputs(k=1)  # multi-query: one kv head cannot split over tensor = 2
     with mesh_context(mesh, DEFAULT_RULES), pytest.raises(UnsupportedAttention, match=r"1 kv heads cannot be split"):
         attention(q, k, v, causal=True, impl="pallas_gpu", interpret=True, axis_names=AXES, **kw)
-    with mesh_context(mesh, DEFAULT_RULES):  # the xla reference is partitioned by GSPMD and takes it
-        out = jax.jit(lambda q, k, v: attention(q, k, v, causal=True, impl="xla", axis_names=AXES, **kw))(q, k, v)
+    # `auto` (made to pick pallas_gpu, as on a GPU) falls back to the reference, which GSPMD partitions.
+    dispatch = importlib.import_module("llava_jax.kernels.attention")  # the module; the package exports the function
+    monkeypatch.setattr(dispatch, "select_impl", lambda *a, **k: "pallas_gpu")
+    with mesh_context(mesh, DEFAULT_RULES):
+        f = jax.jit(lambda q, k, v: attention(q, k, v, causal=True, impl="auto", axis_names=AXES, **kw))
+        assert "pallas_call" not in str(jax.make_jaxpr(f)(q, k, v))
+        out = f(q, k, v)
     np.testing.assert_allclose(out, reference_attention(q, k, v, causal=True, **kw), atol=2e-5)
 
 
