@@ -76,8 +76,11 @@ def make_batch(config, batch: int, length: int, images_per_row: int):
     }
 
 
-def initial_state(base, smoke: bool):
-    """(train state, optimizer, lr schedule): float32 trainable LLM + projector, bf16 frozen tower."""
+def initial_state(base, smoke: bool, devices=None):
+    """(train state, optimizer, lr schedule): float32 trainable LLM + projector, bf16 frozen tower.
+
+    `devices`: where the state lives (default all; an FSDP mesh over them).
+    """
     import jax
     import jax.numpy as jnp
 
@@ -87,7 +90,7 @@ def initial_state(base, smoke: bool):
     from llava_jax.train.partition import split
     from llava_jax.train.step import TrainState
 
-    params = init_params(base, jax.random.PRNGKey(0), mesh=make_mesh((1, -1, 1)))
+    params = init_params(base, jax.random.PRNGKey(0), mesh=make_mesh((1, -1, 1), devices))
     trainable, frozen = split(params, ["^projector/", "^llm/"])
     frozen = jax.tree.map(lambda x: x.astype(jnp.bfloat16) if not smoke else x, frozen)
     tx, lr = make_optimizer(OptimConfig(lr=2e-5, warmup_ratio=0.0), 1000, trainable)
@@ -101,7 +104,18 @@ def initial_state(base, smoke: bool):
     return state, tx, lr
 
 
-def run_impl(impl: str, base, init, batch_size: int, length: int, images_per_row: int, steps: int, smoke: bool):
+def run_impl(
+    impl: str,
+    base,
+    init,
+    batch_size: int,
+    length: int,
+    images_per_row: int,
+    steps: int,
+    smoke: bool,
+    remat: str = "dots",
+):
+    """One config's compiled train step: timings, MFU and memory (a dict); `remat` is the LLM's policy."""
     import jax
     import jax.numpy as jnp
 
@@ -110,7 +124,7 @@ def run_impl(impl: str, base, init, batch_size: int, length: int, images_per_row
 
     dtype = "float32" if smoke else "bfloat16"
     config = base.with_attention(impl).with_dtype(dtype, "float32")
-    config = dataclasses.replace(config, llm=dataclasses.replace(config.llm, remat_policy="dots"))
+    config = dataclasses.replace(config, llm=dataclasses.replace(config.llm, remat_policy=remat))
     state0, tx, lr = init
     state = jax.tree.map(jnp.copy, state0)  # the step donates its input; keep the initial state for the next impl
     batch = make_batch(config, batch_size, length, images_per_row)
@@ -138,6 +152,7 @@ def run_impl(impl: str, base, init, batch_size: int, length: int, images_per_row
     peak = peak_flops(kind)
     return {
         "impl": impl,
+        "remat": remat,
         "device": kind,
         "batch": batch_size,
         "length": length,

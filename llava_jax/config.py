@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from llava_jax.kernels.attention import IMPLS as SUPPORTED_ATTENTION_IMPLS
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
-SUPPORTED_REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
+SUPPORTED_REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "qkv_proj", "minimal")
 _VISION_ACTS = ("quick_gelu", "gelu", "gelu_new", "gelu_pytorch_tanh")
 _PROJECTOR_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "quick_gelu", "silu", "relu")
 

@@ -39,6 +39,10 @@ NORM = "norm"
 BATCH = "batch"
 LENGTH = "length"
 ACT_EMBED = "act_embed"
+# Query and key/value heads of attention activations: the kernels split them over these
+# rules' mesh axes inside `shard_map` (llava_jax.kernels), the `xla` path through GSPMD.
+ACT_HEADS = "act_heads"
+ACT_KV_HEADS = "act_kv_heads"
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
@@ -54,6 +58,8 @@ DEFAULT_RULES: Rules = (
     (BATCH, ("data", "fsdp")),
     (LENGTH, None),
     (ACT_EMBED, None),
+    (ACT_HEADS, "tensor"),
+    (ACT_KV_HEADS, "tensor"),
 )
 
 

@@ -54,8 +54,8 @@ def test_size_one_axes_never_warn():
 
 
 def test_a_name_without_a_rule_is_an_error():
-    with pytest.raises(KeyError, match="logical axis 'act_heads' has no sharding rule"):
-        logical_to_spec(("act_heads",), DEFAULT_RULES)
+    with pytest.raises(KeyError, match="logical axis 'act_vocab' has no sharding rule"):
+        logical_to_spec(("act_vocab",), DEFAULT_RULES)
 
 
 def test_batch_sharding_follows_the_batch_rule(mesh):

@@ -3,7 +3,8 @@
 `attention` dispatches to `xla` (the reference below), `cudnn` (cudnn.py), `pallas_gpu`
 (pallas_gpu.py) or `splash` (splash.py); `auto` picks the first that supports the call
 on this backend from `AUTO_ORDER`. The kernel modules are imported on first use, so a
-jax without one of them loses only that implementation.
+jax without one of them loses only that implementation. Under a mesh the kernels run
+once per shard inside `jax.shard_map` (sharded.py); `xla` is partitioned by GSPMD.
 
 Letters: B batch, T query length, S key length, N query heads, K key/value
 heads (N a multiple of K), G = N // K, H head dim.
@@ -16,10 +17,17 @@ import importlib
 import jax
 import jax.numpy as jnp
 
+from llava_jax.kernels import sharded
+
 IMPLS = ("xla", "cudnn", "pallas_gpu", "splash", "auto")
 # Preference of `auto` per backend; `xla` always works and ends every list. cuDNN goes
 # first on GPU where it applies (no segments / padding), the Pallas kernel next.
 AUTO_ORDER = {"gpu": ("cudnn", "pallas_gpu", "xla"), "tpu": ("splash", "xla")}
+
+# `checkpoint_name`s of an attention output and of a kernel's softmax statistics (the
+# residuals of its backward), so that remat policies can keep them instead of rerunning it.
+ATTENTION_OUT = "attention_out"
+ATTENTION_STATS = "attention_stats"
 
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
@@ -199,6 +207,8 @@ def attention(
     scale=None,
     impl: str = "auto",
     interpret: bool | None = None,
+    mesh=None,
+    axis_names=None,
 ):
     """Multi-head (grouped-query) attention through the chosen implementation.
 
@@ -211,6 +221,11 @@ def attention(
       scale: logit scale, default H ** -0.5.
       impl: one of `xla`, `cudnn`, `pallas_gpu`, `splash`, `auto`.
       interpret: Pallas interpret mode (None: on CPU only).
+      mesh: the mesh to split a kernel over (default: the ambient `jax.set_mesh` mesh).
+      axis_names: `AttentionAxes` (logical names of batch, query heads, kv heads),
+        resolved by the logical rules in context; needed by a kernel under a mesh of
+        several devices (sharded.py says how each is split and what is refused). A
+        split that is refused raises for a named kernel; `auto` then uses `xla`.
     Returns:
       float[B, T, N, H]; a query row that sees no key gives 0.
     Raises:
@@ -220,18 +235,33 @@ def attention(
         raise UnsupportedAttention(f"attention impl {impl!r} not in {IMPLS}")
     _check_inputs(q, k, v, segment_ids, kv_segment_ids, padding_mask)
     masking = {"segment_ids": segment_ids, "kv_segment_ids": kv_segment_ids, "padding_mask": padding_mask}
-    if impl == "auto":
+    auto = impl == "auto"
+    if auto:
         impl = select_impl(q, k, v, causal=causal, **masking)
+    part = None
+    if impl != "xla":
+        reason = unsupported_reason(impl, q, k, v, causal=causal, interpret=interpret, **masking)
+        if reason is not None:
+            raise UnsupportedAttention(f"{impl}: {reason}")
+        try:
+            part = sharded.partition(impl, q, k, mesh=mesh, axis_names=axis_names)
+        except UnsupportedAttention:
+            if not auto:
+                raise
+            impl = "xla"  # `auto` falls back to the GSPMD-partitioned reference where a kernel cannot split
     if impl == "xla":
         return reference_attention(q, k, v, causal=causal, scale=scale, **masking)
-    reason = unsupported_reason(impl, q, k, v, causal=causal, interpret=interpret, **masking)
-    if reason is not None:
-        raise UnsupportedAttention(f"{impl}: {reason}")
     module = _module(impl)
-    try:
+
+    def call(q, k, v, **masking):
         if impl == "cudnn":
             return module.attention(q, k, v, causal=causal, scale=scale)
         return module.attention(q, k, v, causal=causal, scale=scale, interpret=interpret, **masking)
+
+    try:
+        if part is None:
+            return call(q, k, v, **masking)
+        return sharded.run(call, part, q, k, v, masking)
     except (ValueError, NotImplementedError) as e:
         # The kernels' own shape checks (e.g. cuDNN's) surface as the documented error.
         raise UnsupportedAttention(f"{impl}: {e}") from e

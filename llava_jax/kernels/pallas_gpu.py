@@ -18,10 +18,12 @@ import math
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from llava_jax.kernels import masks
+from llava_jax.kernels.attention import ATTENTION_OUT, ATTENTION_STATS
 
 # Finite stand-ins for -inf: masked logits are _MASK; the running max starts at
 # _M_FLOOR, far above _MASK and far below any real logit, so exp2(_MASK - m) is exactly
@@ -497,6 +499,8 @@ def _flash(q, k, v, q_seg, kv_seg, ranges, cfg: _Config):
 
 def _flash_fwd(q, k, v, q_seg, kv_seg, ranges, cfg: _Config):
     out, lse = _forward(q, k, v, q_seg, kv_seg, ranges[0], cfg)
+    # Named, so a remat policy that keeps them spares the backward a rerun of this kernel.
+    out, lse = checkpoint_name(out, ATTENTION_OUT), checkpoint_name(lse, ATTENTION_STATS)
     return out, (q, k, v, q_seg, kv_seg, ranges, out, lse)
 
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from llava_jax.config import LlamaConfig
-from llava_jax.kernels import attention, masked_attention
+from llava_jax.kernels import ATTENTION_OUT, ATTENTION_STATS, AttentionAxes, attention, masked_attention
 from llava_jax.model.layers import Dense, RMSNorm, apply_rope, dtype_of, rope_cos_sin, rope_inv_freq
 from llava_jax.sharding import (
     ACT_EMBED,
+    ACT_HEADS,
+    ACT_KV_HEADS,
     BATCH,
     EMBED,
     HEADS,
@@ -31,10 +34,43 @@ from llava_jax.sharding import (
     activation_constraint,
 )
 
+# Names (`checkpoint_name`) of the decoder layer's intermediates that remat policies save.
+QUERY, KEY, VALUE = "query", "key", "value"  # the attention inputs, after RoPE
+OUT_PROJ = "out_proj"  # o_proj output
+MLP_GATE, MLP_UP = "mlp_gate", "mlp_up"  # the two MLP input projections
+MLP_OUT = "mlp_out"  # down_proj output
+LAYER_INPUT = "layer_input"  # the residual stream entering the layer (the scan carry)
+ATTENTION_AXES = AttentionAxes(BATCH, ACT_HEADS, ACT_KV_HEADS)
+
+_save = jax.checkpoint_policies.save_only_these_names
+# What the backward pass keeps of each decoder layer, by `remat_policy` (`none`: no remat,
+# everything XLA keeps). The scan carry (layer input) is always kept.
 REMAT_POLICIES = {
+    # Nothing: the backward reruns the whole layer forward, attention kernel included.
     "full": jax.checkpoint_policies.nothing_saveable,
+    # Every matmul output: the seven projections and, on the `xla` path, the [T, S]
+    # attention logits and probabilities @ values. Kernels are not matmuls to XLA:
+    # their forward is rerun.
     "dots": jax.checkpoint_policies.checkpoint_dots,
+    # The weight matmuls' outputs (q, k, v, o, gate, up, down projections); attention
+    # (kernel or [T, S] logits) is recomputed.
     "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    # The attention inputs after RoPE (q, k, v); the backward reruns the attention
+    # forward, o_proj and the MLP.
+    "qkv_proj": _save(QUERY, KEY, VALUE),
+    # q, k, v, the attention output and its softmax statistics (pallas_gpu; splash and
+    # cuDNN keep theirs inside the kernel, so their forward is rerun), o_proj, gate and up:
+    # the backward reruns only norms, RoPE and the SwiGLU product.
+    "minimal": _save(QUERY, KEY, VALUE, ATTENTION_OUT, ATTENTION_STATS, OUT_PROJ, MLP_GATE, MLP_UP),
+}
+# One line per policy for reports (`llava-jax plan`).
+REMAT_SAVES = {
+    "none": "no remat: every intermediate the backward needs",
+    "full": "the layer input only; the backward reruns each layer",
+    "dots": "every matmul output (on xla also the [T, S] logits)",
+    "dots_with_no_batch_dims": "the q k v o gate up down projections",
+    "qkv_proj": "q, k, v after RoPE",
+    "minimal": "q k v, attention output + softmax stats, o_proj, gate, up",
 }
 
 
@@ -59,13 +95,22 @@ class LlamaAttention(nn.Module):
         q = Dense((c.num_heads, c.head_dim), (EMBED,), (HEADS, KV), name="q_proj", **kw)(x)
         k = Dense((c.num_kv_heads, c.head_dim), (EMBED,), (KV_HEADS, KV), name="k_proj", **kw)(x)
         v = Dense((c.num_kv_heads, c.head_dim), (EMBED,), (KV_HEADS, KV), name="v_proj", **kw)(x)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
+        q = checkpoint_name(apply_rope(q, cos, sin), QUERY)
+        k = checkpoint_name(apply_rope(k, cos, sin), KEY)
+        v = checkpoint_name(v, VALUE)
         new_cache = None
         if layer_cache is None or not self.decode:
             out = attention(
-                q, k, v, causal=True, segment_ids=segment_ids, padding_mask=padding_mask, impl=c.attention_impl
+                q,
+                k,
+                v,
+                causal=True,
+                segment_ids=segment_ids,
+                padding_mask=padding_mask,
+                impl=c.attention_impl,
+                axis_names=ATTENTION_AXES,
             )
+            out = checkpoint_name(out, ATTENTION_OUT)
             if layer_cache is not None:
                 ck, cv = layer_cache
                 new_cache = (
@@ -83,7 +128,7 @@ class LlamaAttention(nn.Module):
             mask = visible[None] & padding_mask.astype(bool)[:, None, :]
             out = masked_attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask)
         out = Dense((c.hidden_size,), (HEADS, KV), (EMBED,), name="o_proj", **kw)(out)
-        return out, new_cache
+        return checkpoint_name(out, OUT_PROJ), new_cache
 
 
 class LlamaMLP(nn.Module):
@@ -103,9 +148,10 @@ class LlamaMLP(nn.Module):
             lora_alpha=c.lora_alpha,
             lora_dropout=c.lora_dropout,
         )
-        gate = Dense((c.intermediate_size,), (EMBED,), (MLP,), name="gate_proj", **kw)(x)
-        up = Dense((c.intermediate_size,), (EMBED,), (MLP,), name="up_proj", **kw)(x)
-        return Dense((c.hidden_size,), (MLP,), (EMBED,), name="down_proj", **kw)(jax.nn.silu(gate) * up)
+        gate = checkpoint_name(Dense((c.intermediate_size,), (EMBED,), (MLP,), name="gate_proj", **kw)(x), MLP_GATE)
+        up = checkpoint_name(Dense((c.intermediate_size,), (EMBED,), (MLP,), name="up_proj", **kw)(x), MLP_UP)
+        out = Dense((c.hidden_size,), (MLP,), (EMBED,), name="down_proj", **kw)(jax.nn.silu(gate) * up)
+        return checkpoint_name(out, MLP_OUT)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -119,6 +165,7 @@ class LlamaDecoderLayer(nn.Module):
         """One layer: (x, per-layer cache) -> (x, updated per-layer cache)."""
         c = self.config
         norm = dict(eps=c.rms_norm_eps, dtype=c.dtype, param_dtype=c.param_dtype)
+        x = checkpoint_name(x, LAYER_INPUT)
         h = RMSNorm(name="input_layernorm", **norm)(x)
         h, new_cache = LlamaAttention(c, self.decode, name="self_attn")(
             h, cos, sin, segment_ids, padding_mask, layer_cache, cache_index

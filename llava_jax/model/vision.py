@@ -10,9 +10,23 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from llava_jax.config import VisionConfig
-from llava_jax.kernels import attention
+from llava_jax.kernels import AttentionAxes, attention
 from llava_jax.model.layers import ACTIVATIONS, Dense, LayerNorm, dtype_of
-from llava_jax.sharding import ACT_EMBED, BATCH, EMBED, HEADS, KV, LAYERS, LENGTH, MLP, activation_constraint
+from llava_jax.sharding import (
+    ACT_EMBED,
+    ACT_HEADS,
+    BATCH,
+    EMBED,
+    HEADS,
+    KV,
+    LAYERS,
+    LENGTH,
+    MLP,
+    activation_constraint,
+)
+
+# CLIP has as many key/value heads as query heads: both split as the query heads.
+ATTENTION_AXES = AttentionAxes(BATCH, ACT_HEADS, ACT_HEADS)
 
 
 class VisionAttention(nn.Module):
@@ -29,7 +43,7 @@ class VisionAttention(nn.Module):
         q = Dense(heads, (EMBED,), (HEADS, KV), name="q_proj", **kw)(x)
         k = Dense(heads, (EMBED,), (HEADS, KV), name="k_proj", **kw)(x)
         v = Dense(heads, (EMBED,), (HEADS, KV), name="v_proj", **kw)(x)
-        out = attention(q, k, v, causal=False, impl=c.attention_impl)
+        out = attention(q, k, v, causal=False, impl=c.attention_impl, axis_names=ATTENTION_AXES)
         return Dense((c.hidden_size,), (HEADS, KV), (EMBED,), name="out_proj", **kw)(out)
 
 

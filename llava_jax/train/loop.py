@@ -330,9 +330,10 @@ def _host_stats(batch) -> dict:
 
 def finish(state: TrainState, model: LoadedModel, final_dir: str, *, export_hf: bool, workdir: str) -> str:
     """Write the trained model (LoRA merged) as a llava_jax checkpoint, and HF when asked."""
-    params = merge_trees(state.params, state.frozen)
+    # float32 before merging: W + (alpha / r) A B rounded to a bf16 frozen kernel's dtype
+    # would lose much of a small adapter update.
+    params = jax.tree.map(lambda x: x.astype(jnp.float32), merge_trees(state.params, state.frozen))
     params, config = merge_lora(params, model.config)
-    params = jax.tree.map(lambda x: x.astype(jnp.float32), params)
     config = config.with_dtype("float32")
     save_native(final_dir, params, config, model.tokenizer)
     if export_hf and jax.process_count() > 1:

@@ -27,6 +27,7 @@ from jax.sharding import AbstractMesh, AxisType
 
 from llava_jax.config import LlavaConfig, compose_llava
 from llava_jax.convert.hf_config import llama_config_from_hf, llava_config_from_hf, vision_config_from_hf
+from llava_jax.model.llama import REMAT_SAVES
 from llava_jax.presets import PRESETS
 from llava_jax.sharding import DEFAULT_RULES, MESH_AXES, Rules, batch_sharding, resolve_mesh_shape
 from llava_jax.train.state import abstract_state, model_config, state_shardings
@@ -184,23 +185,61 @@ FLASH_IMPLS = ("splash", "cudnn", "pallas_gpu")
 AUTO_IMPL = {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn", "rocm": "pallas_gpu"}
 
 
+def _impl(config: LlavaConfig, platform: str) -> str:
+    impl = config.llm.attention_impl
+    return AUTO_IMPL.get(platform, "xla") if impl == "auto" else impl
+
+
 def attention_kind(config: LlavaConfig, platform: str) -> str:
     """'flash' when the attention kernel never materialises the [T, T] scores, else 'xla'."""
-    impl = config.llm.attention_impl
-    if impl == "auto":
-        impl = AUTO_IMPL.get(platform, "xla")
-    return "flash" if impl in FLASH_IMPLS else "xla"
+    return "flash" if _impl(config, platform) in FLASH_IMPLS else "xla"
+
+
+def saved_per_layer(cfg, config: LlavaConfig, mesh_shape, *, platform: str = "cpu") -> int:
+    """Bytes per device one decoder layer keeps for the backward under the config's remat policy.
+
+    What each policy keeps (llava_jax.model.llama.REMAT_POLICIES), per token of a layer:
+    `none` every intermediate (q, k, v, attention output, gate, up, silu(gate), product,
+    two norms, o_proj, residual) and, on `xla`, the [T, S] logits and probabilities;
+    `dots` every matmul output (the seven projections, attention output, on `xla` the
+    logits); `dots_with_no_batch_dims` the seven projections; `qkv_proj` q, k, v;
+    `minimal` q, k, v, attention output, o_proj, gate, up and (pallas_gpu) the kernel's
+    float32 softmax statistics; `full` nothing (the scan carry is counted apart).
+    """
+    data, fsdp, tp = mesh_shape
+    llm = config.llm
+    a = jnp.dtype(llm.dtype).itemsize
+    rows = math.ceil(math.ceil(cfg.batch_size / (data * fsdp)) / max(1, cfg.micro_batches))
+    t = row_length(cfg)
+    tok = rows * t
+    d, f, n, k, h = llm.hidden_size, llm.intermediate_size, llm.num_heads, llm.num_kv_heads, llm.head_dim
+    kind = attention_kind(config, platform)
+    heads = max(1, n // tp)
+    scores = rows * heads * t * t * 4 if kind == "xla" else rows * heads * t * 4 * 2
+    inner = tok * a * ((2 * n + 2 * k) * h / tp + 4 * f / tp + 4 * d)
+    qkv = tok * a * (n + 2 * k) * h / tp
+    attn_out = tok * a * n * h / tp
+    stats = rows * heads * t * 4 if _impl(config, platform) == "pallas_gpu" else 0
+    saved = {
+        "none": inner + 2 * scores,
+        "dots": qkv + attn_out + tok * a * (2 * f / tp + 2 * d) + scores,
+        "dots_with_no_batch_dims": qkv + tok * a * (2 * f / tp + 2 * d),
+        "qkv_proj": qkv,
+        "minimal": qkv + attn_out + stats + tok * a * (2 * f / tp + d),
+        "full": 0,
+    }
+    return int(saved[llm.remat_policy])
 
 
 def activation_bytes(cfg, config: LlavaConfig, mesh_shape, *, platform: str = "cpu") -> dict:
     """Analytic per-device activation bytes of one train step, by part.
 
-    Counts what the backward pass keeps for the config's remat policy (scan carries
-    always; per-layer intermediates for `none`, matmul outputs for `dots*`), plus
-    the largest transient (they do not overlap): one layer's backward (recomputed forward and its
-    gradients, with that layer's weights gathered over fsdp and its float32
-    gradient before the reduce-scatter), one loss chunk's logits, the frozen
-    tower's forward. Elementwise temporaries that fuse away are not counted.
+    Counts what the backward pass keeps for the config's remat policy
+    (`saved_per_layer`) plus the scan carries, plus the largest transient (they do not
+    overlap): one layer's backward (recomputed forward and its gradients, with that
+    layer's weights gathered over fsdp and its float32 gradient before the
+    reduce-scatter), one loss chunk's logits, the frozen tower's forward. Elementwise
+    temporaries that fuse away are not counted.
     """
     data, fsdp, tp = mesh_shape
     llm, vis = config.llm, config.vision
@@ -216,22 +255,16 @@ def activation_bytes(cfg, config: LlavaConfig, mesh_shape, *, platform: str = "c
     inner = tok * a * ((2 * n + 2 * k) * h / tp + 4 * f / tp + 4 * d)
     forward = inner + 2 * scores  # one layer's intermediates (scores and probabilities)
     backward = inner + 2 * scores  # their gradients, live while that layer's backward runs
-    policy = llm.remat_policy
-    saved_per_layer = {
-        "none": forward,
-        "dots": tok * a * ((2 * n + 2 * k) * h / tp + 2 * f / tp + 2 * d) + scores,
-        "dots_with_no_batch_dims": tok * a * ((n + 2 * k) * h / tp + 2 * f / tp + 2 * d),
-        "full": 0,
-    }[policy]
+    saved = saved_per_layer(cfg, config, mesh_shape, platform=platform)
     carry = tok * a * d
-    llm_saved = llm.num_layers * (carry + saved_per_layer)
+    llm_saved = llm.num_layers * (carry + saved)
     frozen_bytes = jnp.dtype(cfg.model.frozen_dtype).itemsize
     trained = lambda path: any(re.search(pattern, path) for pattern in cfg.trainable)
     layer_params = _layer_param_count(config) / tp
     layer_trained = trained("llm/layers/mlp/up_proj/kernel")
     # One layer's weights gathered over fsdp (and, when trained, their float32 gradient before the reduce-scatter).
     gathered = layer_params * (8 if layer_trained else frozen_bytes)
-    llm_transient = (forward - saved_per_layer) + backward + gathered
+    llm_transient = (forward - min(saved, forward)) + backward + gathered
     # Loss: one chunk's float32 logits, their softmax and gradient, next to the gathered LM head.
     chunk = min(cfg.loss_chunk, t - 1)
     head_trained = trained("llm/lm_head/kernel")
@@ -282,6 +315,7 @@ class MemoryPlan:
     activations: dict
     hbm_bytes: int | None
     attention: str
+    remat_policy: str = "none"
     compiled: dict | None = None
 
     @property
@@ -341,6 +375,7 @@ def make_plan(
         activations=activation_bytes(cfg, config, mesh_shape, platform=platform),
         hbm_bytes=None if hbm_gib is None else int(hbm_gib * GIB),
         attention=attention_kind(config, platform),
+        remat_policy=config.llm.remat_policy,
     )
 
 
@@ -377,7 +412,7 @@ def format_plan(plan: MemoryPlan) -> str:
     g = lambda n: f"{n / GIB:9.3f} GiB"
     head = (
         f"model: {plan.model}; mesh data={plan.mesh[0]} fsdp={plan.mesh[1]} tensor={plan.mesh[2]}; "
-        f"attention: {plan.attention}"
+        f"attention: {plan.attention}\nremat: {plan.remat_policy} (saves {REMAT_SAVES[plan.remat_policy]})"
     )
     row = lambda label, n: f"{label:<38}{g(n)}"
     lines = [

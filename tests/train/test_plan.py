@@ -96,3 +96,38 @@ def test_cli_plan(capsys):
     )
     out = capsys.readouterr().out
     assert "does NOT fit" in out and "no fsdp size fits" in out
+
+
+def test_every_remat_policy_is_accounted_for(capsys):
+    """Per-layer bytes follow what each policy keeps; the plan and the CLI name the policy."""
+    saved = {}
+    for policy in ("none", "dots", "minimal", "dots_with_no_batch_dims", "qkv_proj", "full"):
+        cfg = load_config(
+            "configs/finetune_7b.py",
+            [f"--config.model.remat_policy={policy}", "--config.model.attention_impl=pallas_gpu"],
+        )
+        config = model_config(cfg, planning.base_model_config(cfg)[0])
+        saved[policy] = planning.saved_per_layer(cfg, config, (1, 8, 1), platform="gpu")
+    assert planning.make_plan(cfg, (1, 8, 1), platform="gpu").remat_policy == "full"
+    # 7B: q, k, v, out are each [tokens, 4096] like the residual; minimal adds the kernel's float32 statistics.
+    assert saved["none"] > saved["dots"] > saved["minimal"] > saved["dots_with_no_batch_dims"]
+    assert saved["dots_with_no_batch_dims"] > saved["qkv_proj"] > saved["full"] == 0
+    rows, t, d = 128 // 8, 2048, 4096
+    assert saved["qkv_proj"] == rows * t * 3 * d * 2  # three bf16 [T, D] per row
+    assert saved["minimal"] - saved["dots_with_no_batch_dims"] == rows * 32 * t * 4  # log-sum-exp, float32
+    from llava_jax.cli import main
+
+    assert main(["plan", "--config", "configs/finetune_7b.py", "--config.model.remat_policy=qkv_proj"]) == 0
+    assert "remat: qkv_proj (saves q, k, v after RoPE)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_estimated_savings_of_each_policy_match_the_compiled_step():
+    """What a policy keeps beyond `full`, estimated vs XLA's peak, within 10% (bench_small stage 2)."""
+    peaks, estimates = {}, {}
+    for policy in ("full", "qkv_proj", "minimal"):
+        plan, compiled = _compare(BENCH_SMALL + STAGE2 + [f"--config.model.remat_policy={policy}"])
+        peaks[policy], estimates[policy] = compiled["peak"], plan.total
+    for policy in ("qkv_proj", "minimal"):
+        got = peaks[policy] - peaks["full"]
+        assert got > 0 and estimates[policy] - estimates["full"] == pytest.approx(got, rel=0.10), policy
