@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from llava_jax.config import LlamaConfig
-from llava_jax.kernels import ATTENTION_OUT, ATTENTION_STATS, AttentionAxes, attention, masked_attention
+from llava_jax.kernels import ATTENTION_OUT, ATTENTION_STATS, AttentionAxes, attention, heads_first_attention
 from llava_jax.model.layers import Dense, RMSNorm, apply_rope, dtype_of, rope_cos_sin, rope_inv_freq
 from llava_jax.sharding import (
     ACT_EMBED,
@@ -82,7 +82,7 @@ class LlamaAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x, cos, sin, segment_ids, padding_mask, layer_cache, cache_index):
-        """x: float[B, T, D] -> (float[B, T, D], updated (k, v) float[B, S, K, H] or None)."""
+        """x: float[B, T, D] -> (float[B, T, D], updated (k, v) float[B, K, S, H] or None)."""
         c = self.config
         kw = dict(
             use_bias=c.attention_bias,
@@ -114,19 +114,22 @@ class LlamaAttention(nn.Module):
             if layer_cache is not None:
                 ck, cv = layer_cache
                 new_cache = (
-                    jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, 0, 0, 0)),
-                    jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, 0, 0, 0)),
+                    jax.lax.dynamic_update_slice(ck, _heads_first(k, ck.dtype), (0, 0, 0, 0)),
+                    jax.lax.dynamic_update_slice(cv, _heads_first(v, cv.dtype), (0, 0, 0, 0)),
                 )
         else:
             ck, cv = layer_cache
-            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
-            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
+            # The cache is stored heads first ([B, K, S, H]), the layout the attention products
+            # read: a step writes its T new slots and reads the cache in place (no transpose of
+            # the whole cache per step).
+            ck = jax.lax.dynamic_update_slice(ck, _heads_first(k, ck.dtype), (0, 0, cache_index, 0))
+            cv = jax.lax.dynamic_update_slice(cv, _heads_first(v, cv.dtype), (0, 0, cache_index, 0))
             new_cache = (ck, cv)
-            t, s = x.shape[1], ck.shape[1]
+            t, s = x.shape[1], ck.shape[2]
             # Slot j is visible to new token i when written (j <= cache_index + i) and not padding.
             visible = jnp.arange(s)[None, :] <= cache_index + jnp.arange(t)[:, None]
             mask = visible[None] & padding_mask.astype(bool)[:, None, :]
-            out = masked_attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask)
+            out = heads_first_attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask)
         out = Dense((c.hidden_size,), (HEADS, KV), (EMBED,), name="o_proj", **kw)(out)
         return checkpoint_name(out, OUT_PROJ), new_cache
 
@@ -230,7 +233,7 @@ class LlamaModel(nn.Module):
           segment_ids: int32[B, T] packed-sample ids (attend within a segment) or None.
           padding_mask: bool[B, T] real tokens (no cache / prefill) or bool[B, S] valid
             cache slots including the new ones (decode).
-          cache: {'k', 'v'}: float[L, B, S, K, H] or None.
+          cache: {'k', 'v'}: float[L, B, K, S, H] or None.
           cache_index: int32[] first slot written by this call (decode only).
           return_hidden: return the final-normed hidden states float[B, T, D] instead of logits.
         Returns:
@@ -251,8 +254,16 @@ class LlamaModel(nn.Module):
         return self.logits(x), new_cache
 
 
+def _heads_first(x, dtype):
+    """float[B, T, K, H] new keys or values -> float[B, K, T, H] in the cache's dtype."""
+    return x.transpose(0, 2, 1, 3).astype(dtype)
+
+
 def init_cache(config: LlamaConfig, batch: int, max_len: int, dtype=None) -> dict:
-    """Zeroed KV cache {'k', 'v'}: float[L, B, S, K, H] (S = max_len), in compute dtype by default."""
+    """Zeroed KV cache {'k', 'v'}: float[L, B, K, S, H] (S = max_len), in compute dtype by default.
+
+    Heads first, so each decode step's attention reads the cache in place.
+    """
     dtype = dtype_of(config.dtype) if dtype is None else dtype
-    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+    shape = (config.num_layers, batch, config.num_kv_heads, max_len, config.head_dim)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
