@@ -106,30 +106,6 @@ def test_both_stages_learn_and_train_only_their_parameters(synthetic_dir, tmp_pa
     assert run(stage2, str(tmp_path / "s2"))["steps"] is None
 
 
-@pytest.mark.slow
-def test_same_losses_on_every_mesh(synthetic_dir, tmp_path):
-    results = {}
-    for name, mesh in {
-        "single": (1, 1, 1, 1),
-        "data": (8, 1, 1, 0),
-        "fsdp": (1, 8, 1, 0),
-        "mixed": (2, 2, 2, 0),
-    }.items():
-        cfg = _config(
-            synthetic_dir,
-            "--config.num_steps=3",
-            f"--config.mesh.data={mesh[0]}",
-            f"--config.mesh.fsdp={mesh[1]}",
-            f"--config.mesh.tensor={mesh[2]}",
-            f"--config.mesh.num_devices={mesh[3]}",
-            "--config.checkpoint.async_save=False",
-        )
-        run(cfg, str(tmp_path / name))
-        results[name] = _losses(tmp_path / name)
-    for name, losses in results.items():
-        np.testing.assert_allclose(losses, results["single"], rtol=1e-5, err_msg=name)
-
-
 def _train_cmd(workdir, synthetic_dir, steps):
     return [
         sys.executable,
