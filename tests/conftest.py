@@ -30,7 +30,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Set by the process that made this run's cache; an xdist worker (a child of it) reuses the directory.
 _CACHE_OWNER = "LLAVA_JAX_TEST_CACHE_OWNER"
-if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(_CACHE_OWNER) and os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+if (
+    os.environ.get("PYTEST_XDIST_WORKER")
+    and os.environ.get(_CACHE_OWNER)
+    and os.environ.get("JAX_COMPILATION_CACHE_DIR")
+):
     JAX_CACHE_DIR = os.environ["JAX_COMPILATION_CACHE_DIR"]
 else:
     JAX_CACHE_DIR = tempfile.mkdtemp(prefix="llava_jax_tests_jax_cache_")
