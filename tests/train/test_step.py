@@ -91,7 +91,7 @@ def test_micro_batches_equal_the_large_batch(hf_and_jax):
     # show the gradients' agreement (at eps 1e-8 an element with g ~ 0 moves by up to lr on rounding alone).
     tx, lr = make_optimizer(OptimConfig(lr=1e-3, warmup_ratio=0.0, eps=1.0), 10, split(model.params, patterns)[0])
     outs = []
-    for micro in (1, 2, 4):
+    for micro in (1, 4):  # 4: one row each, so the micro-batches hold unequal supervised counts
         step = jax.jit(functools.partial(train_step, config=model.config, optimizer=tx, lr_fn=lr, micro_batches=micro))
         outs.append(step(_state(model, patterns, tx), batch))
     for state, metrics in outs[1:]:
