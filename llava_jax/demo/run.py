@@ -142,9 +142,14 @@ def export_hf(final_dir: str, out_dir: str) -> None:
 
 
 def _enable_compilation_cache(workdir: str) -> None:
+    """Cache compiled programs in `workdir/jax_cache`, unless a cache is configured already
+    (`JAX_COMPILATION_CACHE_DIR`, e.g. the test suite's): that one is kept, so a caller's cache is never
+    switched midway."""
     import jax
 
     try:
+        if jax.config.jax_compilation_cache_dir:
+            return
         jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     except (AttributeError, KeyError, ValueError) as e:  # a jax without these options: compile every time

@@ -156,3 +156,26 @@ def test_corrupt_image_is_blanked_out_of_its_row(bad_dataset, tokenizer):
         check_layout(batch, config)
     assert os.path.exists(os.path.join(images, "truncated.jpg"))
     assert all(np.isfinite(b["images"]).all() for b in batches)
+
+
+def test_skip_counts_survive_a_checkpoint(bad_dataset, tokenizer):
+    """The counts a checkpoint stores are those of the batches returned so far, and a resumed loader goes on
+    counting from them while it returns the same batches."""
+    path, images, _, reasons = bad_dataset
+    source = JsonSource(path, images)
+    config = dataclasses.replace(CONFIG, num_epochs=None)
+    loader = create_loader(config, source, tokenizer)
+    first = [next(loader)]
+    state = json.loads(json.dumps(loader.get_state()))  # what a checkpoint stores
+    so_far = dict(loader.skipped)
+    assert so_far == dict(collections.Counter(r for _, r in loader.recent_skips))
+    assert sum(so_far.values()) == sum(int(b["skipped"].sum()) for b in first)
+    assert 0 < sum(so_far.values()) < len(reasons)  # some, not all, of the bad samples met
+    expected = [next(loader) for _ in range(8)]  # epochs on (22 samples): every bad one met again
+    resumed = create_loader(config, source, tokenizer)
+    resumed.set_state(state)
+    assert dict(resumed.skipped) == so_far
+    for a, b in zip([next(resumed) for _ in range(8)], expected):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert dict(resumed.skipped) == dict(loader.skipped)
+    assert all(loader.skipped[r] > n for r, n in collections.Counter(reasons.values()).items())

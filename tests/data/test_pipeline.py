@@ -228,16 +228,6 @@ def test_global_arrays_on_a_mesh(source, tokenizer):
         make_global_batch({"x": np.zeros((4, 2))}, mesh)
 
 
-def test_loader_state_keeps_skip_counts(source, tokenizer):
-    dataset = build_dataset(CONFIG, source, tokenizer)
-    loader = Loader(dataset)
-    loader.skipped["empty_turn"] = 3
-    state = loader.get_state()
-    other = Loader(build_dataset(CONFIG, source, tokenizer))
-    other.set_state(state)
-    assert other.skipped == {"empty_turn": 3}
-
-
 def test_read_ahead_keeps_state_and_order(source, tokenizer):
     config = dataclasses.replace(CONFIG, num_epochs=1, global_batch_size=1)
     plain = [b["input_ids"] for b in Loader(build_dataset(config, source, tokenizer))]

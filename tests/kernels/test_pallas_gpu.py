@@ -6,17 +6,11 @@ import numpy as np
 import pytest
 
 from llava_jax.kernels import pallas_gpu
-from tests.kernels.cases import FAST_CASES, SLOW_CASES, Case, check_against_reference
+from tests.kernels.cases import CASES, Case, check_against_reference
 
 
-@pytest.mark.parametrize("case", FAST_CASES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=str)
 def test_matches_reference(case):
-    check_against_reference("pallas_gpu", case)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("case", SLOW_CASES, ids=str)
-def test_matches_reference_long(case):
     check_against_reference("pallas_gpu", case)
 
 

@@ -1,5 +1,7 @@
 """LoRA adapters: start at the base model, merge into plain weights exactly, train alone."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,14 +18,20 @@ def _inputs(config):
     return ids, jnp.ones((1, 1, 28, 28, 3))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(config, params, ids, images):
+    """One compile per config (eager, the three forwards took 6 s of CPU)."""
+    return LlavaModel(config).apply({"params": params}, ids, images)[0]
+
+
 def test_adapters_start_at_the_base_model_and_merge_exactly():
     base_cfg = tiny()
     base = init_params(base_cfg)
     cfg = with_lora(base_cfg, rank=4, alpha=8.0, dropout=0.05)
     params = add_lora(base, cfg, jax.random.PRNGKey(1))
     ids, images = _inputs(cfg)
-    ref, _ = LlavaModel(base_cfg).apply({"params": base}, ids, images)
-    out, _ = LlavaModel(cfg).apply({"params": params}, ids, images)
+    ref = _logits(base_cfg, base, ids, images)
+    out = _logits(cfg, params, ids, images)
     np.testing.assert_allclose(out, ref, atol=1e-6)  # B = 0 at the start
     # Trained adapters: merged weights give the adapted model's logits.
     params = jax.tree_util.tree_map_with_path(
@@ -34,11 +42,11 @@ def test_adapters_start_at_the_base_model_and_merge_exactly():
         ),
         params,
     )
-    adapted, _ = LlavaModel(cfg).apply({"params": params}, ids, images)
+    adapted = _logits(cfg, params, ids, images)
     merged, merged_cfg = merge_lora(params, cfg)
     assert merged_cfg.llm.lora_rank == 0
     assert jax.tree.structure(merged) == jax.tree.structure(base)
-    out, _ = LlavaModel(merged_cfg).apply({"params": merged}, ids, images)
+    out = _logits(merged_cfg, merged, ids, images)
     np.testing.assert_allclose(out, adapted, atol=1e-5)
     assert np.abs(np.asarray(adapted) - np.asarray(ref)).max() > 1e-3
 
