@@ -16,14 +16,16 @@ from llava_jax.config import LlavaConfig
 from llava_jax.convert import loaders
 from llava_jax.convert.loaders import LoadedModel, load_tokenizer
 from llava_jax.convert.native import save_native
-from llava_jax.model.inputs import images_per_row
+from llava_jax.model.inputs import model_images
 from llava_jax.model.llava import LlavaModel
 from llava_jax.sharding import DEFAULT_RULES, Rules, mesh_context
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def _forward_logits(params, input_ids, images, padding_mask, *, config):
-    logits, _ = LlavaModel(config).apply({"params": params}, input_ids, images, padding_mask=padding_mask)
+def _forward_logits(params, input_ids, images, grids, padding_mask, *, config):
+    logits, _ = LlavaModel(config).apply(
+        {"params": params}, input_ids, images, padding_mask=padding_mask, image_grids=grids
+    )
     return logits
 
 
@@ -49,21 +51,25 @@ class Llava(LoadedModel):
     def module(self) -> LlavaModel:
         return LlavaModel(self.config)
 
-    def logits(self, input_ids, pixel_values=None, attention_mask=None) -> np.ndarray:
+    def logits(self, input_ids, pixel_values=None, attention_mask=None, image_sizes=None) -> np.ndarray:
         """Full-sequence logits for HF-processor inputs.
 
         Args:
-          input_ids: int[B, T] with `image_seq_length` placeholders per image.
-          pixel_values: float[N, 3, S, S] channels-first (as `LlavaProcessor` returns), or None.
+          input_ids: int[B, T] with `image_seq_length` placeholders per image (anyres: as many as
+            each image's size gives, `config.image_tokens(h, w)`).
+          pixel_values: float[N, 3, S, S] channels-first (as `LlavaProcessor` returns), or None;
+            anyres: float[N, K, 3, S, S] tiles (as `LlavaNextProcessor` returns).
           attention_mask: int/bool[B, T], 1 for real tokens (default all ones).
+          image_sizes: anyres only, int[N, 2] original (height, width) of each image.
         Returns:
-          float32[B, T, V], comparable one to one with `LlavaForConditionalGeneration(...).logits`.
+          float32[B, T, V], comparable one to one with `LlavaForConditionalGeneration(...).logits`
+          (`LlavaNextForConditionalGeneration` for anyres models).
         """
         ids = np.asarray(input_ids, np.int32)
-        images = images_per_row(ids, pixel_values, self.config)
+        images, grids = model_images(ids, pixel_values, image_sizes, self.config)
         mask = np.ones(ids.shape, bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
         with mesh_context(self.mesh, self.rules):
-            out = _forward_logits(self.params, ids, images, mask, config=self.config)
+            out = _forward_logits(self.params, ids, images, grids, mask, config=self.config)
         return np.asarray(jax.device_get(out), np.float32)
 
     def generate(self, input_ids, pixel_values=None, attention_mask=None, **kwargs) -> np.ndarray:

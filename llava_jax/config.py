@@ -5,6 +5,11 @@ Each module receives its own config (`VisionConfig`, `ProjectorConfig`,
 two towers with LLaVA-1.5's settings. Named presets live in `llava_jax.presets`;
 reading and writing HF / original LLaVA `config.json` files in
 `llava_jax.convert.hf_config`.
+
+High-resolution input (LLaVA-1.5-HD, LLaVA-NeXT's `anyres`) is an image mode of
+`LlavaConfig` (`image_aspect_ratio="anyres"` with `image_grid_pinpoints` and a
+`patch_merge_type`); its geometry (which grid an image gets, how many tokens it
+becomes) is `AnyresConfig`, shared by preprocessing, the data pipeline and the model.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 SUPPORTED_REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "qkv_proj", "minimal")
 _VISION_ACTS = ("quick_gelu", "gelu", "gelu_new", "gelu_pytorch_tanh")
 _PROJECTOR_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "quick_gelu", "silu", "relu")
+IMAGE_ASPECT_RATIOS = ("pad", "square", "anyres")
+PATCH_MERGE_TYPES = ("flat", "spatial_unpad")
 
 
 class ConfigError(ValueError):
@@ -141,6 +148,114 @@ class LlamaConfig:
             raise ConfigError(f"remat_policy {self.remat_policy!r} not in {SUPPORTED_REMAT_POLICIES}")
 
 
+def select_best_resolution(height: int, width: int, pinpoints) -> tuple[int, int]:
+    """The (height, width) of `pinpoints` an image of `height` x `width` fits best (LLaVA-NeXT's rule).
+
+    Most of the image's pixels kept after scaling it to fit inside the candidate
+    (capped at its own pixel count), ties broken by the least wasted area; the
+    first candidate wins remaining ties. Python float arithmetic, as transformers'
+    `select_best_resolution`, so the choice is the same for every size.
+    """
+    best, best_effective, best_wasted = None, 0, float("inf")
+    for pin_h, pin_w in pinpoints:
+        scale = min(pin_w / width, pin_h / height)
+        effective = min(int(width * scale) * int(height * scale), width * height)
+        wasted = pin_w * pin_h - effective
+        if effective > best_effective or (effective == best_effective and wasted < best_wasted):
+            best, best_effective, best_wasted = (int(pin_h), int(pin_w)), effective, wasted
+    if best is None:
+        raise ValueError(f"no grid pinpoint fits a {height}x{width} image (pinpoints {list(pinpoints)})")
+    return best
+
+
+@dataclasses.dataclass(frozen=True)
+class AnyresConfig:
+    """LLaVA-NeXT `anyres` geometry: which tile grid an image gets and how many LLM tokens it becomes.
+
+    An image of `height` x `width` pixels is scaled (aspect kept) into the best
+    pinpoint, padded to it and cut into `tile_size` tiles: `rows x cols` tiles
+    plus one global view of the whole image. Each tile gives `side x side` patch
+    features (`side = tile_size // patch_size`), `tokens_per_tile` tokens (+1 with CLS).
+
+    Merges (`merge_type`):
+    - `spatial_unpad`: the base view's tokens, then the tiles' features laid out
+      as one `rows*side x cols*side` map, the rows/columns that only cover the
+      padding removed (HF `unpad_image`), with a newline token after each row:
+      `tokens_per_tile + kept_rows * (kept_cols + 1)` tokens.
+    - `flat`: every tile's tokens one after another, base view first:
+      `(1 + rows * cols) * tokens_per_tile`.
+    """
+
+    grid_pinpoints: tuple[tuple[int, int], ...]
+    tile_size: int = 336
+    patch_size: int = 14
+    merge_type: str = "spatial_unpad"
+    tokens_per_tile: int = 576
+
+    def __post_init__(self):
+        object.__setattr__(self, "grid_pinpoints", tuple(tuple(int(x) for x in p) for p in self.grid_pinpoints))
+        if self.merge_type not in PATCH_MERGE_TYPES:
+            raise ConfigError(f"merge_type {self.merge_type!r} not in {PATCH_MERGE_TYPES}")
+
+    @property
+    def side(self) -> int:
+        """Patch features per tile side (24 for CLIP-L/14 at 336)."""
+        return self.tile_size // self.patch_size
+
+    def best_resolution(self, height: int, width: int) -> tuple[int, int]:
+        """The pinpoint (height, width) the image is scaled into."""
+        return select_best_resolution(height, width, self.grid_pinpoints)
+
+    def grid_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(rows, cols) of tiles for an image of `height` x `width` pixels."""
+        pin_h, pin_w = self.best_resolution(height, width)
+        return pin_h // self.tile_size, pin_w // self.tile_size
+
+    def num_tiles(self, height: int, width: int) -> int:
+        """Tiles the vision tower encodes for the image: its grid plus the global view."""
+        rows, cols = self.grid_shape(height, width)
+        return 1 + rows * cols
+
+    def kept_region(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(row0, row1, col0, col1): the part of the merged `rows*side x cols*side` feature map that
+        covers the image rather than its padding (HF `unpad_image`'s arithmetic exactly)."""
+        rows, cols = self.grid_shape(height, width)
+        cur_h, cur_w = rows * self.side, cols * self.side
+        if width / height > cur_w / cur_h:
+            new_h = int(round(height * (cur_w / width), 7))
+            pad = (cur_h - new_h) // 2
+            return pad, cur_h - pad, 0, cur_w
+        new_w = int(round(width * (cur_h / height), 7))
+        pad = (cur_w - new_w) // 2
+        return 0, cur_h, pad, cur_w - pad
+
+    def image_grid(self, height: int, width: int) -> tuple[int, int, int, int, int, int]:
+        """What the model needs to merge the image's tiles: (rows, cols, row0, row1, col0, col1)."""
+        return self.grid_shape(height, width) + self.kept_region(height, width)
+
+    def num_tokens(self, height: int, width: int) -> int:
+        """LLM tokens (placeholders) the image becomes; equals transformers' `LlavaNextProcessor` count."""
+        if self.merge_type == "flat":
+            return self.num_tiles(height, width) * self.tokens_per_tile
+        r0, r1, c0, c1 = self.kept_region(height, width)
+        return self.tokens_per_tile + (r1 - r0) * (c1 - c0 + 1)
+
+    @property
+    def max_tiles(self) -> int:
+        """Tile slots per image in static shapes: the largest grid plus the global view."""
+        return 1 + max((h // self.tile_size) * (w // self.tile_size) for h, w in self.grid_pinpoints)
+
+    @property
+    def max_tokens(self) -> int:
+        """The most tokens any image can become (an image of a pinpoint's aspect keeps its whole grid)."""
+        if self.merge_type == "flat":
+            return self.max_tiles * self.tokens_per_tile
+        s = self.side
+        return self.tokens_per_tile + max(
+            (h // self.tile_size * s) * (w // self.tile_size * s + 1) for h, w in self.grid_pinpoints
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class LlavaConfig:
     """The composite model: vision tower, projector, language model and the merge rule."""
@@ -153,8 +268,17 @@ class LlavaConfig:
     vision_feature_layer: int | tuple[int, ...] = -2
     vision_feature_select_strategy: str = "default"
     image_aspect_ratio: str = "pad"
+    # anyres only: candidate resolutions (height, width), multiples of the tower's image size.
+    image_grid_pinpoints: tuple[tuple[int, int], ...] = ()
+    # How an anyres image's tiles become tokens: 'spatial_unpad' (LLaVA-NeXT: base view, then the
+    # tile grid merged, unpadded, with a learned newline after each row) or 'flat' (tiles one after another).
+    patch_merge_type: str = "flat"
 
     def __post_init__(self):
+        object.__setattr__(
+            self, "image_grid_pinpoints", tuple(tuple(int(x) for x in p) for p in self.image_grid_pinpoints)
+        )
+        self._check_image_mode()
         if self.vision_feature_select_strategy not in ("default", "full"):
             raise ConfigError(
                 f"vision_feature_select_strategy {self.vision_feature_select_strategy!r} not in ('default', 'full')"
@@ -178,6 +302,60 @@ class LlavaConfig:
             raise ConfigError(
                 f"image_seq_length {self.image_seq_length} but the vision tower yields {tokens} tokens per image"
             )
+
+    def _check_image_mode(self):
+        if self.image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
+            raise ConfigError(f"image_aspect_ratio {self.image_aspect_ratio!r} not in {IMAGE_ASPECT_RATIOS}")
+        if self.patch_merge_type not in PATCH_MERGE_TYPES:
+            raise ConfigError(f"patch_merge_type {self.patch_merge_type!r} not in {PATCH_MERGE_TYPES}")
+        if self.image_aspect_ratio != "anyres":
+            if self.patch_merge_type != "flat":
+                raise ConfigError(
+                    f"patch_merge_type {self.patch_merge_type!r} needs image_aspect_ratio 'anyres' "
+                    f"(got {self.image_aspect_ratio!r})"
+                )
+            return
+        if not self.image_grid_pinpoints:
+            raise ConfigError("image_aspect_ratio 'anyres' needs image_grid_pinpoints")
+        side = self.vision.image_size
+        for pin in self.image_grid_pinpoints:
+            if len(pin) != 2 or min(pin) < side or pin[0] % side or pin[1] % side:
+                raise ConfigError(
+                    f"image_grid_pinpoints entry {list(pin)} is not a (height, width) pair of multiples of "
+                    f"the vision tower's image size {side}"
+                )
+        if self.patch_merge_type == "spatial_unpad" and self.vision_feature_select_strategy != "default":
+            raise ConfigError(
+                "patch_merge_type 'spatial_unpad' lays each tile's patch tokens on a grid: it needs "
+                "vision_feature_select_strategy 'default' (CLS dropped)"
+            )
+
+    @property
+    def anyres(self) -> AnyresConfig | None:
+        """The anyres geometry (None unless `image_aspect_ratio == 'anyres'`)."""
+        if self.image_aspect_ratio != "anyres":
+            return None
+        return AnyresConfig(
+            grid_pinpoints=self.image_grid_pinpoints,
+            tile_size=self.vision.image_size,
+            patch_size=self.vision.patch_size,
+            merge_type=self.patch_merge_type,
+            tokens_per_tile=self.image_seq_length,
+        )
+
+    @property
+    def uses_image_newline(self) -> bool:
+        """Whether the model has the learned `image_newline` embedding (spatial_unpad)."""
+        return self.image_aspect_ratio == "anyres" and self.patch_merge_type == "spatial_unpad"
+
+    @property
+    def max_image_tokens(self) -> int:
+        """The most LLM tokens one image can become (`image_seq_length` outside anyres)."""
+        return self.anyres.max_tokens if self.anyres else self.image_seq_length
+
+    def image_tokens(self, height: int, width: int) -> int:
+        """LLM tokens of an image of `height` x `width` pixels (before preprocessing)."""
+        return self.anyres.num_tokens(height, width) if self.anyres else self.image_seq_length
 
     @property
     def feature_layers(self) -> tuple[int, ...]:
@@ -225,6 +403,7 @@ class LlavaConfig:
         layer = d.get("vision_feature_layer", -2)
         if isinstance(layer, list):
             d["vision_feature_layer"] = tuple(layer)
+        d["image_grid_pinpoints"] = tuple(tuple(p) for p in d.get("image_grid_pinpoints", ()))
         return cls(
             vision=VisionConfig(**d.pop("vision")),
             projector=ProjectorConfig(**d.pop("projector")),
@@ -248,6 +427,8 @@ def compose_llava(
     projector_act: str = "gelu",
     projector_bias: bool = True,
     aspect: str = "pad",
+    grid_pinpoints=(),
+    patch_merge_type: str = "flat",
 ) -> LlavaConfig:
     """A `LlavaConfig` joining `vision` and `llm` with LLaVA-1.5's settings unless told otherwise.
 
@@ -273,4 +454,6 @@ def compose_llava(
         vision_feature_layer=feature_layer,
         vision_feature_select_strategy=strategy,
         image_aspect_ratio=aspect,
+        image_grid_pinpoints=tuple(tuple(p) for p in grid_pinpoints),
+        patch_merge_type=patch_merge_type,
     )

@@ -1,4 +1,4 @@
-"""Named model presets: LLaVA-1.5 7B/13B, the benchmark and test shapes, the demo model.
+"""Named model presets: LLaVA-1.5 7B/13B and -HD, LLaVA-NeXT (v1.6) Vicuna, the benchmark and test shapes, the demo.
 
 `PRESETS` maps each name to a function returning a `LlavaConfig`; experiment
 configs name one (`init.preset = "tiny"`).
@@ -52,6 +52,43 @@ def llava_v15_7b(vocab_size: int = 32000) -> LlavaConfig:
 def llava_v15_13b(vocab_size: int = 32000) -> LlavaConfig:
     """LLaVA-1.5-13B (vocab 32000 original, 32064 for llava-hf)."""
     return _llava(vicuna_13b(), vocab_size)
+
+
+# LLaVA-NeXT's released grid (llava-v1.6-*, (height, width)): up to 2x2 or 1x3 tiles of 336 px.
+V16_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
+# LLaVA-1.5-HD: the paper splits an image into a grid of tiles at the tower's resolution; the
+# grids here are the ones up to 2x2 (672 px), our choice (the paper lists no candidate set).
+HD_PINPOINTS = ((336, 672), (672, 336), (672, 672))
+
+
+def with_anyres(config: LlavaConfig, pinpoints=V16_PINPOINTS, patch_merge_type: str = "spatial_unpad") -> LlavaConfig:
+    """`config` taking high-resolution images: anyres tiles over `pinpoints` merged by `patch_merge_type`."""
+    return dataclasses.replace(
+        config,
+        image_aspect_ratio="anyres",
+        image_grid_pinpoints=tuple(tuple(p) for p in pinpoints),
+        patch_merge_type=patch_merge_type,
+    )
+
+
+def llava_v15_hd_7b(vocab_size: int = 32000) -> LlavaConfig:
+    """LLaVA-1.5-HD-7B: LLaVA-1.5-7B with tiles up to 2x2 of 336 px, a global view and row newlines."""
+    return with_anyres(llava_v15_7b(vocab_size), HD_PINPOINTS)
+
+
+def llava_v15_hd_13b(vocab_size: int = 32000) -> LlavaConfig:
+    """LLaVA-1.5-HD-13B: LLaVA-1.5-13B with tiles up to 2x2 of 336 px, a global view and row newlines."""
+    return with_anyres(llava_v15_13b(vocab_size), HD_PINPOINTS)
+
+
+def llava_v16_vicuna_7b(vocab_size: int = 32000) -> LlavaConfig:
+    """llava-v1.6-vicuna-7b shapes (vocab 32000 original, 32064 for llava-hf's llava-v1.6-vicuna-7b-hf)."""
+    return with_anyres(llava_v15_7b(vocab_size), V16_PINPOINTS)
+
+
+def llava_v16_vicuna_13b(vocab_size: int = 32000) -> LlavaConfig:
+    """llava-v1.6-vicuna-13b shapes (vocab 32000 original, 32064 for llava-hf's llava-v1.6-vicuna-13b-hf)."""
+    return with_anyres(llava_v15_13b(vocab_size), V16_PINPOINTS)
 
 
 def bench_small(vocab_size: int = 32064) -> LlavaConfig:
@@ -133,6 +170,10 @@ def demo(
 PRESETS = {
     "llava_v15_7b": llava_v15_7b,
     "llava_v15_13b": llava_v15_13b,
+    "llava_v15_hd_7b": llava_v15_hd_7b,
+    "llava_v15_hd_13b": llava_v15_hd_13b,
+    "llava_v16_vicuna_7b": llava_v16_vicuna_7b,
+    "llava_v16_vicuna_13b": llava_v16_vicuna_13b,
     "bench_small": bench_small,
     "tiny": tiny,
     "demo": demo,

@@ -92,3 +92,48 @@ def random_inputs(config, batch: int = 2, length: int = 12, images_per_row=(1, 1
     pixels = rng.standard_normal((sum(images_per_row), 3, s, s)).astype(np.float32)
     mask = np.ones((batch, length), np.int64)
     return ids, pixels, mask
+
+
+# LLaVA-NeXT's released grid scaled to the 28-px tiny tower: up to 2x2 or 1x3 tiles.
+NEXT_PINPOINTS = [[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]]
+
+
+def hf_llava_next_config(*, vision=None, text=None, **top):
+    """A tiny `transformers.LlavaNextConfig` (28-px tiles of 4 tokens, `NEXT_PINPOINTS`)."""
+    from transformers import LlavaNextConfig
+
+    text = {**TEXT, **(text or {})}
+    kw = dict(
+        image_token_index=text["vocab_size"] - 1,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        image_grid_pinpoints=NEXT_PINPOINTS,
+    )
+    kw.update(top)
+    vision = {**VISION, **(vision or {})}
+    kw.setdefault("image_seq_length", (vision["image_size"] // vision["patch_size"]) ** 2)
+    return LlavaNextConfig(vision_config=vision, text_config=text, **kw)
+
+
+def hf_llava_next(seed: int = 0, **kw):
+    """A random tiny `LlavaNextForConditionalGeneration` in float32 eval mode, with non-trivial norms."""
+    import torch
+    from transformers import LlavaNextForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(hf_llava_next_config(**kw)).eval()
+    perturb_norms(model, seed)
+    return model
+
+
+def hf_next_image_processor(config):
+    """transformers' PIL-backend LLaVA-NeXT image processor for `config` (tiles at the tower's size)."""
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    s = config.vision_config.image_size
+    return LlavaNextImageProcessorPil(
+        size={"shortest_edge": s},
+        crop_size={"height": s, "width": s},
+        image_grid_pinpoints=[list(p) for p in config.image_grid_pinpoints],
+    )

@@ -1,4 +1,4 @@
-"""`llava-jax demo [--workdir DIR] [--quick]`: the embedded main job (see `llava_jax.demo.run`)."""
+"""`llava-jax demo [--workdir DIR] [--quick] [--hd]`: the embedded main job (see `llava_jax.demo.run`)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quick",
         action="store_true",
         help="a few steps per stage on a few samples (checks the machinery, learns nothing)",
+    )
+    parser.add_argument(
+        "--hd",
+        action="store_true",
+        help="the LLaVA-1.5-HD variant: 168-px images with small shapes; stage 2 trained twice, on the images "
+        "downsampled to the tower's 56 px and on 3x3 tiles + a global view, held-out accuracy side by side "
+        f"(default workdir {DEFAULT_WORKDIR}_hd)",
     )
     parser.add_argument(
         "--config",
@@ -43,4 +50,6 @@ def run(args: argparse.Namespace) -> int:
     """Every demo step in order; 0 on success."""
     from llava_jax.demo.run import run as run_demo
 
+    if getattr(args, "hd", False) and args.workdir == DEFAULT_WORKDIR:
+        args.workdir = DEFAULT_WORKDIR + "_hd"
     return run_demo(args)

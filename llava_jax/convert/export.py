@@ -18,9 +18,10 @@ def _processor_files(model, directory: str) -> None:
     """Image-processor and processor configs so `AutoProcessor.from_pretrained(directory)` works."""
     c = model.config
     size = c.vision.image_size
+    processor_class = "LlavaNextProcessor" if c.anyres else "LlavaProcessor"
     image_processor = {
-        "image_processor_type": "CLIPImageProcessor",
-        "processor_class": "LlavaProcessor",
+        "image_processor_type": "LlavaNextImageProcessor" if c.anyres else "CLIPImageProcessor",
+        "processor_class": processor_class,
         "do_resize": True,
         "size": {"shortest_edge": size},
         "do_center_crop": True,
@@ -33,10 +34,12 @@ def _processor_files(model, directory: str) -> None:
         "do_convert_rgb": True,
         "resample": 3,
     }
+    if c.anyres:
+        image_processor.update(image_grid_pinpoints=[list(p) for p in c.image_grid_pinpoints], do_pad=True)
     with open(os.path.join(directory, "preprocessor_config.json"), "w") as f:
         json.dump(image_processor, f, indent=2)
     processor = {
-        "processor_class": "LlavaProcessor",
+        "processor_class": processor_class,
         "image_token": "<image>",
         "patch_size": c.vision.patch_size,
         "vision_feature_select_strategy": c.vision_feature_select_strategy,
@@ -50,7 +53,9 @@ def export_hf(model, directory: str, *, dtype=None) -> None:
     """Write `model` (a `llava_jax.Llava`) as an HF LLaVA directory.
 
     `LlavaForConditionalGeneration.from_pretrained(directory)` loads it and gives
-    the same logits. Tokenizer and processor files are written when the model
+    the same logits (`LlavaNextForConditionalGeneration` for an anyres model, whose
+    tile merge must be `spatial_unpad`: a `flat` one is a `ConfigError` before
+    anything is written). Tokenizer and processor files are written when the model
     has a tokenizer. Weights are streamed one tensor at a time.
 
     Args:
@@ -58,12 +63,12 @@ def export_hf(model, directory: str, *, dtype=None) -> None:
       directory: output directory (created; must not already hold weights).
       dtype: tensor dtype on disk (default: the parameters' dtype).
     """
+    config = model.config
+    hf = llava_config_to_hf(config)
     os.makedirs(directory, exist_ok=True)
     if any(name.endswith((".safetensors", ".bin")) for name in os.listdir(directory)):
         raise CheckpointError(f"{directory}: already holds weight files; refusing to overwrite")
-    config = model.config
     dtype = None if dtype is None else np.dtype(dtype)
-    hf = llava_config_to_hf(config)
     if dtype is not None:
         hf["dtype"] = str(dtype)
     with open(os.path.join(directory, "config.json"), "w") as f:

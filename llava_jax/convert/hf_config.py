@@ -1,13 +1,15 @@
 """HF transformers and original-LLaVA `config.json` dicts <-> `LlavaConfig`.
 
-`llava_config_from_hf` reads an HF `LlavaConfig` dict or the original LLaVA
-repo's flat `config.json` (LLaMA fields plus `mm_*` fields); `llava_config_to_hf`
-writes the HF form. `llama_config_from_hf` / `vision_config_from_hf` read the
+`llava_config_from_hf` reads an HF `LlavaConfig` or `LlavaNextConfig` dict or
+the original LLaVA repo's flat `config.json` (LLaMA fields plus `mm_*` fields,
+LLaVA-1.5 and the v1.6 `anyres` form); `llava_config_to_hf` writes the HF form
+(`LlavaNextConfig` for anyres models). `llama_config_from_hf` / `vision_config_from_hf` read the
 component configs of HF LLaMA and CLIP directories.
 """
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Mapping
 
 from llava_jax.config import (
@@ -21,10 +23,12 @@ from llava_jax.config import (
 )
 from llava_jax.presets import clip_vit_l14_336
 
-# The original repo's LLaVA-1.5 class; transformers' class. Other LLaVA classes (the repo's MPT /
-# Mistral variants, LLaVA-NeXT) are named in the error rather than misread.
+# The original repo's LLaMA class (LLaVA-1.5, and v1.6 with anyres); transformers' LLaVA and LLaVA-NeXT
+# classes. Other LLaVA classes (the repo's MPT / Mistral variants) are named in the error rather than misread.
 ORIGINAL_ARCHITECTURES = ("LlavaLlamaForCausalLM",)
-HF_ARCHITECTURES = ("LlavaForConditionalGeneration",)
+HF_ARCHITECTURES = ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration")
+# transformers' `LlavaNextConfig` default grid (height, width), used when a config omits it.
+HF_NEXT_DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
 # CLIP towers whose architecture is known without their config.json (by `mm_vision_tower`).
 KNOWN_VISION_TOWERS = {"openai/clip-vit-large-patch14-336": clip_vit_l14_336}
 
@@ -59,15 +63,16 @@ def config_kind(hf: Mapping) -> str:
         return "original"
     if transformers_class:
         if not has_text:
-            raise ConfigError(f"config names {HF_ARCHITECTURES[0]} but has no text_config; {_layout_found(hf)}")
+            named = next(a for a in archs if a in HF_ARCHITECTURES)
+            raise ConfigError(f"config names {named} but has no text_config; {_layout_found(hf)}")
         return "hf"
     if archs:
         hint = ""
         if any(a in ("LlamaForCausalLM", "CLIPModel", "CLIPVisionModel") for a in archs):
             hint = " (a component: join CLIP + LLaMA with load_components(vision_dir, llm_dir, projector=...))"
         raise ConfigError(
-            f"config is neither an HF LlavaConfig ({HF_ARCHITECTURES[0]}) nor an original LLaVA-1.5 config "
-            f"({ORIGINAL_ARCHITECTURES[0]}){hint}; {_layout_found(hf)}"
+            f"config is neither an HF LLaVA / LLaVA-NeXT config ({' / '.join(HF_ARCHITECTURES)}) nor an "
+            f"original LLaVA config ({ORIGINAL_ARCHITECTURES[0]}){hint}; {_layout_found(hf)}"
         )
     if has_mm and not has_text:
         return "original"
@@ -174,6 +179,28 @@ def vision_config_from_hf(vision: Mapping) -> VisionConfig:
     )
 
 
+def _is_llava_next(hf: Mapping) -> bool:
+    archs = [str(a) for a in hf.get("architectures") or []]
+    return hf.get("model_type") == "llava_next" or "LlavaNextForConditionalGeneration" in archs
+
+
+def _pinpoints(value, *, where: str, width_first: bool) -> tuple[tuple[int, int], ...]:
+    """Grid pinpoints as (height, width) pairs from a config value (a list, or its repr as a string)."""
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)  # the original repo accepts the CLI's string form
+        except (ValueError, SyntaxError):
+            raise ConfigError(f"{where} {value!r} is not a list of (height, width) pairs") from None
+    try:
+        pairs = tuple((int(a), int(b)) for a, b in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} {value!r} is not a list of (height, width) pairs") from None
+    if not pairs:
+        raise ConfigError(f"{where} is empty")
+    # The original repo lists (width, height), the order of PIL's `image.size`; transformers (height, width).
+    return tuple((b, a) for a, b in pairs) if width_first else pairs
+
+
 def _from_hf_llava(hf: Mapping) -> LlavaConfig:
     text = dict(hf.get("text_config") or {})
     if "tie_word_embeddings" in hf and "tie_word_embeddings" not in text:
@@ -193,7 +220,7 @@ def _from_hf_llava(hf: Mapping) -> LlavaConfig:
         image_token_index=int(hf.get("image_token_index", hf.get("image_token_id", 32000))),
         projector_act=hf.get("projector_hidden_act", "gelu"),
         projector_bias=bool(hf.get("multimodal_projector_bias", True)),
-        aspect="pad",
+        **(_next_settings(hf) if _is_llava_next(hf) else {"aspect": "pad"}),
     )
     if "image_seq_length" in hf and int(hf["image_seq_length"]) != config.image_seq_length:
         raise ConfigError(
@@ -201,6 +228,15 @@ def _from_hf_llava(hf: Mapping) -> LlavaConfig:
             f"({config.image_seq_length} tokens per image)"
         )
     return config
+
+
+def _next_settings(hf: Mapping) -> dict:
+    """`compose_llava` keywords of a `LlavaNextConfig`: anyres over its pinpoints, spatial_unpad."""
+    raw = hf.get("image_grid_pinpoints")
+    pins = (
+        HF_NEXT_DEFAULT_PINPOINTS if raw is None else _pinpoints(raw, where="image_grid_pinpoints", width_first=False)
+    )
+    return {"aspect": "anyres", "grid_pinpoints": pins, "patch_merge_type": "spatial_unpad"}
 
 
 def _original_vision(hf: Mapping, vision_hf: Mapping | None) -> VisionConfig:
@@ -221,8 +257,11 @@ def original_llava_config(hf: Mapping, vision_hf: Mapping | None = None) -> Llav
     The vision tower is described by `vision_hf` (the CLIP `config.json` dict); without
     it, by the known architecture of the tower `mm_vision_tower` names. Fields the
     model does not depend on (training flags, `tokenizer_*`, `mm_projector_lr`, ...)
-    are ignored; settings LLaVA-1.5 never uses (anyres, image start/end tokens,
-    other projectors or patch merges) are a `ConfigError`.
+    are ignored. LLaVA-v1.6's form is read too: `image_aspect_ratio: anyres` with
+    `image_grid_pinpoints` (the repo's (width, height) pairs, turned into (height,
+    width)) and `mm_patch_merge_type` `spatial_unpad` or `flat`. Settings neither
+    uses (image start/end tokens, other projectors, aspect modes or patch merges)
+    are a `ConfigError`.
     """
     projector_type = hf.get("mm_projector_type", "linear")
     if projector_type != "mlp2x_gelu":
@@ -235,12 +274,25 @@ def original_llava_config(hf: Mapping, vision_hf: Mapping | None = None) -> Llav
         if hf.get(flag):
             raise ConfigError(f"{flag}: true is not supported (LLaVA-1.5 has no image start/end or patch tokens)")
     merge = hf.get("mm_patch_merge_type") or "flat"
-    if merge != "flat":
-        raise ConfigError(f"mm_patch_merge_type {merge!r} is not supported (only 'flat')")
     # The reference's `process_images` pads for 'pad' and uses the CLIP processor alone otherwise.
     aspect = hf.get("image_aspect_ratio") or "square"
-    if aspect not in ("pad", "square"):
-        raise ConfigError(f"image_aspect_ratio {aspect!r} is not supported (only 'pad' and 'square')")
+    if aspect not in ("pad", "square", "anyres"):
+        raise ConfigError(f"image_aspect_ratio {aspect!r} is not supported (only 'pad', 'square' and 'anyres')")
+    anyres = {}
+    if aspect == "anyres":
+        if merge not in ("spatial_unpad", "flat"):
+            raise ConfigError(
+                f"mm_patch_merge_type {merge!r} is not supported with anyres (only 'spatial_unpad' and 'flat')"
+            )
+        if hf.get("image_grid_pinpoints") is None:
+            raise ConfigError("image_aspect_ratio 'anyres' but the config has no image_grid_pinpoints")
+        pins = _pinpoints(hf["image_grid_pinpoints"], where="image_grid_pinpoints", width_first=True)
+        anyres = {"grid_pinpoints": pins, "patch_merge_type": merge}
+    elif merge != "flat":
+        raise ConfigError(
+            f"mm_patch_merge_type {merge!r} is not supported with image_aspect_ratio {aspect!r} (only 'flat'; "
+            f"'spatial_unpad' needs 'anyres')"
+        )
     vision = _original_vision(hf, vision_hf)
     if int(hf.get("mm_hidden_size", vision.hidden_size)) != vision.hidden_size:
         tower = hf.get("mm_vision_tower")
@@ -259,11 +311,12 @@ def original_llava_config(hf: Mapping, vision_hf: Mapping | None = None) -> Llav
         projector_act="gelu",
         projector_bias=True,
         aspect=aspect,
+        **anyres,
     )
 
 
 def llava_config_from_hf(hf: Mapping, *, vision_hf: Mapping | None = None) -> LlavaConfig:
-    """`LlavaConfig` from an HF `LlavaConfig` dict, or an original LLaVA repo `config.json` dict.
+    """`LlavaConfig` from an HF `LlavaConfig` / `LlavaNextConfig` dict, or an original LLaVA repo `config.json` dict.
 
     The two are told apart by `config_kind`. For original-repo configs the vision
     tower config is not inside the file: pass `vision_hf` (the CLIP `config.json`
@@ -274,8 +327,14 @@ def llava_config_from_hf(hf: Mapping, *, vision_hf: Mapping | None = None) -> Ll
 
 
 def llava_config_to_hf(config: LlavaConfig) -> dict:
-    """HF transformers `LlavaConfig` dict (what `config.json` of a llava-hf directory holds)."""
+    """HF transformers `LlavaConfig` dict (what `config.json` of a llava-hf directory holds); for anyres
+    models a `LlavaNextConfig` dict (`spatial_unpad` only: transformers has no class for the `flat` merge)."""
     v, t = config.vision, config.llm
+    if config.anyres and config.patch_merge_type != "spatial_unpad":
+        raise ConfigError(
+            f"patch_merge_type {config.patch_merge_type!r}: transformers' LlavaNext only merges tiles by "
+            f"'spatial_unpad'; keep this model as a llava_jax checkpoint (Llava.save)"
+        )
     rope = {"rope_type": t.rope_scaling.rope_type, "rope_theta": t.rope_theta}
     if t.rope_scaling.rope_type != "default":
         rope["factor"] = t.rope_scaling.factor
@@ -283,9 +342,15 @@ def llava_config_to_hf(config: LlavaConfig) -> dict:
             if getattr(t.rope_scaling, key) is not None:
                 rope[key] = getattr(t.rope_scaling, key)
     layer = config.vision_feature_layer
+    head = {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava"}
+    if config.anyres:
+        head = {
+            "architectures": ["LlavaNextForConditionalGeneration"],
+            "model_type": "llava_next",
+            "image_grid_pinpoints": [list(p) for p in config.image_grid_pinpoints],
+        }
     return {
-        "architectures": ["LlavaForConditionalGeneration"],
-        "model_type": "llava",
+        **head,
         "image_token_index": config.image_token_index,
         "image_seq_length": config.image_seq_length,
         "projector_hidden_act": config.projector.hidden_act,

@@ -1,9 +1,10 @@
 """The correspondence between checkpoint tensor names and llava_jax parameter paths.
 
 Every accepted layout is first rewritten to one canonical naming
-(`vision.*` = CLIP vision model keys, `projector.linear_{1,2}.*`, `llm.*` =
-LLaMA model keys, `lm_head.weight`); `tensor_specs(config)` then lists, for
-each parameter, its canonical key(s) and the transpose/reshape between them.
+(`vision.*` = CLIP vision model keys, `projector.linear_{1,2}.*`,
+`projector.image_newline` (LLaVA-NeXT), `llm.*` = LLaMA model keys,
+`lm_head.weight`); `tensor_specs(config)` then lists, for each parameter, its
+canonical key(s) and the transpose/reshape between them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from llava_jax.config import LlavaConfig
 
 # Layout prefixes, most specific first (original repo, HF on disk old/new, HF in memory, CLIP, LLaMA).
 PREFIX_RULES = (
+    # LLaVA-NeXT's newline: `image_newline` on disk, `model.image_newline` in memory and in the original repo.
+    (r"^(model\.)?image_newline$", "projector.image_newline"),
     (r"^model\.vision_tower\.vision_tower\.vision_model\.", "vision."),
     (r"^model\.vision_tower\.vision_model\.", "vision."),
     (r"^vision_tower\.vision_model\.", "vision."),
@@ -46,6 +49,7 @@ IGNORED = (
 
 # What transformers 5 writes in `save_pretrained` for LlavaForConditionalGeneration.
 HF_SAVE_PREFIXES = {
+    "projector.image_newline": "image_newline",
     "vision.": "vision_tower.",
     "projector.": "multi_modal_projector.",
     "llm.": "language_model.model.",
@@ -194,6 +198,8 @@ def _projector_specs(config: LlavaConfig) -> list[TensorSpec]:
         specs.append(TensorSpec(("projector", lin, "kernel"), f"projector.{lin}.weight", "linear"))
         if config.projector.use_bias:
             specs.append(TensorSpec(("projector", lin, "bias"), f"projector.{lin}.bias", "copy"))
+    if config.uses_image_newline:
+        specs.append(TensorSpec(("projector", "image_newline"), "projector.image_newline", "copy"))
     return specs
 
 

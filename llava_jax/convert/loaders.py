@@ -130,8 +130,19 @@ def _resolve_components(vision_dir, llm_dir, projector, dtype, config=None, stag
         (canonical_sources(weight_files(llm_dir), where=llm_dir), ("llm",), llm_dir),
     ]
     if projector is not None:
-        plan.append((canonical_sources([projector], where=projector), ("projector",), projector))
+        # A LLaVA-1.5 stage-1 projector has no image_newline: an anyres model reads its MLP (the
+        # newline is initialised by `load_components`).
+        plan.append(
+            (canonical_sources([projector], where=projector), ("projector",), projector, _without_newline(config))
+        )
     return config, dtype, plan
+
+
+def _without_newline(config: LlavaConfig) -> LlavaConfig:
+    """The same projector shapes without `image_newline` (a non-anyres view of `config`)."""
+    if not config.uses_image_newline:
+        return config
+    return dataclasses.replace(config, image_aspect_ratio="pad", image_grid_pinpoints=(), patch_merge_type="flat")
 
 
 def _resolve(path: str, dtype, vision_tower, llm=None):
@@ -178,10 +189,11 @@ def _resolve(path: str, dtype, vision_tower, llm=None):
 
 
 def _stream(config, dtype, plan, mesh, rules):
-    iterators = [
-        iter_params(config, src, dtype=dtype, parts=parts, mesh=mesh, rules=rules, where=where)
-        for src, parts, where in plan
-    ]
+    """Validated parameter stream over `plan`: (sources, parts, where[, config to read them with])."""
+    iterators = []
+    for src, parts, where, *own in plan:
+        read_config = own[0] if own else config
+        iterators.append(iter_params(read_config, src, dtype=dtype, parts=parts, mesh=mesh, rules=rules, where=where))
     # Generators validate lazily: pull the first item of each now so errors come before any work.
     primed = [(next(it), it) for it in iterators]
 
@@ -291,7 +303,8 @@ def load_components(
       config: the LLaVA config; by default built from the two `config.json` files with
         LLaVA-1.5 settings (feature layer -2, CLS dropped, image token = first id past the
         vocab), the `mm_*` settings and aspect mode taken from the stage-1 release's
-        config.json when one lies beside its `mm_projector.bin`.
+        config.json when one lies beside its `mm_projector.bin`. An anyres config
+        (LLaVA-1.5-HD) takes a LLaVA-1.5 projector's MLP and a fresh `image_newline`.
       projector: a stage-1 release: its `mm_projector.bin` (keys `model.mm_projector.{0,2}.*`)
         or the directory holding it; None initialises the projector from `seed`.
     """
@@ -307,17 +320,30 @@ def load_components(
         params = merge_trees(params, nest(param_path, value))
     if projector is None:
         params["projector"] = init_projector(config, jax.random.PRNGKey(seed), mesh, rules)
+    params = with_image_newline(params, config, jax.random.PRNGKey(seed), mesh, rules)
     return LoadedModel(config, params, load_tokenizer(llm_dir), mesh, rules)
 
 
 def init_projector(config: LlavaConfig, rng, mesh=None, rules: Rules = DEFAULT_RULES) -> dict:
-    """Freshly initialised projector parameters alone (the LLM and tower are never materialised twice)."""
-    module = Projector(config.projector)
+    """Freshly initialised projector parameters alone (the LLM and tower are never materialised twice);
+    with the `image_newline` of a spatial_unpad anyres config."""
+    module = Projector(config.projector, image_newline=config.uses_image_newline)
     dummy = jnp.zeros((1, 1, config.projector.in_features), jnp.float32)
     init = lambda r: nn.meta.unbox(module.init(r, dummy)["params"])
     if mesh is None:
         return jax.jit(init)(rng)
     return jax.jit(init, out_shardings=param_shardings(config, mesh, rules)["projector"])(rng)
+
+
+def with_image_newline(params: dict, config: LlavaConfig, rng, mesh=None, rules: Rules = DEFAULT_RULES) -> dict:
+    """`params` completed for `config`: a fresh `projector/image_newline` when the config needs one the
+    parameters lack (an anyres model started from a LLaVA-1.5 projector), dropped when it needs none."""
+    projector = dict(params["projector"])
+    if config.uses_image_newline and "image_newline" not in projector:
+        projector["image_newline"] = init_projector(config, rng, mesh, rules)["image_newline"]
+    elif not config.uses_image_newline:
+        projector.pop("image_newline", None)
+    return {**params, "projector": projector}
 
 
 def random_model(

@@ -18,6 +18,11 @@ reply (plus the space before it and its `</s>`), not otherwise. A token whose
 span crosses a reply boundary means the whole-prompt and per-piece
 tokenizations disagree; the sample is dropped with reason
 `tokenization_mismatch` (counted and reported by id, never silently zeroed).
+
+High-resolution (`anyres`) images become a number of tokens that depends on
+their size: `EncodeFn` reads each image's size from its file header (no pixels
+decoded) and gives the sample `AnyresConfig.num_tokens(h, w)` placeholders,
+recording the size (`image_hw`) so decoding can check it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from llava_jax.data.conversation import (
     move_image_to_front,
     training_segments,
 )
+from llava_jax.data.image import image_hw
 from llava_jax.data.paths import DEFAULT_MAX_IMAGE_BYTES, ImageFileError, check_image_file
 
 log = logging.getLogger(__name__)
@@ -291,7 +297,9 @@ class EncodeFn:
 
     Also rejects image references that are certainly unreadable (missing or
     empty file, not a regular file, above `config.max_image_bytes`, empty bytes)
-    before packing, so packed rows rarely need blanking.
+    before packing, so packed rows rarely need blanking. With `config.anyres`
+    the image's header is read (after those checks) for its placeholder count
+    and the output carries `image_hw` int32[2].
     """
 
     def __init__(self, tokenizer, config):
@@ -300,22 +308,43 @@ class EncodeFn:
 
     def __call__(self, example: dict) -> dict:
         c = self.config
+        max_bytes = getattr(c, "max_image_bytes", DEFAULT_MAX_IMAGE_BYTES)
         try:
+            per_image, hw = c.image_seq_length, None
+            anyres = getattr(c, "anyres", None)
+            if anyres is not None and isinstance(example, dict) and example.get("image") is not None:
+                if not example.get("_error"):
+                    # An anyres image's placeholder count depends on its size: read it from the header.
+                    _check_image_ref(str(example.get("id", "?")), example["image"], max_bytes)
+                    hw = _image_hw(str(example.get("id", "?")), example["image"])
+                    per_image = anyres.num_tokens(*hw)
             out = encode_example(
                 example,
                 self.tokenizer,
                 template=c.template,
-                image_seq_length=c.image_seq_length,
+                image_seq_length=per_image,
                 max_length=c.max_length,
                 image_token_index=c.image_token_index,
             )
-            _check_image_ref(out["id"], out["image"], getattr(c, "max_image_bytes", DEFAULT_MAX_IMAGE_BYTES))
+            _check_image_ref(out["id"], out["image"], max_bytes)
+            if hw is not None:
+                out["image_hw"] = np.asarray(hw, np.int32)
         except DataError as error:
             if c.on_error == "strict":
                 raise
             log.warning("skipping %s", error)
             return skip_marker(error)
         return out
+
+
+def _image_hw(sample_id: str, ref) -> tuple[int, int]:
+    """(height, width) of a sample's image from its header, or `DataError` (missing / corrupt)."""
+    try:
+        return image_hw(ref)
+    except FileNotFoundError as e:
+        raise DataError(sample_id, "missing_image", str(e)) from None
+    except Exception as e:  # PIL: UnidentifiedImageError / OSError / ValueError for bad data
+        raise DataError(sample_id, "corrupt_image", f"{type(e).__name__}: {e}") from None
 
 
 def _check_image_ref(sample_id: str, ref, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> None:

@@ -6,6 +6,12 @@ settings: resize the shortest side to `size` (bicubic), centre crop, rescale by
 the image centred on a square filled with the mean colour (reference
 `expand2square`); `square` is the CLIP processor alone (stage 1).
 
+`anyres` (LLaVA-1.5-HD / LLaVA-NeXT) matches transformers' PIL-backend
+`LlavaNextImageProcessor`: the image is scaled (aspect kept, bicubic) into the
+best of `grid_pinpoints`, centred on black padding, cut into `size` tiles row
+by row, and preceded by a global view (the whole image resized to `size` x
+`size`, aspect not kept); each tile is then normalised like a CLIP crop.
+
 One rule turns any input into RGB, the same for paths, encoded bytes, PIL
 images and arrays, so an image gives the same pixels however it is passed:
 
@@ -22,16 +28,19 @@ images and arrays, so an image gives the same pixels however it is passed:
 from __future__ import annotations
 
 import io
+import math
 import os
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from llava_jax.config import select_best_resolution
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # The reference fills with `tuple(int(x * 255) for x in mean)`: truncation, not rounding.
 PAD_COLOR = tuple(int(x * 255) for x in CLIP_MEAN)  # (122, 116, 104)
-MODES = ("pad", "square")
+MODES = ("pad", "square", "anyres")
 
 ImageInput = Image.Image | np.ndarray | str | os.PathLike | bytes
 
@@ -206,13 +215,53 @@ def normalize(array: np.ndarray) -> np.ndarray:
     return out
 
 
+def fit_size(height: int, width: int, target: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of an image scaled, aspect kept, to fit `target` (HF `get_patch_output_size`)."""
+    target_h, target_w = target
+    scale_w, scale_h = target_w / width, target_h / height
+    if scale_w < scale_h:
+        return min(math.ceil(height * scale_w), target_h), target_w
+    return target_h, min(math.ceil(width * scale_h), target_w)
+
+
+def anyres_tiles(pil: Image.Image, grid_pinpoints, size: int) -> np.ndarray:
+    """An RGB image -> uint8[1 + rows * cols, size, size, 3]: the global view, then the grid's tiles row by row."""
+    height, width = pil.height, pil.width
+    target = select_best_resolution(height, width, grid_pinpoints)
+    new_h, new_w = fit_size(height, width, target)
+    scaled = pil if (new_w, new_h) == pil.size else pil.resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
+    canvas = np.zeros(target + (3,), np.uint8)  # black padding, as HF's `_pad_for_patching`
+    top, left = (target[0] - new_h) // 2, (target[1] - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = np.asarray(scaled)
+    rows, cols = target[0] // size, target[1] // size
+    tiles = canvas.reshape(rows, size, cols, size, 3).transpose(0, 2, 1, 3, 4).reshape(rows * cols, size, size, 3)
+    base = pil if pil.size == (size, size) else pil.resize((size, size), resample=Image.Resampling.BICUBIC)
+    return np.concatenate([np.asarray(base)[None], tiles])
+
+
+def _pinpoints_for(mode: str, grid_pinpoints):
+    if mode == "anyres" and not grid_pinpoints:
+        raise ValueError("mode 'anyres' needs grid_pinpoints ((height, width) pairs, multiples of size)")
+    return grid_pinpoints
+
+
 def prepare_pixels(
-    image: ImageInput, *, mode: str = "pad", size: int = 336, alpha: str = "drop", exif: bool = False
+    image: ImageInput,
+    *,
+    mode: str = "pad",
+    size: int = 336,
+    alpha: str = "drop",
+    exif: bool = False,
+    grid_pinpoints=None,
 ) -> np.ndarray:
-    """`preprocess_image` before normalisation: uint8[size, size, 3] (4x smaller to ship between processes)."""
+    """`preprocess_image` before normalisation: uint8[size, size, 3] (4x smaller to ship between processes);
+    `anyres`: uint8[1 + rows * cols, size, size, 3]."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    pinpoints = _pinpoints_for(mode, grid_pinpoints)
     pil = to_rgb(image, alpha=alpha, exif=exif)
+    if mode == "anyres":
+        return anyres_tiles(pil, pinpoints, size)
     if mode == "pad":
         pil = expand_to_square(pil)
     pil = resize_shortest_edge(pil, size)
@@ -220,27 +269,61 @@ def prepare_pixels(
 
 
 def preprocess_image(
-    image: ImageInput, *, mode: str = "pad", size: int = 336, alpha: str = "drop", exif: bool = False
+    image: ImageInput,
+    *,
+    mode: str = "pad",
+    size: int = 336,
+    alpha: str = "drop",
+    exif: bool = False,
+    grid_pinpoints=None,
 ) -> np.ndarray:
     """One image to CLIP pixels as LLaVA-1.5 feeds them to the vision tower.
 
     Args:
       image: a PIL image, a path, encoded bytes, or a uint8 array `[H, W(, C)]`.
-      mode: `pad` (square on the mean colour first; stage 2 and evaluation) or
-        `square` (CLIP resize + centre crop only; stage 1).
+      mode: `pad` (square on the mean colour first; stage 2 and evaluation),
+        `square` (CLIP resize + centre crop only; stage 1) or `anyres` (tiles
+        + global view, LLaVA-1.5-HD / LLaVA-NeXT; needs `grid_pinpoints`).
       size: output side (336 for CLIP ViT-L/14-336).
       alpha: "drop" (default, LLaVA's `Image.open(...).convert('RGB')`: transparency
         ignored) or "white" (composited on white, as transformers' processor does);
         the same rule for paths, bytes, PIL images and arrays.
       exif: apply EXIF orientation (transformers' `load_image`; LLaVA does not).
+      grid_pinpoints: `anyres` only, candidate (height, width) resolutions, multiples of `size`.
     Returns:
-      float32[size, size, 3], channels last.
+      float32[size, size, 3], channels last; `anyres`: float32[1 + rows * cols, size, size, 3],
+      the global view first, then the tiles row by row (the image's original height and
+      width, which the model also needs, are those of `to_rgb(image)`).
     """
-    return normalize(prepare_pixels(image, mode=mode, size=size, alpha=alpha, exif=exif))
+    pixels = prepare_pixels(image, mode=mode, size=size, alpha=alpha, exif=exif, grid_pinpoints=grid_pinpoints)
+    return normalize(pixels)
+
+
+def image_hw(image: ImageInput, *, exif: bool = False) -> tuple[int, int]:
+    """(height, width) of an image without decoding its pixels when it is a file or bytes.
+
+    Reads only the header (the token count of an anyres image depends on its size,
+    known before the image is decoded); with `exif`, sizes after EXIF rotation.
+    Raises like `load_image` for missing or unreadable data.
+    """
+    if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
+        if isinstance(image, (str, os.PathLike)) and os.path.getsize(image) == 0:
+            raise ValueError(f"empty image file (0 bytes): {os.fspath(image)}")
+        if not isinstance(image, (str, os.PathLike)) and len(image) == 0:
+            raise ValueError("empty image data (0 bytes)")
+        with Image.open(io.BytesIO(bytes(image)) if not isinstance(image, (str, os.PathLike)) else image) as pil:
+            if exif and pil.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # orientations that swap the axes
+                return pil.width, pil.height
+            return pil.height, pil.width
+    pil = to_rgb(image, exif=exif)
+    return pil.height, pil.width
 
 
 def preprocess_images(images, *, mode: str = "pad", size: int = 336, alpha: str = "drop", exif: bool = False):
-    """A list of images -> float32[N, size, size, 3] (see `preprocess_image`)."""
+    """A list of images -> float32[N, size, size, 3] (see `preprocess_image`; not for `anyres`, whose
+    images have different numbers of tiles)."""
+    if mode == "anyres":
+        raise ValueError("preprocess_images stacks one crop per image; call preprocess_image per anyres image")
     if not images:
         return np.zeros((0, size, size, 3), np.float32)
     return np.stack([preprocess_image(im, mode=mode, size=size, alpha=alpha, exif=exif) for im in images])

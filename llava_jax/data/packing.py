@@ -38,7 +38,7 @@ import grain
 import numpy as np
 
 from llava_jax.data.encode import IGNORE_INDEX, DataError, is_skip
-from llava_jax.data.image import normalize, prepare_pixels
+from llava_jax.data.image import image_hw, normalize, prepare_pixels
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ def empty_row(length: int) -> dict:
         "segment_ids": np.zeros(length, np.int32),
         "skipped": np.int32(0),
         "_images": [],
+        "_image_hws": [],
         "_image_segments": [],
         "_ids": [],
         "_skipped": [],
@@ -114,6 +115,7 @@ def assemble_row(samples: Sequence[dict], length: int, *, pad_token_id: int = 0)
         row["segment_ids"][pos : pos + n] = seg
         if sample.get("image") is not None:
             row["_images"].append(sample["image"])
+            row["_image_hws"].append(sample.get("image_hw"))
             row["_image_segments"].append(seg)
         row["_ids"].append(sample["id"])
         pos += n
@@ -143,6 +145,12 @@ class DecodeImages:
     processes ship 4x fewer bytes; `normalize_images` finishes them in the
     consuming process (the `Loader` does).
 
+    With `anyres` (an `AnyresConfig`) images are tiles, `uint8[M, K, S, S, 3]`
+    (K = `anyres.max_tiles`, the global view first, unused tiles zero), and the
+    row also gets `image_grids int32[M, 6]` (`AnyresConfig.image_grid`, zeros
+    for empty slots). The decoded image must have the size its placeholders
+    were counted for (`image_hw` from encoding), else it is a corrupt sample.
+
     A sample whose image cannot be read or decoded is blanked out of the row
     (its placeholders with it, so images and placeholders stay aligned) and
     counted as skipped; in `strict` mode it raises `DataError` instead.
@@ -156,19 +164,41 @@ class DecodeImages:
         size: int,
         on_error: str = "skip",
         pad_token_id: int = 0,
+        anyres=None,
     ):
         self.max_images, self.mode, self.size = max_images, mode, size
         self.on_error, self.pad_token_id = on_error, pad_token_id
+        self.anyres = anyres
+        if (mode == "anyres") != (anyres is not None):
+            raise ValueError("DecodeImages: mode 'anyres' and an anyres geometry go together")
+
+    def _decode(self, ref, hw):
+        """uint8 pixels of one image (and its grid for anyres)."""
+        if self.anyres is None:
+            return prepare_pixels(ref, mode=self.mode, size=self.size), None
+        tiles = prepare_pixels(ref, mode="anyres", size=self.size, grid_pinpoints=self.anyres.grid_pinpoints)
+        pil_hw = image_hw(ref)
+        if hw is None or tuple(int(x) for x in hw) != pil_hw:
+            raise ValueError(f"image is {pil_hw[0]}x{pil_hw[1]}, its placeholders were counted for {hw}")
+        return tiles, np.asarray(self.anyres.image_grid(*pil_hw), np.int32)
 
     def __call__(self, row: dict) -> dict:
-        images = np.zeros((self.max_images, self.size, self.size, 3), np.uint8)
+        tiles = (self.anyres.max_tiles,) if self.anyres is not None else ()
+        images = np.zeros((self.max_images,) + tiles + (self.size, self.size, 3), np.uint8)
+        grids = np.zeros((self.max_images, 6), np.int32)
         mask = np.zeros((self.max_images,), bool)
         skipped = list(row["_skipped"])
         slot = 0
-        for ref, seg in zip(row["_images"], row["_image_segments"]):
+        hws = row.get("_image_hws") or [None] * len(row["_images"])
+        for ref, hw, seg in zip(row["_images"], hws, row["_image_segments"]):
             sample_id = row["_ids"][seg - 1]
             try:
-                images[slot] = prepare_pixels(ref, mode=self.mode, size=self.size)
+                pixels, grid = self._decode(ref, hw)
+                if grid is None:
+                    images[slot] = pixels
+                else:
+                    images[slot, : len(pixels)] = pixels
+                    grids[slot] = grid
             except Exception as e:
                 fallback = "missing_image" if isinstance(e, FileNotFoundError) else "corrupt_image"
                 reason = getattr(e, "reason", None) or fallback  # e.g. image_too_large
@@ -183,6 +213,8 @@ class DecodeImages:
             slot += 1
         out = {key: row[key] for key in ROW_KEYS}
         out["images"], out["image_mask"] = images, mask
+        if self.anyres is not None:
+            out["image_grids"] = grids
         out["skipped"] = np.int32(len(skipped))
         out["_skipped"] = skipped
         return out

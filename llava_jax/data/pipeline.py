@@ -15,7 +15,9 @@ Padding (`batching="pad"`)::
 Every batch is a dict: `input_ids`, `labels`, `positions`, `segment_ids`
 (int32[B, T]; segment 0 = padding, 1.. = samples of the row, positions
 restarting per sample), `images` float32[B, M, S, S, 3], `image_mask` bool[B, M]
-(images in order of their placeholders) and `skipped` int32[B] (samples
+(images in order of their placeholders), with `image_mode="anyres"`
+`images` float32[B, M, K, S, S, 3] tiles and `image_grids` int32[B, M, 6]
+(`llava_jax.model.anyres`), and `skipped` int32[B] (samples
 dropped and attributed to each row; their ids and reasons are logged and kept
 in `Loader.skipped` / `Loader.recent_skips`). `Loader.get_state()` is
 JSON-serialisable; `set_state` resumes with identical continuation.
@@ -32,6 +34,7 @@ import jax
 import numpy as np
 from absl import flags
 
+from llava_jax.config import AnyresConfig
 from llava_jax.data.encode import IGNORE_INDEX, EncodeFn
 from llava_jax.data.packing import (
     DecodeImages,
@@ -54,6 +57,7 @@ BATCH_KEYS = (
     "segment_ids",
     "images",
     "image_mask",
+    "image_grids",
     "skipped",
 )
 
@@ -66,7 +70,9 @@ class DataConfig:
     `max_length`, at most `max_images_per_row` images; samples are truncated to
     `max_length`) or `pad` (one sample per row, modality-grouped length buckets of
     `pad_multiple`, sorted within megabatches of `group_factor` global batches;
-    `group_factor=1` is the reference's grouping). `on_error`: `skip` (log,
+    `group_factor=1` is the reference's grouping). `image_mode="anyres"` (LLaVA-1.5-HD)
+    needs `anyres`, the model's `AnyresConfig` (`LlavaConfig.anyres`): each image
+    gets the placeholders its size makes and is decoded into tiles. `on_error`: `skip` (log,
     count, continue) or `strict` (raise with the sample id and reason).
     `max_image_bytes`: image files above it are skipped (`image_too_large`).
     `read_threads` / `read_buffer`: grain's reading threads and prefetch buffer
@@ -97,6 +103,7 @@ class DataConfig:
     on_error: str = "skip"
     pad_token_id: int = 0
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    anyres: AnyresConfig | None = None
 
     def __post_init__(self):
         if self.batching not in ("pack", "pad"):
@@ -105,8 +112,15 @@ class DataConfig:
             raise ValueError(f"on_error must be 'skip' or 'strict', got {self.on_error!r}")
         if self.image_seq_length > self.max_length:
             raise ValueError("image_seq_length exceeds max_length: no image sample could fit")
-        if self.image_mode not in ("pad", "square"):
-            raise ValueError(f"image_mode must be 'pad' or 'square', got {self.image_mode!r}")
+        if self.image_mode not in ("pad", "square", "anyres"):
+            raise ValueError(f"image_mode must be 'pad', 'square' or 'anyres', got {self.image_mode!r}")
+        if (self.image_mode == "anyres") != (self.anyres is not None):
+            raise ValueError(
+                "image_mode 'anyres' and the anyres geometry (DataConfig.anyres, the model's "
+                "LlavaConfig.anyres) go together"
+            )
+        if self.anyres is not None and self.anyres.tile_size != self.image_size:
+            raise ValueError(f"anyres tiles are {self.anyres.tile_size}px but image_size is {self.image_size}")
         if self.max_images_per_row < 1:
             raise ValueError("max_images_per_row must be at least 1")
         if self.read_threads < 1 or self.read_buffer < 1:
@@ -252,6 +266,7 @@ def build_dataset(
             size=config.image_size,
             on_error=config.on_error,
             pad_token_id=config.pad_token_id,
+            anyres=config.anyres,
         )
         ds = grain.MapDataset.source(source).shuffle(seed=config.seed).repeat(config.num_epochs)
         ds = ds[pi::pc].map(encode)
@@ -271,6 +286,7 @@ def build_dataset(
             size=config.image_size,
             on_error=config.on_error,
             pad_token_id=config.pad_token_id,
+            anyres=config.anyres,
         )
         read = _GroupedRead(source, encode, config, pi, local_batch)
         ds = grain.MapDataset.range(read.per_epoch()).repeat(config.num_epochs).map_with_index(read)
@@ -470,7 +486,7 @@ def create_loader(
 def estimate_rows(config: DataConfig, source, tokenizer, *, sample: int = 2000, seed: int = 0) -> int:
     """Rows one epoch yields (packing: from a packed sample of encoded lengths; padding: exact).
 
-    Encodes up to `sample` random examples (text only: no image is read) and
+    Encodes up to `sample` random examples (no pixels decoded; anyres reads image headers) and
     packs them as the pipeline does; the rows per sample scale to the source.
     Use it to size the learning-rate schedule for packed training.
     """

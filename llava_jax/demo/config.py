@@ -7,6 +7,10 @@
                          tower frozen; the projector is then re-initialised
   get_config("stage1")   LLaVA stage 1: projector only, captions, `plain`, `square`
   get_config("stage2")   LLaVA stage 2: projector + LLM, QA, `vicuna_v1`, `pad`
+  get_config("hd")       `llava-jax demo --hd`: the high-resolution data (`synthetic`: 168-px
+                         images, shapes a third of the size) and the grid (`pinpoints`)
+  get_config("stage2hd") LLaVA-1.5-HD stage 2: as stage 2, images as a 3x3 grid of 56-px tiles +
+                         a global view (`anyres`), from the same stage-1 model
 
 Append `_quick` (`stage1_quick`) for the few-step variant of the test suite.
 Stages 0b-2 are `llava-jax train` configs; `llava-jax demo` generates the data
@@ -28,10 +32,16 @@ from llava_jax.train import defaults
 # One dataset for all stages (the same arguments, so it is generated once and reused).
 DATA = {"num_captions": 4000, "num_qa": 20000, "num_eval": 500, "image_size": 56, "seed": 0}
 QUICK_DATA = {"num_captions": 64, "num_qa": 64, "num_eval": 20, "image_size": 56, "seed": 0}
-STAGES = ("stage0a", "stage0b", "stage1", "stage2")
+# `--hd`: scenes drawn at 3x the tower's 56 px with shapes a third of the size, so a shape is as many
+# pixels wide as in the plain demo inside a 56-px tile (every slot falls inside one tile of the 3x3
+# grid) and a blob of a few pixels in the image downsampled to 56 px, all a non-HD model sees.
+HD_DATA = {**DATA, "image_size": 168, "shape_scale": 1 / 3}
+QUICK_HD_DATA = {**QUICK_DATA, "image_size": 168, "shape_scale": 1 / 3}
+HD_PINPOINTS = ((168, 168),)
+STAGES = ("stage0a", "stage0b", "stage1", "stage2", "stage2hd", "hd")
 # Which file of the synthetic dataset each training stage reads (`synthetic_dataset_paths`); stage 0b
 # reads a mix the demo writes from both (captions with images, conversations as text).
-STAGE_DATA = {"stage0b": "language", "stage1": "captions", "stage2": "qa"}
+STAGE_DATA = {"stage0b": "language", "stage1": "captions", "stage2": "qa", "stage2hd": "qa"}
 
 
 def _tower(quick: bool) -> ml_collections.ConfigDict:
@@ -79,6 +89,11 @@ def get_config(arg: str = "stage2"):
     quick = variant == "quick"
     if stage == "stage0a":
         return _tower(quick)
+    if stage == "hd":
+        c = ml_collections.ConfigDict()
+        c.synthetic = ml_collections.ConfigDict(QUICK_HD_DATA if quick else HD_DATA)
+        c.pinpoints = [list(p) for p in HD_PINPOINTS]
+        return c
     if stage == "stage1":
         c = _common(defaults.stage1(), quick)
         c.data.max_length = 160  # rows of 4 captions (~36 tokens each with 16 image tokens)
@@ -97,6 +112,13 @@ def get_config(arg: str = "stage2"):
             c.data.max_images_per_row = 4
             c.model.freeze_vision = True
             c.num_steps = 250
+        if stage == "stage2hd":
+            c.model.image_aspect_ratio = "anyres"
+            c.model.image_grid_pinpoints = [list(p) for p in HD_PINPOINTS]
+            c.model.patch_merge_type = "spatial_unpad"
+            c.data.image_mode = "anyres"
+            c.data.max_length = 384  # an image is 16 + 12 x 13 = 172 tokens: one or two conversations a row
+            c.data.max_images_per_row = 2
     if quick:
         c.batch_size = 8
         c.num_steps = 3

@@ -15,6 +15,7 @@ STAGE_TITLES = {
     "stage0b": "stage 0b LLM",
     "stage1": "stage 1 projector",
     "stage2": "stage 2 instruct",
+    "stage2hd": "stage 2 instruct, HD",
 }
 
 
@@ -42,7 +43,7 @@ def prompt_length(model, question: str) -> int:
         build_prompt(question, True),
         model.tokenizer,
         image_token_index=c.image_token_index,
-        image_seq_length=c.image_seq_length,
+        image_seq_length=c.max_image_tokens,  # anyres: the most an image can take
     )
     return len(ids)
 
@@ -172,8 +173,11 @@ def plot_losses(stage_dirs: dict[str, str], path: str) -> dict[str, dict]:
     return summary
 
 
-def chat_about_fresh_image(model, seed: int, out_dir: str) -> dict:
-    """Render a scene that is in no split (`random_scene(seed)`), ask about it, keep image and transcript."""
+def chat_about_fresh_image(model, seed: int, out_dir: str, *, image_size: int | None = None, shape_scale=1.0) -> dict:
+    """Render a scene that is in no split (`random_scene(seed)`), ask about it, keep image and transcript.
+
+    Drawn at the model's image size unless `image_size` (and `shape_scale`) say otherwise (`--hd`).
+    """
     from llava_jax.demo.synthetic import (
         describe,
         make_question,
@@ -182,7 +186,7 @@ def chat_about_fresh_image(model, seed: int, out_dir: str) -> dict:
     )
 
     scene = random_scene(seed)
-    image = render_scene(scene, model.config.vision.image_size)
+    image = render_scene(scene, image_size or model.config.vision.image_size, shape_scale)
     os.makedirs(out_dir, exist_ok=True)
     image_path = os.path.join(out_dir, f"image_{seed}.png")
     image.save(image_path)
@@ -209,9 +213,18 @@ def read_json(path: str):
 
 
 def write_results(
-    path: str, scores: dict, timings, curves: dict, *, model, quick: bool, tower_accuracy: dict | None = None
+    path: str,
+    scores: dict,
+    timings,
+    curves: dict,
+    *,
+    model,
+    quick: bool,
+    tower_accuracy: dict | None = None,
+    hd_comparison: dict | None = None,
 ) -> dict:
-    """`results.json`: accuracy and chance per type (percent), minutes, per-step times, losses, model size."""
+    """`results.json`: accuracy and chance per type (percent), minutes, per-step times, losses, model size;
+    with `--hd` the HD model's scores and `hd_comparison` (`hd_comparison()`)."""
     import jax
 
     n_params = {k: int(sum(np.size(x) for x in jax.tree.leaves(v))) for k, v in model.params.items()}
@@ -225,10 +238,26 @@ def write_results(
         "tower_held_out_accuracy": tower_accuracy,
         "parameters": n_params,
         "quick": quick,
+        **({"hd_comparison": hd_comparison} if hd_comparison else {}),
         "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}, {os.cpu_count()} host CPUs",
     }
     _write_atomic(path, json.dumps(results, indent=2))
     return results
+
+
+def hd_comparison(base: dict, hd: dict) -> dict:
+    """`--hd`: held-out accuracy (percent) per question type of the non-HD and the HD stage 2, side by side."""
+    return {
+        qtype: {"non_hd": base["accuracy"][qtype], "hd": hd["accuracy"][qtype], "chance": hd["chance"][qtype]}
+        for qtype in hd["accuracy"]
+    }
+
+
+def print_hd_comparison(comparison: dict) -> None:
+    """The `--hd` table: the same held-out questions answered from 56-px images and from tiles."""
+    print(f"{'held-out question type':<26}{'non-HD %':>10}{'HD %':>8}{'chance %':>10}")
+    for qtype, row in comparison.items():
+        print(f"{qtype:<26}{row['non_hd']:>10.1f}{row['hd']:>8.1f}{row['chance']:>10.1f}")
 
 
 def print_summary(results: dict, timings, curves: dict, chat: dict, *, workdir: str, this_run_s: float) -> None:
@@ -246,6 +275,9 @@ def print_summary(results: dict, timings, curves: dict, chat: dict, *, workdir: 
     print(f"{'held-out question type':<26}{'accuracy %':>12}{'chance %':>10}{'questions':>11}")
     for qtype, acc in results["accuracy"].items():
         print(f"{qtype:<26}{acc:>12.1f}{results['chance'][qtype]:>10.1f}{results['num_questions'][qtype]:>11}")
+    if results.get("hd_comparison"):
+        print(line)
+        print_hd_comparison(results["hd_comparison"])
     print(line)
     print(f"chat about a fresh image ({chat['image']}):")
     for turn in chat["turns"]:
@@ -255,6 +287,7 @@ def print_summary(results: dict, timings, curves: dict, chat: dict, *, workdir: 
     print(f"total {results['minutes']:.1f} min of demo steps (this run {this_run_s / 60:.1f} min); {results['device']}")
     print(
         f"results {os.path.join(workdir, 'results.json')}, plot {os.path.join(workdir, 'loss.png')}, "
-        f"model {os.path.join(workdir, 'stage2', 'final')}, HF {os.path.join(workdir, 'hf')}"
+        f"model {os.path.join(workdir, 'stage2hd' if results.get('hd_comparison') else 'stage2', 'final')}, "
+        f"HF {os.path.join(workdir, 'hf')}"
     )
     print(f"serve it: llava-jax serve --model {os.path.join(workdir, 'stage2', 'final')} --ui  (http://127.0.0.1:8000)")

@@ -1,6 +1,6 @@
 """`llava-jax demo`: train a small LLaVA end to end on the synthetic shapes task, evaluate it, chat with it.
 
-  llava-jax demo [--workdir DIR] [--quick]
+  llava-jax demo [--workdir DIR] [--quick] [--hd]
 
 Steps, each skipped when its output already exists (so a rerun resumes):
 
@@ -17,6 +17,14 @@ Steps, each skipped when its output already exists (so a rerun resumes):
            chance -> DIR/eval/predictions.jsonl, DIR/results.json
   plot     the stages' loss curves -> DIR/loss.png
   chat     answers about a freshly generated image -> DIR/chat/
+
+`--hd` (LLaVA-1.5-HD): the data are 168-px scenes with shapes a third of the
+size (`configs/demo.py:hd`), legible only at full resolution; stages 0a-1 are
+as above (the tower still pretrained on 56-px scenes), then stage 2 runs twice
+from the same stage-1 model: `stage2` on the images downsampled to 56 px and
+`stage2hd` on 3x3 tiles of 56 px plus a global view (`anyres`); both answer the
+held-out questions (DIR/eval, DIR/eval_hd) and the accuracies are printed side
+by side (`results.json["hd_comparison"]`); export and chat use the HD model.
 
 Stages 0b, 1 and 2 go through `llava_jax.train.loop.run` (the `llava-jax
 train` path: grain pipeline, orbax checkpoints, the sharded step) with the
@@ -40,6 +48,7 @@ STAGES = (
     ("stage1", "LLaVA stage 1 (projector; captions, plain)"),
     ("stage2", "LLaVA stage 2 (projector + LLM; QA, vicuna_v1)"),
 )
+HD_STAGE = ("stage2hd", "LLaVA-1.5-HD stage 2 (projector, newline + LLM; QA on 3x3 tiles + a global view)")
 
 
 def default_config_path() -> str:
@@ -211,19 +220,24 @@ def run(args: argparse.Namespace) -> int:
     from llava_jax.train.loop import run as train
 
     progress = not args.no_progress
+    hd = bool(getattr(args, "hd", False))
     suffix = "_quick" if args.quick else ""
     timings = Timings(os.path.join(workdir, "timings.json"))
     step = _Steps(timings)
     data_dir = os.path.join(workdir, "data")
-    dirs = {name: os.path.join(workdir, name) for name in ("stage0a", "stage0b", "stage1", "stage2")}
+    names = ("stage0a", "stage0b", "stage1", "stage2") + (("stage2hd",) if hd else ())
+    dirs = {name: os.path.join(workdir, name) for name in names}
     towers_dir, hf_dir = os.path.join(workdir, "towers"), os.path.join(workdir, "hf")
-    final_dir = os.path.join(dirs["stage2"], "final")
-    _log(f"workdir {workdir}{' (quick variant)' if args.quick else ''}")
+    final_dir = os.path.join(dirs["stage2hd" if hd else "stage2"], "final")
+    _log(f"workdir {workdir}{' (quick variant)' if args.quick else ''}{' (HD variant)' if hd else ''}")
 
     tower_cfg = load_config(f"{config_path}:stage0a{suffix}")
-    syn = tower_cfg.synthetic
+    # The tower is pretrained on 56-px scenes either way; --hd trains LLaVA on its own high-resolution data.
+    syn = load_config(f"{config_path}:hd{suffix}").synthetic if hd else tower_cfg.synthetic
     paths = synthetic_dataset_paths(data_dir)
     data_args = {k: syn[k] for k in ("num_captions", "num_qa", "num_eval", "image_size", "seed")}
+    if hd:
+        data_args["shape_scale"] = float(syn.shape_scale)
     step(
         "data",
         paths["manifest"],
@@ -242,9 +256,10 @@ def run(args: argparse.Namespace) -> int:
         message="tower pretraining (the vision tower as a scene classifier)",
     )
 
-    inits = {"stage0b": tower_init, "stage1": towers_dir, "stage2": os.path.join(dirs["stage1"], "final")}
+    stage1_final = os.path.join(dirs["stage1"], "final")
+    inits = {"stage0b": tower_init, "stage1": towers_dir, "stage2": stage1_final, "stage2hd": stage1_final}
     paths["language"] = os.path.join(workdir, "stage0b_language.json")
-    for name, title in STAGES:
+    for name, title in STAGES + ((HD_STAGE,) if hd else ()):
         final = os.path.join(dirs[name], "final")
         data = (paths[STAGE_DATA[name]], paths["image_root"])
         cfg = _stage_config(config_path, name, args.quick, data=data, init_path=inits[name], progress=progress)
@@ -261,31 +276,41 @@ def run(args: argparse.Namespace) -> int:
             )
     step("export", hf_dir, lambda: export_hf(final_dir, hf_dir), done=_finished(hf_dir), message="HF LLaVA directory")
 
-    model = load(final_dir)
-    predictions = os.path.join(workdir, "eval", "predictions.jsonl")
-    scores: dict = {}
-    ran = step(
-        "eval",
-        predictions,
-        lambda: scores.update(
-            report.evaluate(
-                model,
-                paths["eval"],
-                paths["image_root"],
-                predictions,
-                batch_size=args.eval_batch_size,
-                progress=progress,
-            )
-        ),
-        message="greedy answers to the held-out questions",
-    )
-    if not ran:  # scored from the saved answers
-        scores = report.evaluate(model, paths["eval"], paths["image_root"], predictions)
+    def evaluate(name: str, model_dir: str, title: str) -> tuple[object, dict]:
+        model = load(model_dir)
+        predictions = os.path.join(workdir, name, "predictions.jsonl")
+        scores: dict = {}
+        ran = step(
+            name,
+            predictions,
+            lambda: scores.update(
+                report.evaluate(
+                    model,
+                    paths["eval"],
+                    paths["image_root"],
+                    predictions,
+                    batch_size=args.eval_batch_size,
+                    progress=progress,
+                )
+            ),
+            message=title,
+        )
+        if not ran:  # scored from the saved answers
+            scores = report.evaluate(model, paths["eval"], paths["image_root"], predictions)
+        return model, scores
+
+    model, scores = evaluate("eval", os.path.join(dirs["stage2"], "final"), "greedy answers to the held-out questions")
+    comparison = None
+    if hd:
+        base_scores = scores
+        model, scores = evaluate("eval_hd", final_dir, "the HD model's greedy answers to the held-out questions")
+        comparison = report.hd_comparison(base_scores, scores)
 
     t0 = time.time()
     curves = report.plot_losses(dirs, os.path.join(workdir, "loss.png"))
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
-    chat = report.chat_about_fresh_image(model, seed, os.path.join(workdir, "chat"))
+    drawn = {"image_size": syn.image_size, "shape_scale": float(syn.shape_scale)} if hd else {}
+    chat = report.chat_about_fresh_image(model, seed, os.path.join(workdir, "chat"), **drawn)
     timings.record("plot+chat", time.time() - t0)
     results = report.write_results(
         os.path.join(workdir, "results.json"),
@@ -295,6 +320,7 @@ def run(args: argparse.Namespace) -> int:
         model=model,
         quick=args.quick,
         tower_accuracy=report.read_json(os.path.join(dirs["stage0a"], "accuracy.json")),
+        hd_comparison=comparison,
     )
     report.print_summary(results, timings, curves, chat, workdir=workdir, this_run_s=time.time() - t_start)
     return 0

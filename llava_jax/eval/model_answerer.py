@@ -7,6 +7,9 @@ evaluation does (see `reference_pixels`). Batches are topped up to a fixed
 number of rows (repeating the last request; those answers are dropped) and
 left-padded to a length bucket, so a run compiles a handful of shapes. With a
 mesh (`load(..., mesh=...)`) the batch axis is sharded over the devices.
+
+High-resolution (`anyres`) models get each image's tiles and as many
+placeholders as its size makes (LLaVA-NeXT's evaluation), see `reference_pixels`.
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from llava_jax.eval.records import model_name_from_path
 from llava_jax.eval.runner import IMAGE_THREADS, Request
 
 
-def reference_pixels(image: Image.Image, *, mode: str, size: int) -> np.ndarray:
+def reference_pixels(image: Image.Image, *, mode: str, size: int, grid_pinpoints=None) -> np.ndarray:
     """float32[size, size, 3] pixels of one image as LLaVA-1.5's evaluation computed them.
+
+    `anyres`: float32[1 + rows * cols, size, size, 3], the tiles of the RGB image
+    (LLaVA-NeXT's `process_anyres_image`, equal to transformers' LlavaNext processor).
 
     RGB images (every benchmark whose script calls `.convert('RGB')`) are
     exactly `preprocess_image(image, mode=mode)`. ScienceQA and MMBench hand
@@ -36,6 +42,9 @@ def reference_pixels(image: Image.Image, *, mode: str, size: int) -> np.ndarray:
     """
     from llava_jax.data.image import expand_to_square, preprocess_image
 
+    if mode == "anyres":
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        return preprocess_image(rgb, mode="anyres", size=size, alpha="drop", grid_pinpoints=grid_pinpoints)
     if mode == "pad":
         try:
             image = expand_to_square(image)
@@ -51,14 +60,16 @@ class PreparedBatch:
     """A padded batch ready for `generate`.
 
     input_ids / attention_mask: int32[B, T] left-padded; pixel_values:
-    float32[num_images, 3, H, W] or None; the first `real` rows carry requests.
+    float32[num_images, 3, H, W] or None (anyres: a list of float32[k_i, 3, H, W] tiles,
+    with `image_sizes` int64[num_images, 2]); the first `real` rows carry requests.
     """
 
     input_ids: np.ndarray
     attention_mask: np.ndarray
-    pixel_values: np.ndarray | None
+    pixel_values: np.ndarray | list | None
     real: int
     max_new_tokens: int
+    image_sizes: np.ndarray | None = None
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -96,7 +107,7 @@ class ModelAnswerer:
         self.batch_size = _round_up(max(batch_size, 1), shards)
         self.length_multiple = length_multiple
         aspect = getattr(self.config, "image_aspect_ratio", "pad")
-        self.mode = aspect if aspect in ("pad", "square") else "pad"
+        self.mode = aspect if aspect in ("pad", "square", "anyres") else "pad"
         from llava_jax.infer.generate import default_stop_ids
 
         self.stop_ids = set(default_stop_ids(model))
@@ -134,14 +145,12 @@ class ModelAnswerer:
         if len(requests) > self.batch_size:
             raise ValueError(f"{len(requests)} requests exceed the batch size {self.batch_size}")
         rows = list(requests) + [requests[-1]] * (self.batch_size - len(requests))
+        c = self.config
+        # An anyres image's placeholder count depends on its size (one image per request).
+        per_row = [c.image_tokens(r.image.height, r.image.width) if r.image is not None else 1 for r in rows]
         ids = [
-            tokenizer_image_token(
-                r.prompt,
-                self.tokenizer,
-                image_token_index=self.config.image_token_index,
-                image_seq_length=self.config.image_seq_length,
-            )
-            for r in rows
+            tokenizer_image_token(r.prompt, self.tokenizer, image_token_index=c.image_token_index, image_seq_length=n)
+            for r, n in zip(rows, per_row)
         ]
         length = _round_up(max(len(x) for x in ids), self.length_multiple)
         pad = self.config.llm.pad_token_id if self.config.llm.pad_token_id is not None else 0
@@ -150,16 +159,26 @@ class ModelAnswerer:
         for i, x in enumerate(ids):
             input_ids[i, length - len(x) :] = x
             mask[i, length - len(x) :] = 1
-        size = self.config.vision.image_size
+        size, pins = c.vision.image_size, c.image_grid_pinpoints or None
         with_image = [r.image for r in rows if r.image is not None]
-        images = list(self._workers.map(lambda im: reference_pixels(im, mode=self.mode, size=size), with_image))
-        pixels = np.stack(images).transpose(0, 3, 1, 2) if images else None
+        images = list(
+            self._workers.map(
+                lambda im: reference_pixels(im, mode=self.mode, size=size, grid_pinpoints=pins), with_image
+            )
+        )
+        sizes = None
+        if self.mode == "anyres":
+            pixels = [np.moveaxis(x, -1, -3) for x in images] or None
+            sizes = np.asarray([(im.height, im.width) for im in with_image], np.int64).reshape(-1, 2)
+        else:
+            pixels = np.stack(images).transpose(0, 3, 1, 2) if images else None
         return PreparedBatch(
             input_ids,
             mask,
             pixels,
             len(requests),
             max(r.max_new_tokens for r in requests),
+            sizes,
         )
 
     def answer(self, prepared: PreparedBatch) -> list[str]:
@@ -175,6 +194,7 @@ class ModelAnswerer:
             max_new_tokens=max(1, min(prepared.max_new_tokens, room)),
             temperature=0.0,
             pad_to_multiple=self.length_multiple,
+            image_sizes=prepared.image_sizes,
         )
         texts = []
         for row in np.asarray(tokens)[: prepared.real]:

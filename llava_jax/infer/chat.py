@@ -3,7 +3,8 @@
 `chat(model, images, prompts)` renders each prompt with a conversation template
 (`llava_jax.data.conversation`), puts the image marker where LLaVA does (the
 front of the first user turn), expands it to `image_seq_length` placeholder
-ids, preprocesses the images as the model was trained (`pad` or `square`),
+ids, preprocesses the images as the model was trained (`pad`, `square`, or
+`anyres` tiles with as many placeholders as each image's size gives),
 left-pads the batch and calls `generate`. Rows are independent: a batch gives
 the same greedy answers as its prompts one at a time.
 """
@@ -17,7 +18,7 @@ import numpy as np
 
 from llava_jax.data.conversation import IMAGE_TOKEN, generation_prompt, get_template
 from llava_jax.data.encode import tokenizer_image_token
-from llava_jax.data.image import preprocess_image
+from llava_jax.data.image import preprocess_image, to_rgb
 from llava_jax.infer.generate import default_stop_ids, generate
 
 DEFAULT_MAX_NEW_TOKENS = 512  # the reference CLI's default
@@ -29,14 +30,26 @@ class ImageError(ValueError):
 
 
 def load_pixels(image, config) -> np.ndarray:
-    """One image (PIL, path, bytes or uint8 array) -> float32[S, S, 3] as the model was trained.
+    """One image (PIL, path, bytes or uint8 array) -> float32[S, S, 3] as the model was trained;
+    anyres: float32[1 + rows * cols, S, S, 3] (global view, then the tiles).
 
     Raises:
       ImageError: the file is missing, unreadable or not an image.
     """
-    mode = config.image_aspect_ratio if config.image_aspect_ratio in ("pad", "square") else "pad"
+    return _read(image, config)[0]
+
+
+def _read(image, config) -> tuple[np.ndarray, tuple[int, int]]:
+    """(pixels as `load_pixels` gives them, the image's (height, width))."""
     try:
-        return preprocess_image(image, mode=mode, size=config.vision.image_size)
+        pil = to_rgb(image)
+        pixels = preprocess_image(
+            pil,
+            mode=config.image_aspect_ratio,
+            size=config.vision.image_size,
+            grid_pinpoints=config.image_grid_pinpoints or None,
+        )
+        return pixels, (pil.height, pil.width)
     except (OSError, ValueError, SyntaxError) as e:  # PIL reports bad files as OSError subclasses
         where = f" {os.fspath(image)!r}" if isinstance(image, (str, os.PathLike)) else ""
         raise ImageError(f"cannot read image{where}: {type(e).__name__}: {e}") from e
@@ -79,23 +92,27 @@ def build_prompt(prompt, has_image: bool, template="vicuna_v1") -> str:
     return generation_prompt(template, turns, image=has_image)
 
 
-def encode_batch(model, images: Sequence, prompts: Sequence, template="vicuna_v1"):
+def encode_batch(model, images: Sequence, prompts: Sequence, template="vicuna_v1", *, with_sizes: bool = False):
     """Left-padded HF-style inputs for rows of (image or None, prompt).
 
     Returns:
-      input_ids int32[B, T], pixel_values float32[N, 3, S, S] or None, attention_mask bool[B, T].
+      input_ids int32[B, T], pixel_values float32[N, 3, S, S] or None, attention_mask bool[B, T];
+      anyres models: pixel_values is a list of N float32[k_i, 3, S, S] tiles. With `with_sizes`
+      also int64[N, 2] image (height, width), which anyres models need (`generate(image_sizes=)`).
     """
     tok, config = model.tokenizer, model.config
-    rows, pixels = [], []
+    rows, pixels, sizes = [], [], []
     for image, prompt in zip(images, prompts):
         text = build_prompt(prompt, image is not None, template)
-        rows.append(
-            tokenizer_image_token(
-                text, tok, image_token_index=config.image_token_index, image_seq_length=config.image_seq_length
-            )
-        )
+        per_image = config.image_seq_length
         if image is not None:
-            pixels.append(load_pixels(image, config).transpose(2, 0, 1))
+            pix, hw = _read(image, config)
+            pixels.append(np.moveaxis(pix, -1, -3))
+            sizes.append(hw)
+            per_image = config.image_tokens(*hw)
+        rows.append(
+            tokenizer_image_token(text, tok, image_token_index=config.image_token_index, image_seq_length=per_image)
+        )
     t = max(len(r) for r in rows)
     pad = config.llm.pad_token_id if config.llm.pad_token_id is not None else 0
     ids = np.full((len(rows), t), pad, np.int32)
@@ -103,7 +120,10 @@ def encode_batch(model, images: Sequence, prompts: Sequence, template="vicuna_v1
     for b, row in enumerate(rows):
         ids[b, t - len(row) :] = row
         mask[b, t - len(row) :] = True
-    return ids, (np.stack(pixels) if pixels else None), mask
+    pixel_values = (pixels if config.anyres else np.stack(pixels)) if pixels else None
+    if with_sizes:
+        return ids, pixel_values, mask, np.asarray(sizes, np.int64).reshape(-1, 2)
+    return ids, pixel_values, mask
 
 
 def _answer(tok, tokens: np.ndarray, stop_ids: set[int], stop_str: str | None) -> str:
@@ -144,7 +164,7 @@ def chat(
         raise ValueError("chat needs a tokenizer: the model directory has none")
     tmpl = get_template(template)
     images, prompts = _rows(images, prompts)
-    ids, pixels, mask = encode_batch(model, images, prompts, tmpl)
+    ids, pixels, mask, sizes = encode_batch(model, images, prompts, tmpl, with_sizes=True)
     if max_new_tokens is None:
         room = model.config.llm.max_position_embeddings - int(mask.sum(axis=1).max())
         max_new_tokens = max(1, min(DEFAULT_MAX_NEW_TOKENS, room))
@@ -153,6 +173,8 @@ def chat(
     # `</s>` ends vicuna replies as the EOS id; only other stop strings need the text check.
     stop_strings = [tmpl.stop_str] if tmpl.stop_str and tmpl.stop_str != eos_text else []
     sampling.setdefault("pad_to_multiple", PAD_TO_MULTIPLE)
+    if model.config.anyres:
+        sampling["image_sizes"] = sizes
     out = generate(
         model, ids, pixels, mask, max_new_tokens=max_new_tokens, stop_strings=stop_strings, stream=stream, **sampling
     )

@@ -119,13 +119,14 @@ def _step_key(seed_key, step):
 
 
 @functools.partial(jax.jit, static_argnames=("config", "cache_len", "unrolled"))
-def prefill(params, input_ids, images, mask, *, config: LlavaConfig, cache_len: int, unrolled: bool):
+def prefill(params, input_ids, images, mask, image_grids=None, *, config: LlavaConfig, cache_len: int, unrolled: bool):
     """Run the prompt once, filling cache slots [0, T).
 
     Independent of the sampling settings, so it compiles once per prompt shape.
 
     Args:
-      input_ids: int32[B, T] left-padded prompts; images: float[B, M, S, S, 3] or None.
+      input_ids: int32[B, T] left-padded prompts; images: float[B, M, S, S, 3] or None
+        (anyres: float[B, M, K, S, S, 3] tiles with `image_grids` int32[B, M, 6]).
       mask: bool[B, T] real tokens.
     Returns:
       (float32[B, V] logits of the last position, cache, int32[B] position of the next token).
@@ -135,7 +136,14 @@ def prefill(params, input_ids, images, mask, *, config: LlavaConfig, cache_len: 
     model = LlavaModel(config)
     cache = init_cache(config.llm, b, cache_len)
     hidden, cache = model.apply(
-        {"params": params}, input_ids, images, positions=positions, padding_mask=mask, cache=cache, return_hidden=True
+        {"params": params},
+        input_ids,
+        images,
+        positions=positions,
+        padding_mask=mask,
+        cache=cache,
+        return_hidden=True,
+        image_grids=image_grids,
     )
     if unrolled:
         cache = {name: tuple(c[i] for i in range(c.shape[0])) for name, c in cache.items()}

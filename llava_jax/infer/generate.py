@@ -38,7 +38,7 @@ from llava_jax.infer.decode import (
     resolve_layout,
 )
 from llava_jax.infer.sampling import SamplingMode
-from llava_jax.model.inputs import images_per_row
+from llava_jax.model.inputs import model_images
 from llava_jax.sharding import mesh_context
 
 StreamCallback = Callable[[list], None]
@@ -170,13 +170,16 @@ def generate(
     layout: str = "auto",
     return_logits: bool = False,
     timings: dict | None = None,
+    image_sizes=None,
 ):
     """Generate new tokens for HF-processor style inputs.
 
     Args:
       model: a loaded `llava_jax.Llava` (config, params, tokenizer, mesh).
-      input_ids: int[B, T] prompts, left padded, `image_seq_length` placeholders per image.
-      pixel_values: float[N, 3, S, S] channels-first images in row order, or None.
+      input_ids: int[B, T] prompts, left padded, `image_seq_length` placeholders per image
+        (anyres: `config.image_tokens(h, w)` per image).
+      pixel_values: float[N, 3, S, S] channels-first images in row order, or None; anyres:
+        float[N, K, 3, S, S] tiles or a list of float[k_i, 3, S, S] (as `LlavaNextProcessor` gives).
       attention_mask: int/bool[B, T], 1 for real tokens (default all ones). Right padding is rejected.
       max_new_tokens: N, the most tokens generated per row.
       temperature: 0 for greedy decoding, else the softmax temperature of sampling.
@@ -196,6 +199,7 @@ def generate(
         copy fits); see `llava_jax.infer.decode`.
       return_logits: also return the logits that chose each token.
       timings: a dict to fill with `prefill_s` (to the first token, on the host), `decode_s`, `steps`.
+      image_sizes: anyres only, int[N, 2] original (height, width) of each image.
     Returns:
       int32[B, N'] new tokens (N' <= N, the steps the longest row needed), and with
       `return_logits` also float32[B, N', V].
@@ -232,7 +236,7 @@ def generate(
     text_ids = ids[mask & (ids != config.image_token_index)]
     if text_ids.size and (text_ids.min() < 0 or text_ids.max() >= vocab):
         raise ValueError(f"input_ids hold ids outside the vocabulary [0, {vocab})")
-    images = images_per_row(ids, pixel_values, config)
+    images, grids = model_images(ids, pixel_values, image_sizes, config)
     stop_ids = tuple(
         dict.fromkeys(
             (default_stop_ids(model) if eos_token_id is None else _as_ids(eos_token_id)) + _as_ids(stop_token_ids)
@@ -264,7 +268,7 @@ def generate(
     with mesh_context(model.mesh, model.rules):
         layers = decode_layers_for(model).layers if unrolled else None
         logits, cache, position = prefill(
-            model.params, ids, images, mask, config=config, cache_len=cache_len, unrolled=unrolled
+            model.params, ids, images, mask, grids, config=config, cache_len=cache_len, unrolled=unrolled
         )
         state = first_token(
             logits, cache, position, **consts, num_new=max_new_tokens, mode=mode, keep_logits=return_logits

@@ -14,13 +14,15 @@ from llava_jax.sharding import DEFAULT_RULES, Rules, logical_axes_of, tree_shard
 def _dummy_inputs(config: LlavaConfig):
     s = config.vision.image_size
     ids = jnp.zeros((1, 4), jnp.int32)
-    images = jnp.zeros((1, 1, s, s, config.vision.num_channels), jnp.float32)
-    return ids, images
+    tiles = (config.anyres.max_tiles,) if config.anyres else ()
+    images = jnp.zeros((1, 1) + tiles + (s, s, config.vision.num_channels), jnp.float32)
+    grids = jnp.zeros((1, 1, 6), jnp.int32) if config.anyres else None
+    return ids, images, grids
 
 
 def _boxed_init(config: LlavaConfig, rng):
-    ids, images = _dummy_inputs(config)
-    return LlavaModel(config).init(rng, ids, images)["params"]
+    ids, images, grids = _dummy_inputs(config)
+    return LlavaModel(config).init(rng, ids, images, image_grids=grids)["params"]
 
 
 def abstract_boxed(config: LlavaConfig):

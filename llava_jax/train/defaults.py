@@ -37,6 +37,11 @@ def base() -> ml_collections.ConfigDict:
             remat_policy="full",
             freeze_vision=True,
             frozen_dtype="bfloat16",
+            # '' keeps the initial model's image mode; 'anyres' (LLaVA-1.5-HD) tiles images over
+            # `image_grid_pinpoints` ((height, width) pairs) merged by `patch_merge_type`.
+            image_aspect_ratio="",
+            image_grid_pinpoints=[],
+            patch_merge_type="spatial_unpad",
         )
     )
     c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=256.0, dropout=0.05, projector_lr=2e-5))

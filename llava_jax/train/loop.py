@@ -27,6 +27,7 @@ from llava_jax.convert.loaders import (
     load_tokenizer,
     projector_file,
     random_model,
+    with_image_newline,
 )
 from llava_jax.convert.native import save_native
 from llava_jax.model.lora import add_lora, merge_lora
@@ -80,7 +81,8 @@ def initial_model(cfg: ml_collections.ConfigDict, mesh, rules=DEFAULT_RULES) -> 
         donor = load_model(init.projector_from, dtype="float32", mesh=mesh, rules=rules)
         model.params["projector"] = donor.params["projector"]
     config = model_config(cfg, model.config)
-    params = model.params
+    # An HD run from a LLaVA-1.5 model starts its image_newline fresh.
+    params = with_image_newline(model.params, config, jax.random.PRNGKey(cfg.seed + 2), mesh, rules)
     if cfg.lora.rank:
         params = add_lora(params, config, jax.random.PRNGKey(cfg.seed + 1))
         params = jax.device_put(params, tree_shardings(param_logical_axes(config), params, mesh, rules))
@@ -98,6 +100,11 @@ def data_config(cfg, model: LoadedModel):
     from llava_jax.data.pipeline import DataConfig
 
     d, c = cfg.data, model.config
+    if (d.image_mode == "anyres") != bool(c.anyres):
+        raise ValueError(
+            f"data.image_mode {d.image_mode!r} but the model's image_aspect_ratio is {c.image_aspect_ratio!r}: "
+            "high-resolution training sets both to 'anyres' (model.image_aspect_ratio, data.image_mode)"
+        )
     pad_id = model.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = model.tokenizer.unk_token_id or 0
@@ -123,6 +130,7 @@ def data_config(cfg, model: LoadedModel):
         on_error=d.on_error,
         pad_token_id=int(pad_id),
         max_image_bytes=int(d.get("max_image_mb", 256) * 2**20),
+        anyres=c.anyres,
     )
 
 

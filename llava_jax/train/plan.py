@@ -117,7 +117,10 @@ def abstract_batch(cfg, config: LlavaConfig) -> dict:
     images = 1 if cfg.data.batching == "pad" else int(cfg.data.max_images_per_row)
     s = config.vision.image_size
     out = {k: jax.ShapeDtypeStruct((b, t), jnp.int32) for k in ("input_ids", "labels", "positions", "segment_ids")}
-    out["images"] = jax.ShapeDtypeStruct((b, images, s, s, config.vision.num_channels), jnp.float32)
+    tiles = (config.anyres.max_tiles,) if config.anyres else ()  # anyres: K tile slots per image
+    out["images"] = jax.ShapeDtypeStruct((b, images) + tiles + (s, s, config.vision.num_channels), jnp.float32)
+    if config.anyres:
+        out["image_grids"] = jax.ShapeDtypeStruct((b, images, 6), jnp.int32)
     return out
 
 
@@ -270,8 +273,10 @@ def activation_bytes(cfg, config: LlavaConfig, mesh_shape, *, platform: str = "c
     head_trained = trained("llm/lm_head/kernel")
     head = llm.vocab_size * d / tp * (8 if head_trained else frozen_bytes)
     loss = rows * chunk * llm.vocab_size / tp * 4 * 3 + head
-    # Vision: frozen -> forward only, one layer live; trained -> every layer saved.
-    images = rows * (1 if cfg.data.batching == "pad" else cfg.data.max_images_per_row)
+    # Vision: frozen -> forward only, one layer live; trained -> every layer saved. anyres: every tile slot
+    # goes through the tower, and each image's merged tokens fill a buffer of `max_image_tokens`.
+    slots = rows * (1 if cfg.data.batching == "pad" else cfg.data.max_images_per_row)
+    images = slots * (config.anyres.max_tiles if config.anyres else 1)
     p = vis.num_patches + 1
     v_heads = max(1, vis.num_heads // tp)
     v_scores = images * v_heads * p * p * 4 if xla else images * v_heads * p * 4 * 2
@@ -282,6 +287,8 @@ def activation_bytes(cfg, config: LlavaConfig, mesh_shape, *, platform: str = "c
     vision_trained = not cfg.model.freeze_vision and trained("vision/layers/mlp/fc1/kernel")
     vision = v_layer * (config.vision_layers_used if vision_trained else 1)
     projector = images * p * a * (config.projector.in_features + 2 * d)
+    if config.anyres:
+        projector += slots * config.max_image_tokens * d * a
     embeds = 2 * tok * d * a  # the merged input embeddings and their gradient
     transients = {"layer backward": llm_transient, "loss chunk": loss, "vision tower": vision + projector}
     peak_name = max(transients, key=transients.get)
@@ -353,6 +360,12 @@ def make_plan(
     """The memory plan of experiment config `cfg` on a (data, fsdp, tensor) mesh of that shape."""
     base, source = base_model_config(cfg, preset)
     config = model_config(cfg, base)
+    if config.anyres and row_length(cfg) < config.max_image_tokens:
+        raise ValueError(
+            f"rows of {row_length(cfg)} tokens cannot hold one high-resolution image (up to "
+            f"{config.max_image_tokens} tokens with grid pinpoints {list(config.image_grid_pinpoints)}): "
+            "raise data.max_length"
+        )
     mesh = abstract_mesh(tuple(mesh_shape))
     state, _, _ = abstract_state(cfg, config)
     sh = state_shardings(cfg, config, mesh, state, rules)

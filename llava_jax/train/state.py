@@ -25,9 +25,18 @@ from llava_jax.train.step import TrainState
 
 
 def model_config(cfg, base: LlavaConfig) -> LlavaConfig:
-    """The model config the trainer runs: `cfg.model`'s attention, remat and compute dtype (float32
-    master weights), and `cfg.lora`'s adapters, applied to `base`."""
+    """The model config the trainer runs: `cfg.model`'s image mode (anyres for LLaVA-1.5-HD), attention,
+    remat and compute dtype (float32 master weights), and `cfg.lora`'s adapters, applied to `base`."""
     m = cfg.model
+    aspect = m.get("image_aspect_ratio", "")
+    if aspect:
+        anyres = aspect == "anyres"
+        base = dataclasses.replace(
+            base,
+            image_aspect_ratio=aspect,
+            image_grid_pinpoints=tuple(tuple(p) for p in m.image_grid_pinpoints) if anyres else (),
+            patch_merge_type=m.patch_merge_type if anyres else "flat",
+        )
     config = base.with_attention(m.attention_impl)
     config = dataclasses.replace(config, llm=dataclasses.replace(config.llm, remat_policy=m.remat_policy))
     config = config.with_dtype(m.dtype, "float32")

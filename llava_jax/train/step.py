@@ -23,7 +23,7 @@ from llava_jax.model.params import merge_trees
 from llava_jax.sharding import BATCH, activation_constraint
 from llava_jax.train.loss import IGNORE_INDEX, chunked_cross_entropy, shifted_targets
 
-BATCH_KEYS = ("input_ids", "labels", "positions", "segment_ids", "images")
+BATCH_KEYS = ("input_ids", "labels", "positions", "segment_ids", "images", "image_grids")
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -39,7 +39,8 @@ class TrainState(flax.struct.PyTreeNode):
 def batch_loss(trainable, frozen, batch, rng, *, config: LlavaConfig, freeze_vision: bool = True, chunk: int = 512):
     """(summed NLL, supervised tokens) of one (micro-)batch.
 
-    batch: input_ids/labels/positions/segment_ids int32[B, T], images float32[B, M, S, S, 3].
+    batch: input_ids/labels/positions/segment_ids int32[B, T], images float32[B, M, S, S, 3]
+      (anyres: float32[B, M, K, S, S, 3] tiles and image_grids int32[B, M, 6]).
     """
     model = LlavaModel(config, freeze_vision=freeze_vision)
     params = merge_trees(trainable, frozen)
@@ -53,6 +54,7 @@ def batch_loss(trainable, frozen, batch, rng, *, config: LlavaConfig, freeze_vis
         positions=batch["positions"],
         segment_ids=batch["segment_ids"],
         return_hidden=True,
+        image_grids=batch.get("image_grids") if images is not None else None,
         rngs={"dropout": rng},
     )
     targets = shifted_targets(batch["labels"], batch["segment_ids"])

@@ -277,11 +277,12 @@ def test_classification_by_architectures_fields_and_text_config():
         assert "found architectures=" in str(error.value), name
 
 
-def test_original_settings_llava_15_never_uses_are_errors():
+def test_original_settings_llava_never_uses_are_errors():
+    # (anyres itself is LLaVA-v1.6's form, read in tests/convert/test_llava_next.py.)
     bad = {
-        "image_aspect_ratio": ("anyres", r"image_aspect_ratio 'anyres'"),
+        "image_aspect_ratio": ("anyres_max_9", r"image_aspect_ratio 'anyres_max_9'"),
         "mm_use_im_start_end": (True, r"mm_use_im_start_end"),
-        "mm_patch_merge_type": ("spatial_unpad", r"mm_patch_merge_type 'spatial_unpad'"),
+        "mm_patch_merge_type": ("spatial_unpad", r"mm_patch_merge_type 'spatial_unpad' .* needs 'anyres'"),
         "mm_vision_tower": ("openai/clip-vit-large-patch14", r"pass vision_tower= a local copy"),
     }
     for key, (value, message) in bad.items():

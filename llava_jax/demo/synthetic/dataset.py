@@ -182,8 +182,10 @@ def synthetic_dataset_paths(out_dir: str | os.PathLike) -> dict[str, str]:
 GENERATOR_VERSION = 2
 
 
-def _manifest(num_captions, num_qa, num_eval, image_size, seed, text_only_fraction, image_format) -> dict:
+def _manifest(num_captions, num_qa, num_eval, image_size, seed, text_only_fraction, image_format, shape_scale):
+    extra = {} if shape_scale == 1.0 else {"shape_scale": shape_scale}  # datasets of scale 1 stay current
     return {
+        **extra,
         "generator": "llava_jax.demo.synthetic",
         "version": GENERATOR_VERSION,
         "num_captions": num_captions,
@@ -214,6 +216,7 @@ def synthetic_dataset_is_current(
     seed: int = 0,
     text_only_fraction: float = 0.1,
     image_format: str = "png",
+    shape_scale: float = 1.0,
 ) -> bool:
     """Whether `out_dir` holds a finished dataset that `write_synthetic_dataset` with these arguments would reuse.
 
@@ -221,7 +224,9 @@ def synthetic_dataset_is_current(
     an older generator (`GENERATOR_VERSION`).
     """
     paths = synthetic_dataset_paths(out_dir)
-    manifest = _manifest(num_captions, num_qa, num_eval, image_size, seed, text_only_fraction, image_format)
+    manifest = _manifest(
+        num_captions, num_qa, num_eval, image_size, seed, text_only_fraction, image_format, shape_scale
+    )
     return _read_manifest(paths["manifest"]) == manifest
 
 
@@ -235,6 +240,7 @@ def write_synthetic_dataset(
     seed: int = 0,
     text_only_fraction: float = 0.1,
     image_format: str = "png",
+    shape_scale: float = 1.0,
 ) -> dict[str, str]:
     """Writes the task as LLaVA data files under `out_dir`; reuses a finished identical dataset.
 
@@ -244,6 +250,7 @@ def write_synthetic_dataset(
     `eval_questions.jsonl` (LLaVA question file plus `category`/`answer`), and
     `manifest.json` (the arguments; written last, so its presence marks a
     complete dataset and a rerun with the same arguments writes nothing).
+    `shape_scale` < 1 draws smaller shapes (`render_scene`; the `--hd` demo).
 
     Returns:
       `synthetic_dataset_paths(out_dir)`.
@@ -253,7 +260,9 @@ def write_synthetic_dataset(
     if not 0.0 <= text_only_fraction < 1.0:
         raise ValueError(f"text_only_fraction must be in [0, 1), got {text_only_fraction}")
     paths = synthetic_dataset_paths(out_dir)
-    manifest = _manifest(num_captions, num_qa, num_eval, image_size, seed, text_only_fraction, image_format)
+    manifest = _manifest(
+        num_captions, num_qa, num_eval, image_size, seed, text_only_fraction, image_format, shape_scale
+    )
     if _read_manifest(paths["manifest"]) == manifest:
         return paths
     if os.path.exists(paths["manifest"]):
@@ -263,7 +272,7 @@ def write_synthetic_dataset(
 
     def save(record: dict, scene: Scene) -> None:
         image_path = os.path.join(paths["image_root"], record["image"])
-        _save_image(render_scene(scene, image_size), image_path, image_format)
+        _save_image(render_scene(scene, image_size, shape_scale), image_path, image_format)
 
     stage1 = []
     for i in range(num_captions):

@@ -136,8 +136,14 @@ def _polygon(kind: str, cx: float, cy: float, r: float) -> list[tuple[float, flo
     raise ValueError(f"unknown shape {kind!r}")
 
 
-def render_scene(scene: Scene, image_size: int) -> Image.Image:
-    """The scene drawn as an RGB image of `image_size` x `image_size` pixels (no antialiasing: crisp edges)."""
+def render_scene(scene: Scene, image_size: int, shape_scale: float = 1.0) -> Image.Image:
+    """The scene drawn as an RGB image of `image_size` x `image_size` pixels (no antialiasing: crisp edges).
+
+    `shape_scale` < 1 draws smaller shapes at the same slots: the `--hd` demo's
+    detail, e.g. 1/3 at 168 px keeps each shape as many pixels wide as at 56 px
+    and scale 1, so it is legible in a 56-px tile and a few-pixel blob in the
+    image downsampled to 56 px.
+    """
     ramp = np.linspace(-scene.gradient / 2, scene.gradient / 2, image_size)
     base = np.asarray(scene.background_rgb, np.float32)[None, None, :]
     pixels = np.clip(base + ramp[:, None, None], 0, 255).round().astype(np.uint8)
@@ -147,7 +153,7 @@ def render_scene(scene: Scene, image_size: int) -> Image.Image:
         fx, fy = POSITIONS[s.position]
         cx = (fx + s.offset[0]) * image_size
         cy = (fy + s.offset[1]) * image_size
-        r = _RADIUS * s.scale * image_size
+        r = _RADIUS * s.scale * shape_scale * image_size
         if s.kind == "circle":
             draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=s.rgb)
         else:
