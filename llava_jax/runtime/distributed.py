@@ -31,9 +31,9 @@ import sys
 
 import jax
 
-log = logging.getLogger(__name__)
+from llava_jax.runtime.exit_codes import PEER_LOST_EXIT_CODE
 
-PEER_LOST_EXIT_CODE = 75  # EX_TEMPFAIL: retry (restart every process; training resumes)
+log = logging.getLogger(__name__)
 _PEER_LOST = re.compile(
     r"connection reset by peer|connection closed by peer|socket closed|broken pipe|heartbeat timeout"
     r"|stopped sending heartbeats|another task died|tasks have crashed|coordination service.*(unavailable|error)"
