@@ -84,7 +84,7 @@ _RULES: tuple[tuple[str, Callable, str], ...] = (
     ("mesh.fsdp", lambda v: _int(v) and (v >= 1 or v == -1), "an integer >= 1, or -1 (the rest)"),
     ("mesh.tensor", lambda v: _int(v) and (v >= 1 or v == -1), "an integer >= 1, or -1 (the rest)"),
     ("data.template", lambda v: v in TEMPLATES, f"one of {', '.join(TEMPLATES)}"),
-    ("data.image_mode", lambda v: v in ("pad", "square"), "'pad' or 'square'"),
+    ("data.image_mode", lambda v: v in ("pad", "square", "anyres"), "'pad', 'square' or 'anyres'"),
     ("data.batching", lambda v: v in ("pack", "pad"), "'pack' or 'pad'"),
     ("data.on_error", lambda v: v in ("skip", "strict"), "'skip' or 'strict'"),
     ("data.max_length", lambda v: _int(v) and v >= 1, "an integer >= 1"),
