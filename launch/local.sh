@@ -80,7 +80,7 @@ terminate() {
 kill_groups() {
   local pid
   for pid in $(running_pids); do
-    echo "local.sh: process with pid $pid still running ${grace}s after TERM; killing its process group" >&2
+    echo "local.sh: process with pid $pid still running $((SECONDS - term_at))s after TERM; killing its process group" >&2
     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
   done
   kill_at=""
@@ -103,6 +103,7 @@ new_session=()
 if command -v setsid >/dev/null; then new_session=(setsid); fi
 echo "local.sh: $num_processes processes x $devices CPU devices, coordinator 127.0.0.1:$port, logs in $logdir"
 for ((i = 0; i < num_processes; i++)); do
+  [[ -z "$stop_signal" ]] || break  # stopped while starting: start no more
   log="$logdir/process_$i.log"
   : > "$log"
   # setsid execs (no fork) in a background child, so $! is the trainer's pid and its group id.
@@ -112,6 +113,11 @@ for ((i = 0; i < num_processes; i++)); do
   pids+=("$!")
   echo "$!" > "$logdir/process_$i.pid"
 done
+if [[ "${#pids[@]}" -lt "$num_processes" ]]; then
+  echo "local.sh: stopped on $stop_signal after starting ${#pids[@]} of $num_processes processes" >&2
+  [[ "${#pids[@]}" -gt 0 ]] || exit 143
+  num_processes="${#pids[@]}"
+fi
 # Echo process 0 to this terminal.
 tail -n +1 -f "$logdir/process_0.log" --pid "${pids[0]}" &
 tee_pid=$!
