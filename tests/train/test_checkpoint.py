@@ -66,13 +66,14 @@ def test_commit_file_saves_and_restores_without_renaming_a_directory(tmp_path, m
             _save(directory, [4], atomicity=atomicity)
         assert attempts and attempts[0][0].startswith(str(directory))
         return
-    _save(directory, [4, 8], atomicity=atomicity)  # async: the renames would happen in orbax's thread
+    # Async (the renames would happen in orbax's thread); keep 2: step 4 is deleted on the way.
+    _save(directory, [4, 8, 12], atomicity=atomicity, keep=2)
     assert attempts == []
-    assert os.path.exists(directory / "8" / "commit_success.txt")
-    ckpt, out, loader = _restore(directory, 8, atomicity=atomicity)
-    assert ckpt.all_steps() == [4, 8] and ckpt.restored_step == 8
-    np.testing.assert_array_equal(out["w"], np.arange(16) + 8)
-    assert loader.position == 8
+    assert os.path.exists(directory / "12" / "commit_success.txt") and not os.path.exists(directory / "4")
+    ckpt, out, loader = _restore(directory, 12, atomicity=atomicity)
+    assert ckpt.all_steps() == [8, 12] and ckpt.restored_step == 12
+    np.testing.assert_array_equal(out["w"], np.arange(16) + 12)
+    assert loader.position == 12
     ckpt.close()
 
 
