@@ -6,13 +6,17 @@
 #   launch/local.sh 2 --config configs/tiny.py --workdir /tmp/tiny2 --config.mesh.fsdp=-1
 #
 # Each process gets K CPU devices (default 4), so the global mesh has N*K devices.
-# Process i writes DIR/process_i.log (process 0 is also echoed here) and DIR/process_i.pid.
-# When one process fails the others get S seconds (default 120) to notice on their own
-# (JAX's heartbeat should make them exit well before) and are then terminated.
-# Exit status: 0 when every process succeeded, else the first failure's status.
+# Process i writes DIR/process_i.log (process 0 is also echoed here), DIR/process_i.pid and,
+# once it ended, DIR/process_i.status; each runs in its own process group.
+# TERM or INT to this script is forwarded (as TERM) to every process, which then has S seconds
+# (--grace, default 120) to write its checkpoint and exit before its process group gets SIGKILL;
+# a second TERM/INT kills at once. When one process fails, the others get S seconds to notice
+# on their own (JAX's heartbeat should make them exit well before), then TERM, then S more.
+# Exit status: 0 when every process succeeded, else the status of the first process that
+# failed, passed through: 75 / 76 / 77 (llava_jax.runtime.exit_codes) mean "run it again".
 set -euo pipefail
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
 devices=4
 logdir=""
@@ -51,39 +55,80 @@ xla_flags="$(printf '%s' "${XLA_FLAGS:-}" | sed -E 's/--xla_force_host_platform_
 xla_flags="${xla_flags} --xla_force_host_platform_device_count=${devices}"
 
 pids=()
-tee_pid=""
-cleanup() {
+declare -a status
+first_failure=""
+failed_at=0
+stop_signal=""   # set once the launcher was asked to stop (TERM/INT)
+term_at=""       # when TERM went to the processes still running
+kill_at=""       # when whatever still runs gets SIGKILL (its whole process group)
+waiter=""
+
+# Each process leads its own process group (setsid), so that SIGKILL can take its helpers
+# (grain workers) with it; TERM goes to the trainer alone, which stops its workers itself.
+running_pids() {
+  local i
+  for ((i = 0; i < ${#pids[@]}; i++)); do
+    [[ -z "${status[$i]:-}" ]] && echo "${pids[$i]}"
+  done
+}
+terminate() {
   local pid
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in $(running_pids); do kill -TERM "$pid" 2>/dev/null || true; done
+  term_at=$SECONDS
+  kill_at=$((SECONDS + grace))
+}
+kill_groups() {
+  local pid
+  for pid in $(running_pids); do
+    echo "local.sh: process with pid $pid still running $((SECONDS - term_at))s after TERM; killing its process group" >&2
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  done
+  kill_at=""
 }
 on_signal() {
-  echo "local.sh: interrupted; stopping all processes" >&2
-  cleanup
-  wait || true
-  exit 130
+  [[ -n "$waiter" ]] && kill "$waiter" 2>/dev/null
+  if [[ -n "$stop_signal" ]]; then
+    echo "local.sh: $1 again; killing every process now" >&2
+    kill_groups
+    return
+  fi
+  stop_signal="$1"
+  echo "local.sh: $1 received; sending TERM to every process, SIGKILL after ${grace}s" >&2
+  terminate
 }
-trap on_signal INT TERM
+trap 'on_signal TERM' TERM
+trap 'on_signal INT' INT
 
+new_session=()
+if command -v setsid >/dev/null; then new_session=(setsid); fi
 echo "local.sh: $num_processes processes x $devices CPU devices, coordinator 127.0.0.1:$port, logs in $logdir"
 for ((i = 0; i < num_processes; i++)); do
+  [[ -z "$stop_signal" ]] || break  # stopped while starting: start no more
   log="$logdir/process_$i.log"
   : > "$log"
+  # setsid execs (no fork) in a background child, so $! is the trainer's pid and its group id.
   JAX_PLATFORMS=cpu XLA_FLAGS="$xla_flags" \
     LLAVA_JAX_COORDINATOR="127.0.0.1:$port" LLAVA_JAX_NUM_PROCESSES="$num_processes" LLAVA_JAX_PROCESS_ID="$i" \
-    PYTHONUNBUFFERED=1 "$python" -m llava_jax.cli train "$@" > "$log" 2>&1 &
+    PYTHONUNBUFFERED=1 "${new_session[@]}" "$python" -m llava_jax.cli train "$@" > "$log" 2>&1 < /dev/null &
   pids+=("$!")
   echo "$!" > "$logdir/process_$i.pid"
 done
+if [[ "${#pids[@]}" -lt "$num_processes" ]]; then
+  echo "local.sh: stopped on $stop_signal after starting ${#pids[@]} of $num_processes processes" >&2
+  [[ "${#pids[@]}" -gt 0 ]] || exit 143
+  num_processes="${#pids[@]}"
+fi
 # Echo process 0 to this terminal.
 tail -n +1 -f "$logdir/process_0.log" --pid "${pids[0]}" &
 tee_pid=$!
 
-declare -a status
-first_failure=""
-failed_at=0
 running="$num_processes"
 while [[ "$running" -gt 0 ]]; do
-  sleep 1
+  # A background sleep: `wait` returns as soon as a trapped signal arrives.
+  sleep 1 &
+  waiter=$!
+  wait "$waiter" 2>/dev/null || true
+  waiter=""
   running=0
   for ((i = 0; i < num_processes; i++)); do
     [[ -n "${status[$i]:-}" ]] && continue
@@ -100,10 +145,12 @@ while [[ "$running" -gt 0 ]]; do
       if [[ -z "$first_failure" ]]; then first_failure="$rc"; failed_at=$SECONDS; fi
     fi
   done
-  if [[ -n "$first_failure" && "$running" -gt 0 && $((SECONDS - failed_at)) -ge "$grace" ]]; then
-    echo "local.sh: $running process(es) still running ${grace}s after a failure; terminating them" >&2
-    cleanup
+  [[ "$running" -gt 0 ]] || break
+  if [[ -z "$term_at" && -n "$first_failure" && $((SECONDS - failed_at)) -ge "$grace" ]]; then
+    echo "local.sh: $running process(es) still running ${grace}s after a failure; sending TERM" >&2
+    terminate
   fi
+  if [[ -n "$kill_at" && "$SECONDS" -ge "$kill_at" ]]; then kill_groups; fi
 done
 wait "$tee_pid" 2>/dev/null || true
 
@@ -115,5 +162,9 @@ if [[ -n "$first_failure" ]]; then
     fi
   done
   exit "$first_failure"
+fi
+if [[ -n "$stop_signal" ]]; then
+  echo "local.sh: stopped on $stop_signal; every process exited with status 0"
+  exit 0
 fi
 echo "local.sh: all $num_processes processes succeeded; logs in $logdir"

@@ -8,15 +8,17 @@ rule is an error, never a silent replication.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 
@@ -65,14 +67,26 @@ DEFAULT_RULES: Rules = (
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Mesh shape over (`data`, `fsdp`, `tensor`); one size may be -1 (= the remaining devices)."""
+    """Mesh shape over (`data`, `fsdp`, `tensor`); one size may be -1 (= the remaining devices).
+
+    Multislice (several TPU slices joined by the data-center network, DCN): `data`, `fsdp`
+    and `tensor` are the sizes within one slice (its fast ICI links), and `dcn_data` x
+    `dcn_fsdp` slices multiply `data` and `fsdp`, so the mesh is (dcn_data * data,
+    dcn_fsdp * fsdp, tensor). `dcn_data=0` means the number of slices divided by `dcn_fsdp`:
+    by default slices are data parallel, which sends the least over DCN (one gradient
+    reduction per step; FSDP's all-gathers stay inside a slice). Devices without a slice
+    (CPU, GPU, one TPU slice) form one slice.
+    """
 
     data: int = 1
     fsdp: int = -1
     tensor: int = 1
+    dcn_data: int = 0
+    dcn_fsdp: int = 1
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """The sizes within one slice."""
         return (self.data, self.fsdp, self.tensor)
 
 
@@ -81,6 +95,19 @@ MESH_PRESETS = {
     "fsdp_tensor": MeshConfig(data=1, fsdp=-1, tensor=2),
     "data": MeshConfig(data=-1, fsdp=1, tensor=1),
 }
+
+
+def mesh_config_from(section) -> MeshConfig:
+    """`MeshConfig` from a config's `mesh` section (a mapping): a `preset` name, or the sizes, plus `dcn_*`."""
+    keys = ("dcn_data", "dcn_fsdp")
+    if section.get("preset"):
+        if section["preset"] not in MESH_PRESETS:
+            raise ValueError(f"mesh.preset {section['preset']!r} not in {sorted(MESH_PRESETS)}")
+        base = MESH_PRESETS[section["preset"]]
+    else:
+        keys = ("data", "fsdp", "tensor", *keys)
+        base = MeshConfig()
+    return dataclasses.replace(base, **{k: int(section[k]) for k in keys if k in section})
 
 
 def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
@@ -98,16 +125,75 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
     return tuple(shape)
 
 
-def make_mesh(config: MeshConfig | Sequence[int] = MeshConfig(), devices=None) -> Mesh:
+def device_slice(device) -> int | None:
+    """The TPU slice a device belongs to (`slice_index`), None where devices have no slices."""
+    return getattr(device, "slice_index", None)
+
+
+def group_by_slice(devices: Sequence, slice_of: Callable = device_slice) -> list[list]:
+    """`devices` grouped by `slice_of(device)`, slices in index order; one group if any device has no slice."""
+    keys = [slice_of(d) for d in devices]
+    if any(k is None for k in keys):
+        return [list(devices)]
+    groups = collections.defaultdict(list)
+    for key, device in zip(keys, devices, strict=True):
+        groups[key].append(device)
+    return [groups[k] for k in sorted(groups)]
+
+
+def hybrid_device_array(ici_shape: Sequence[int], dcn_shape: Sequence[int], slices: Sequence[Sequence]) -> np.ndarray:
+    """Devices arranged as `ici_shape` within each slice and `dcn_shape` across slices.
+
+    `jax.experimental.mesh_utils.create_hybrid_device_mesh` for given slices (so that tests can
+    simulate slices on CPU): each slice laid out for its own interconnect
+    (`create_device_mesh`), slice i at position i of `dcn_shape` (row-major); the result has
+    shape `ici_shape * dcn_shape` (elementwise).
+    """
+    per_slice = [mesh_utils.create_device_mesh(tuple(ici_shape), list(devices)) for devices in slices]
+    positions = np.arange(len(slices)).reshape(tuple(dcn_shape))
+    blocks = np.vectorize(lambda i: per_slice[i], otypes=[object])(positions)
+    return np.block(blocks.tolist())
+
+
+def make_mesh(config: MeshConfig | Sequence[int] = MeshConfig(), devices=None, *, slice_of=device_slice) -> Mesh:
     """A `Mesh` with axes (`data`, `fsdp`, `tensor`), all `AxisType.Auto`.
 
     Args:
-      config: a `MeshConfig` or a 3-tuple of sizes (one may be -1).
+      config: a `MeshConfig` (multislice: its class docstring) or a 3-tuple of sizes over all
+        devices (one may be -1).
       devices: devices to use (default all, `jax.devices()`).
+      slice_of: device -> its slice (default the TPU `slice_index`; tests simulate slices).
     """
     devices = list(jax.devices() if devices is None else devices)
-    sizes = config.shape if isinstance(config, MeshConfig) else tuple(config)
-    shape = resolve_mesh_shape(sizes, len(devices))
+    axis_types = (AxisType.Auto,) * 3
+    if not isinstance(config, MeshConfig):
+        shape = resolve_mesh_shape(tuple(config), len(devices))
+        return _single_slice_mesh(shape, devices)
+    slices = group_by_slice(devices, slice_of)
+    dcn_data, dcn_fsdp = config.dcn_data, config.dcn_fsdp
+    if dcn_data == 0:
+        if len(slices) % dcn_fsdp:
+            raise ValueError(f"mesh.dcn_fsdp={dcn_fsdp} does not divide the {len(slices)} slices")
+        dcn_data = len(slices) // dcn_fsdp
+    dcn = (dcn_data, dcn_fsdp, 1)
+    if math.prod(dcn) > 1 and len(slices) == 1:
+        # No slice indices (GPU, CPU): processes are the units across the slower network, as in jax.
+        slices = group_by_slice(devices, lambda d: d.process_index)
+    if math.prod(dcn) != len(slices):
+        raise ValueError(
+            f"mesh.dcn_data={dcn_data} x mesh.dcn_fsdp={dcn_fsdp} must equal the number of slices, "
+            f"{len(slices)} (TPU slices, or processes where devices have no slice)"
+        )
+    if len(slices) == 1:
+        return _single_slice_mesh(resolve_mesh_shape(config.shape, len(devices)), devices)
+    sizes = sorted({len(s) for s in slices})
+    if len(sizes) > 1:
+        raise ValueError(f"slices of unequal sizes {sizes} devices cannot form one mesh")
+    ici = resolve_mesh_shape(config.shape, sizes[0])
+    return Mesh(hybrid_device_array(ici, dcn, slices), MESH_AXES, axis_types=axis_types)
+
+
+def _single_slice_mesh(shape: tuple[int, ...], devices: list) -> Mesh:
     if len(devices) == len(jax.devices()):
         return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)

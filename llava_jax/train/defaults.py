@@ -88,9 +88,17 @@ def base() -> ml_collections.ConfigDict:
     c.micro_batches = 1
     c.num_steps = 0  # 0: one pass over the data (num_epochs), estimated from the source
     # preset: '' (use the sizes), 'fsdp', 'fsdp_tensor' or 'data' (llava_jax.sharding.MESH_PRESETS).
-    c.mesh = ml_collections.ConfigDict(dict(preset="", data=1, fsdp=-1, tensor=1, num_devices=0))  # 0: all
+    # data/fsdp/tensor are the sizes within one TPU slice; dcn_data x dcn_fsdp slices (multislice, over the
+    # data-center network) multiply data and fsdp; dcn_data=0: the number of slices (1 without slices).
+    c.mesh = ml_collections.ConfigDict(
+        dict(preset="", data=1, fsdp=-1, tensor=1, dcn_data=0, dcn_fsdp=1, num_devices=0)  # num_devices 0: all
+    )
     # directory: '' = WORKDIR/checkpoints; any path orbax accepts, e.g. gs://bucket/run/checkpoints.
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3, async_save=True, directory=""))
+    # atomicity: 'auto' (commit_file on gs:// and FUSE mounts such as gcsfuse, else rename), 'rename' or
+    # 'commit_file' (llava_jax.convert.storage).
+    c.checkpoint = ml_collections.ConfigDict(
+        dict(every_steps=500, keep=3, async_save=True, directory="", atomicity="auto")
+    )
     c.loss_chunk = 512
     c.peak_tflops = 0.0  # per-device peak for MFU; 0 = known table for the device
     c.export_hf = True  # also write WORKDIR/hf (HF transformers LLaVA) at the end

@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from llava_jax.config import ConfigError
+from llava_jax.convert.storage import ATOMICITY_MODES
 from llava_jax.data.conversation import TEMPLATES
 from llava_jax.data.paths import DEFAULT_MAX_IMAGE_BYTES, ImageFileError, check_image_file
 from llava_jax.data.sources import JsonSource
@@ -68,6 +69,7 @@ _RULES: tuple[tuple[str, Callable, str], ...] = (
     ("model.frozen_dtype", lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
     ("checkpoint.every_steps", lambda v: _int(v) and v >= 1, "an integer >= 1"),
     ("checkpoint.keep", lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    ("checkpoint.atomicity", lambda v: v in ATOMICITY_MODES, f"one of {', '.join(ATOMICITY_MODES)}"),
     ("optim.lr", lambda v: _number(v) and v > 0, "a finite number > 0"),
     ("optim.b1", lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
     ("optim.b2", lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
@@ -83,6 +85,8 @@ _RULES: tuple[tuple[str, Callable, str], ...] = (
     ("mesh.data", lambda v: _int(v) and (v >= 1 or v == -1), "an integer >= 1, or -1 (the rest)"),
     ("mesh.fsdp", lambda v: _int(v) and (v >= 1 or v == -1), "an integer >= 1, or -1 (the rest)"),
     ("mesh.tensor", lambda v: _int(v) and (v >= 1 or v == -1), "an integer >= 1, or -1 (the rest)"),
+    ("mesh.dcn_data", lambda v: _int(v) and v >= 0, "an integer >= 0 (0: the number of slices)"),
+    ("mesh.dcn_fsdp", lambda v: _int(v) and v >= 1, "an integer >= 1"),
     ("data.template", lambda v: v in TEMPLATES, f"one of {', '.join(TEMPLATES)}"),
     ("data.image_mode", lambda v: v in ("pad", "square", "anyres"), "'pad', 'square' or 'anyres'"),
     ("data.batching", lambda v: v in ("pack", "pad"), "'pack' or 'pad'"),

@@ -75,6 +75,16 @@ def _env(root: Path) -> dict:
     return dict(os.environ, PYTHON=sys.executable, LLAVA_JAX_HEARTBEAT_TIMEOUT_S=str(HEARTBEAT_TIMEOUT_S))
 
 
+def _kill_all(launcher: subprocess.Popen, logdir: Path) -> None:
+    """SIGKILL a hung launcher and its processes (each leads its own process group, named in its pid file)."""
+    for pid_file in logdir.glob("process_*.pid"):
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    os.killpg(launcher.pid, signal.SIGKILL)
+
+
 def _local(n: int, workdir: Path, logdir: Path, *, options=(), train=(), timeout: float = 300):
     """local.sh run to completion; on a timeout every process of it is killed and the result carries their logs."""
     cmd = ["bash", str(LOCAL), "--logdir", str(logdir), *options, str(n), *_train_args(workdir), *train]
@@ -85,12 +95,12 @@ def _local(n: int, workdir: Path, logdir: Path, *, options=(), train=(), timeout
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,  # one process group: a hung run is killed whole
+        start_new_session=True,
     )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_all(proc, logdir)
         out, err = proc.communicate()
         logs = "".join(f"\n--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(logdir.glob("process_*.log")))
         return subprocess.CompletedProcess(cmd, -1, f"{out}\nlocal.sh timed out after {timeout} s{logs}", err)
@@ -123,7 +133,7 @@ def _kill_run(workdir: Path, logdir: Path) -> dict:
             launcher_rc = launcher.wait(timeout=300)
         finally:
             if launcher.poll() is None:  # a failed check or a hang: leave no process behind
-                os.killpg(launcher.pid, signal.SIGKILL)
+                _kill_all(launcher, logdir)
                 launcher.wait()
     return {
         "survivor_s": survivor_s,

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llava_jax.runtime.exit_codes import RESTARTABLE_EXIT_CODES
+
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "launch"
 SCRIPTS = [LAUNCH / "local.sh", LAUNCH / "tpu_pod.sh", LAUNCH / "slurm.sbatch"]
@@ -20,6 +22,7 @@ ENV = {
     "KSA": "llava-jax",
     "TPU_ACCELERATOR": "tpu-v5p-slice",
     "TPU_TOPOLOGY": "4x4x4",
+    "SLICES": "2",
     "HOSTS": "16",
     "CHIPS_PER_HOST": "4",
     "GPU_ACCELERATOR": "nvidia-h100-80gb",
@@ -98,8 +101,49 @@ def test_tpu_jobset_renders():
     container = pod["containers"][0]
     assert container["resources"]["limits"]["google.com/tpu"] == 4
     assert container["command"][-1] == "train" and "--workdir=/gcs/runs/ft13b" in container["args"]
+    _restart_policy(jobset)
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["LLAVA_JAX_DISTRIBUTED"] == "1"
+
+
+def _restart_policy(jobset: dict) -> None:
+    """75/76/77 and signals restart the JobSet; any other status fails it at once."""
+    job, pod = _pod(jobset)
+    assert jobset["spec"]["failurePolicy"]["rules"] == [
+        {"action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]}
+    ]
+    (rule,) = job["template"]["spec"]["podFailurePolicy"]["rules"]
+    codes = rule["onExitCodes"]
+    assert rule["action"] == "FailJob" and codes["operator"] == "NotIn" and codes["containerName"] == "train"
+    assert set(codes["values"]) == {*RESTARTABLE_EXIT_CODES, 137, 143}
+    assert pod["containers"][0]["name"] == "train" and pod["terminationGracePeriodSeconds"] == 30
+
+
+@pytest.mark.parametrize(("slices", "expected"), [("2", True), ("1", False)])
+def test_tpu_jobset_joins_slices_only_when_there_are_several(tmp_path, slices, expected):
+    """Run the container's command with a stub python that prints what JAX would read."""
+    text = (LAUNCH / "gke" / "jobset-tpu.yaml").read_text()
+    jobset = yaml.safe_load(re.sub(r"\$\{([A-Z_]+)\}", lambda m: dict(ENV, SLICES=slices)[m.group(1)], text))
+    job, pod = _pod(jobset)
+    assert job["replicas"] == int(slices)
+    _restart_policy(jobset)
+    container = pod["containers"][0]
+    (tmp_path / "python").write_text('#!/usr/bin/env bash\necho "args: $*"; env | grep ^MEGASCALE_ | sort\n')
+    (tmp_path / "python").chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", SLICE_INDEX="1")
+    out = subprocess.run(
+        container["command"] + container["args"], env=env, capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+    assert out.startswith("args: -m llava_jax.cli train --config=configs/finetune_13b.py --workdir=/gcs/runs/ft13b")
+    megascale = [line for line in out.splitlines() if line.startswith("MEGASCALE_")]
+    if expected:
+        assert megascale == [
+            f"MEGASCALE_COORDINATOR_ADDRESS={ENV['NAME']}-slice-0-0.{ENV['NAME']}",
+            "MEGASCALE_NUM_SLICES=2",
+            "MEGASCALE_SLICE_ID=1",
+        ]
+    else:
+        assert megascale == []
 
 
 def test_gpu_jobset_renders_with_a_resolvable_coordinator():
@@ -114,3 +158,4 @@ def test_gpu_jobset_renders_with_a_resolvable_coordinator():
     assert env["LLAVA_JAX_NUM_PROCESSES"]["value"] == "2"
     assert "job-completion-index" in env["LLAVA_JAX_PROCESS_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 8
+    _restart_policy(jobset)

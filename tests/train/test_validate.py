@@ -54,6 +54,8 @@ BAD = {
     "warmup": ("--config.optim.warmup_ratio=1.5", "optim.warmup_ratio=1.5 must be in [0, 1]"),
     "every_steps": ("--config.checkpoint.every_steps=0", "checkpoint.every_steps=0 must be an integer >= 1"),
     "log_every": ("--config.log_every=0", "log_every=0 must be an integer >= 1"),
+    "atomicity": ("--config.checkpoint.atomicity=atomic", "checkpoint.atomicity='atomic' must be one of auto, rename"),
+    "dcn_data": ("--config.mesh.dcn_data=-1", "mesh.dcn_data=-1 must be an integer >= 0 (0: the number of slices)"),
     "image_mode": ("--config.data.image_mode=crop", "data.image_mode='crop' must be 'pad', 'square' or 'anyres'"),
     "skip_fraction": ("--config.data.max_skip_fraction=2.0", "data.max_skip_fraction=2.0 must be in [0, 1]"),
     "spike": ("--config.guard.spike_factor=0.5", "guard.spike_factor=0.5 must be 0 (off) or a number > 1"),
