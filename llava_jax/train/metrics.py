@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 
 
 class MetricsWriter:
@@ -46,7 +47,11 @@ class MetricsWriter:
             self._restart, dropped = _truncate(path, int(resume_step))
             purge = int(resume_step) + 1 if dropped else None
         self._jsonl = open(path, "a")
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=1, purge_step=purge)
+        # The event file is named by the second it was opened in: a run resumed within the same second
+        # would overwrite its predecessor's file without a finer suffix (which also keeps them in order).
+        self._tb = SummaryWriter(
+            os.path.join(workdir, "tensorboard"), flush_secs=1, purge_step=purge, filename_suffix=f".{time.time_ns()}"
+        )
 
     def restart_info(self) -> dict | None:
         """After a resume over earlier rows: `redone_steps` (logged rows after the resume step, dropped),
