@@ -118,11 +118,17 @@ class ProfileWindow:
         jax.profiler.start_trace(self.directory)
         self.active = True
 
-    def after(self, step: int, outputs) -> None:
-        """`step` was dispatched with `outputs`; stops (after they are computed) at the window's last step."""
-        if self.active and step >= self.steps[1]:
-            jax.block_until_ready(outputs)
-            self.close()
+    def after(self, step: int, outputs) -> float:
+        """`step` was dispatched with `outputs`; stops (after they are computed) at the window's last step.
+
+        Returns the seconds spent writing the trace out (not step time).
+        """
+        if not (self.active and step >= self.steps[1]):
+            return 0.0
+        jax.block_until_ready(outputs)
+        t0 = time.perf_counter()
+        self.close()
+        return time.perf_counter() - t0
 
     def close(self) -> None:
         if self.active:

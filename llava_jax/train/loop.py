@@ -337,11 +337,11 @@ def _train(cfg, workdir: str, final_dir: str, watchdog: Watchdog, preemption: Pr
                 step += 1
                 interval_steps += 1
                 progress.update(1)
+                watchdog.step_done(step)  # dispatched: its batch arrived and the steps before it ran
                 watchdog.phase("reading ahead")
                 feed.fill(total_steps - step)  # the step runs asynchronously meanwhile
-                profile.after(step, metrics)
+                interval_start += profile.after(step, metrics)  # stopping the trace is not step time
                 stop = preemption.reached(step)  # every process, every step: the agreed stop step
-                watchdog.step_done(step)
                 # Metrics stay on the device except on logging steps, checkpoint steps, the last step and
                 # a preemption: fetching them every step would wait for each step before dispatching the next.
                 if step % log_every and not stop and not ckpt.due(step) and step != total_steps:
