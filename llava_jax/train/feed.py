@@ -54,8 +54,8 @@ class Feed:
       agree: reduce the per-batch flags across processes (default: when there are several).
 
     `data_wait_s` accumulates the seconds spent reading batches (host time; it
-    overlaps the steps running on the devices). `skipped`, `samples` and
-    `recent_skips` are the loader's (they include the batches read ahead).
+    overlaps the steps running on the devices). `skipped` and `samples` count
+    the batches `next` returned, as the checkpointed position does.
     """
 
     def __init__(self, loader, *, lookahead: int = 2, agree: bool | None = None):
@@ -122,15 +122,18 @@ class Feed:
 
     # ---------------------------------------------------------------- skip accounting (the skip guard reads these)
     @property
-    def skipped(self):
-        return self.loader.skipped
+    def skipped(self) -> collections.Counter:
+        """Samples skipped, by reason, in the batches `next` returned (not those read ahead)."""
+        return collections.Counter(self.get_state().get("skipped", {}))
 
     @property
     def samples(self) -> int:
-        return self.loader.samples
+        """Samples in the batches `next` returned."""
+        return int(self.get_state().get("samples", 0))
 
     @property
     def recent_skips(self):
+        """The loader's latest (sample id, reason) pairs, read-ahead batches included."""
         return self.loader.recent_skips
 
     def close(self) -> None:
