@@ -396,9 +396,10 @@ class Loader:
         otherwise they stay process-local numpy.
       agree_length: processes agree on the row length per batch (padding mode).
 
-    `read_ahead()` reads the next batch early (the training loop reads ahead through
-    its own `Feed`, `llava_jax/train/feed.py`); `get_state` and `skipped` still describe what `next` has returned,
-    so a checkpoint taken with a batch read ahead resumes at that batch.
+    `read_ahead()` reads the next batch early (the training loop reads ahead with
+    `llava_jax/train/feed.py` instead); `get_state` and `skipped` still describe
+    what `next` has returned, so a checkpoint taken with a batch read ahead
+    resumes at that batch.
     """
 
     def __init__(
