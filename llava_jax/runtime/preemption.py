@@ -67,6 +67,7 @@ class PreemptionWatch:
         self.multiprocess = jax.process_count() > 1 if multiprocess is None else multiprocess
         self.received: str | None = None  # the name of the signal this process got, if any
         self._previous: dict = {}
+        self._warned = False
 
     def _on_signal(self, signum, frame) -> None:
         first = self.received is None
@@ -102,5 +103,11 @@ class PreemptionWatch:
         if self.multiprocess:
             from jax.experimental import multihost_utils
 
-            return bool(multihost_utils.reached_preemption_sync_point(int(step)))
+            try:
+                return bool(multihost_utils.reached_preemption_sync_point(int(step)))
+            except RuntimeError as e:  # jax_enable_preemption_service turned off: no agreed stop
+                if not self._warned:
+                    log.warning("no preemption checkpoints: %s", e)
+                    self._warned = True
+                return False
         return self.received is not None
