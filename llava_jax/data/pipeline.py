@@ -28,6 +28,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import threading
 
 import grain
 import jax
@@ -305,9 +309,31 @@ def build_dataset(
             grain.MultiprocessingOptions(
                 num_workers=config.num_workers,
                 per_worker_buffer_size=config.worker_buffer_size,
-            )
+            ),
+            worker_init_fn=exit_with_parent,
         )
     return it
+
+
+def exit_with_parent(worker_index: int = 0, worker_count: int = 1) -> None:
+    """grain worker start-up: end this worker as soon as the process that started it is gone.
+
+    grain's workers are daemonic, so a trainer that exits normally stops them; one that is
+    SIGKILLed (the launcher's grace ran out, the OOM killer) cannot, and each worker (hundreds of
+    MB) would live on under init. A thread here waits on the parent's sentinel (a pipe
+    multiprocessing gives every spawned child, readable once the parent is gone) and exits. Not
+    `PR_SET_PDEATHSIG`: that fires when the parent *thread* ends, and grain starts its workers
+    from short-lived threads.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not a multiprocessing child: nothing to tie to
+        return
+
+    def watch():
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="llava_jax-exit-with-parent", daemon=True).start()
 
 
 def pad_batch_to(batch: dict, length: int, pad_token_id: int = 0) -> dict:
@@ -370,9 +396,10 @@ class Loader:
         otherwise they stay process-local numpy.
       agree_length: processes agree on the row length per batch (padding mode).
 
-    `read_ahead()` reads the next batch early (the training loop calls it while a
-    step runs); `get_state` and `skipped` still describe what `next` has returned,
-    so a checkpoint taken with a batch read ahead resumes at that batch.
+    `read_ahead()` reads the next batch early (the training loop reads ahead with
+    `llava_jax/train/feed.py` instead); `get_state` and `skipped` still describe
+    what `next` has returned, so a checkpoint taken with a batch read ahead
+    resumes at that batch.
     """
 
     def __init__(

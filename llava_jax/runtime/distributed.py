@@ -12,8 +12,10 @@ coordinator comes from, first match wins:
 3. otherwise a lone process, which needs nothing.
 
 On CPU, processes talk through gloo. A peer that stops heart-beating for
-`heartbeat_timeout_s` (default 30, `LLAVA_JAX_HEARTBEAT_TIMEOUT_S`) makes JAX's
-coordination service fail every other process instead of letting it hang. A
+`heartbeat_timeout_s` (default 100, JAX's own default; `LLAVA_JAX_HEARTBEAT_TIMEOUT_S`)
+makes JAX's coordination service fail every other process instead of letting
+it hang. Shorter limits notice a dead peer sooner but fail a healthy one whose
+heartbeats are delayed (a long host-side pause, a busy coordinator on a large job). A
 collective that fails because a peer went away (gloo: connection reset) raises
 in Python; the hook installed here then says so in one line and exits with
 `PEER_LOST_EXIT_CODE` at once, without waiting on a shutdown barrier that the
@@ -41,6 +43,7 @@ _PEER_LOST = re.compile(
     re.IGNORECASE,
 )
 _initialized = False
+HEARTBEAT_TIMEOUT_S = 100  # jax.distributed.initialize's own default
 
 
 def _truthy(value: str | None) -> bool | None:
@@ -89,7 +92,8 @@ def initialize(
 ) -> bool:
     """Start JAX's distributed runtime when several processes take part; returns whether it did.
 
-    Idempotent. Must run before anything touches devices.
+    Idempotent. Must run before anything touches devices. `heartbeat_timeout_s` defaults to
+    `LLAVA_JAX_HEARTBEAT_TIMEOUT_S`, else `HEARTBEAT_TIMEOUT_S` (100, as JAX).
     """
     global _initialized
     if _initialized:
@@ -106,7 +110,7 @@ def initialize(
     if not explicit and not cluster_detected():
         return False
     if heartbeat_timeout_s is None:
-        heartbeat_timeout_s = int(env.get("LLAVA_JAX_HEARTBEAT_TIMEOUT_S", "30"))
+        heartbeat_timeout_s = int(env.get("LLAVA_JAX_HEARTBEAT_TIMEOUT_S", HEARTBEAT_TIMEOUT_S))
     if (env.get("JAX_PLATFORMS") or "").startswith("cpu"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs = {"initialization_timeout": initialization_timeout_s, "heartbeat_timeout_seconds": heartbeat_timeout_s}

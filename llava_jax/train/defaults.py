@@ -110,6 +110,12 @@ def base() -> ml_collections.ConfigDict:
     # more than spike_min_delta) for spike_steps steps in a row; spike_factor 0 turns it off. A non-finite
     # loss or gradient norm always stops. See llava_jax/train/guards.py.
     c.guard = ml_collections.ConfigDict(dict(spike_factor=10.0, spike_steps=3, spike_window=100, spike_min_delta=1.0))
+    # A process in which no step finishes for timeout_s seconds (startup_s before the first step: model
+    # loading, restore, first compilation) dumps all thread stacks and exits 77; 0 turns it off.
+    # Compilations and checkpoint saves get their own allowance. See llava_jax/runtime/watchdog.py.
+    c.watchdog = ml_collections.ConfigDict(dict(timeout_s=900.0, startup_s=3600.0))
+    # steps='a:b' writes a jax.profiler trace of steps a..b (1-based) to WORKDIR/profile/.
+    c.profile = ml_collections.ConfigDict(dict(steps=""))
     return c
 
 

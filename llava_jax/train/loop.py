@@ -4,6 +4,29 @@ Resume order: this workdir's newest checkpoint, else the configured initial
 weights. A finished run leaves `WORKDIR/final/` (a llava_jax checkpoint with
 LoRA merged) and, with `export_hf`, `WORKDIR/hf/`; re-running a finished
 workdir does nothing.
+
+How a run ends (the exit status of `llava-jax train`; `llava_jax/runtime/exit_codes.py`):
+
+- 0: finished after `num_steps` (or the estimated steps of `data.num_epochs`) or
+  at the end of the data. With several processes the end of the data is agreed:
+  each batch's "this process has it" flag is reduced over all processes and the
+  first batch any process lacks ends the run for all at the same step
+  (`llava_jax/train/feed.py`), so uneven per-process packing never hangs.
+- 2: a bad config, input or data, or a diverged run (`llava_jax.cli`).
+- 75 (`PEER_LOST`): another process died (`llava_jax/runtime/distributed.py`).
+- 76 (`PREEMPTED`): SIGTERM or SIGUSR1. Every process stops at the same step
+  (JAX's preemption sync point with several processes, the next step boundary
+  alone), saves that step's checkpoint off the interval, waits until it is on
+  disk and raises `Preempted` (`llava_jax/runtime/preemption.py`). Restarting
+  resumes from it bit for bit.
+- 77 (`STALLED`): no step finished within `watchdog.timeout_s` (`watchdog.startup_s`
+  before the first step; compilations and checkpoint saves get their own
+  allowance): every process dumps all thread stacks and the phase it was in to
+  stderr and exits (`llava_jax/runtime/watchdog.py`).
+
+75, 76 and 77 mean "restart every process"; the run resumes from its newest
+checkpoint, and `metrics.jsonl` keeps one row per step (the rows redone are
+replaced; the restart's cost is logged, see `llava_jax/train/goodput.py`).
 """
 
 from __future__ import annotations
@@ -33,9 +56,14 @@ from llava_jax.convert.native import save_native
 from llava_jax.model.lora import add_lora, merge_lora
 from llava_jax.model.params import merge_trees, param_logical_axes
 from llava_jax.presets import PRESETS
+from llava_jax.runtime.exit_codes import PREEMPTED_EXIT_CODE
+from llava_jax.runtime.preemption import Preempted, PreemptionWatch
+from llava_jax.runtime.watchdog import Watchdog
 from llava_jax.sharding import DEFAULT_RULES, MeshConfig, batch_sharding, make_mesh, mesh_context, tree_shardings
 from llava_jax.train.checkpoint import Checkpointer
+from llava_jax.train.feed import Feed
 from llava_jax.train.flops import peak_flops, train_step_flops
+from llava_jax.train.goodput import Goodput, ProfileWindow
 from llava_jax.train.guards import DivergenceGuard, SkipGuard, TrainingDiverged
 from llava_jax.train.metrics import MetricsWriter
 from llava_jax.train.partition import split
@@ -45,7 +73,7 @@ from llava_jax.train.validate import check_source, validate_config
 
 log = logging.getLogger(__name__)
 FINAL_DIR = "final"
-__all__ = ["TrainingDiverged", "run"]  # TrainingDiverged lives in guards; importable from here as before
+__all__ = ["Preempted", "TrainingDiverged", "run"]  # both defined elsewhere; importable from here
 
 
 def is_primary() -> bool:
@@ -187,7 +215,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train one stage into `workdir`; returns a summary dict (steps, last loss, paths).
 
     Raises `ConfigError` (before anything is written) for an impossible config or empty data,
-    `TrainingDiverged` / `TooManySkipped` when a guard stops the run (never leaving `final/`).
+    `TrainingDiverged` / `TooManySkipped` when a guard stops the run (never leaving `final/`),
+    `Preempted` (a `SystemExit` with status 76) after the checkpoint of the agreed step is written
+    on SIGTERM/SIGUSR1. A stall past `watchdog.timeout_s` ends the process with status 77.
     """
     validate_config(cfg)
     workdir = os.path.abspath(workdir)
@@ -196,9 +226,22 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         if is_primary():
             print(f"{workdir}: already finished ({final_dir} exists); nothing to do")
         return {"finished": True, "final": final_dir, "resumed": True, "steps": None}
+    profile = ProfileWindow.from_config(cfg, workdir)  # a bad window is an error before anything runs
+    wd = cfg.get("watchdog") or {}
+    watchdog = Watchdog(
+        float(wd.get("timeout_s", 0.0)),
+        startup_s=float(wd.get("startup_s", 0.0)) or None,
+        who=f"process {jax.process_index()} of {jax.process_count()}",
+    )
+    with watchdog, PreemptionWatch() as preemption:
+        return _train(cfg, workdir, final_dir, watchdog, preemption, profile)
+
+
+def _train(cfg, workdir: str, final_dir: str, watchdog: Watchdog, preemption: PreemptionWatch, profile) -> dict:
     from llava_jax.data.pipeline import create_loader
     from llava_jax.data.sources import open_source
 
+    watchdog.phase("opening the data")
     source = open_source(
         cfg.data.json, cfg.data.image_root, allow_outside_root=cfg.data.get("allow_outside_root", False)
     )
@@ -207,6 +250,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     if is_primary():
         with open(os.path.join(workdir, "experiment.json"), "w") as f:
             f.write(cfg.to_json_best_effort(indent=2))
+    watchdog.phase("loading the initial model")
     mesh = build_mesh(cfg)
     model = initial_model(cfg, mesh)
     data_cfg = data_config(cfg, model)
@@ -214,16 +258,17 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     optimizer, lr_fn = optimizer_for(cfg, total_steps, split(model.params, list(cfg.trainable))[0])
     state = init_state(cfg, model.config, model.params, optimizer, mesh, model.rules)
     model.params = None  # the state holds the weights now
-    loader = create_loader(data_cfg, source, model.tokenizer, mesh=mesh, rules=model.rules)
+    feed = Feed(create_loader(data_cfg, source, model.tokenizer, mesh=mesh, rules=model.rules))
     ckpt = Checkpointer(
         cfg.checkpoint.get("directory") or os.path.join(workdir, "checkpoints"),
         every_steps=cfg.checkpoint.every_steps,
         keep=cfg.checkpoint.keep,
         async_save=cfg.checkpoint.async_save,
     )
+    watchdog.phase("restoring the checkpoint")
     start = ckpt.latest_step()
     if start is not None:
-        state = state.replace(**ckpt.restore(start, _checkpoint_tree(state), loader))
+        state = state.replace(**ckpt.restore(start, _checkpoint_tree(state), feed))
         if is_primary():
             print(f"resumed from {ckpt.directory} step {start}")
     step_fn = jit_train_step(
@@ -236,7 +281,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         state_shardings=jax.tree.map(lambda x: x.sharding, state),
         batch_sharding=batch_sharding(mesh, model.rules),
     )
-    writer = MetricsWriter(workdir, enabled=is_primary())
+    writer = MetricsWriter(workdir, enabled=is_primary(), resume_step=start or 0)
+    goodput = Goodput(writer.restart_info())
     peak = peak_flops(jax.devices()[0].device_kind, cfg.peak_tflops * 1e12 if cfg.peak_tflops else None)
     log_every = int(cfg.get("log_every", 1))
     if log_every < 1:
@@ -248,57 +294,103 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         total=total_steps, initial=step, desc="train", dynamic_ncols=True, disable=not (cfg.progress and is_primary())
     )
     last_loss = None
-    interval_start, interval_steps = time.time(), 0
+    interval_start, interval_steps, interval_data = time.perf_counter(), 0, feed.data_wait_s
     try:
         with mesh_context(mesh, model.rules):
+            if preemption.requested() and not preemption.multiprocess:
+                raise Preempted(step, ckpt.directory)  # signalled during start-up: nothing new to save
+            watchdog.phase("reading the first batches")
+            feed.fill(total_steps - step)
             while step < total_steps:
-                try:
-                    batch = next(loader)
-                except StopIteration:
+                watchdog.phase("waiting for the next batch (and every process to have one)")
+                batch = feed.next()
+                if batch is None:
+                    print(
+                        f"process {jax.process_index()} of {jax.process_count()}: end of the data "
+                        f"after step {step} (of {total_steps} planned)",
+                        flush=True,
+                    )
                     break
                 if step % log_every == 0:
-                    skips.check(loader)
+                    skips.check(feed)
                 inputs = {k: batch[k] for k in BATCH_KEYS if k in batch}
                 key = tuple((k, v.shape) for k, v in inputs.items())
                 if key not in compiled_cache:
-                    t0 = time.time()
+                    watchdog.phase("compiling the train step", allow_s=watchdog.startup_s)
+                    t0 = time.perf_counter()
                     compiled_cache[key] = step_fn.lower(state, inputs).compile()
+                    compile_s = time.perf_counter() - t0
                     if is_primary():
                         print(
-                            f"compiled train step for {dict(key)} in {time.time() - t0:.1f}s: "
+                            f"compiled train step for {dict(key)} in {compile_s:.1f}s: "
                             f"{_describe_memory(compiled_cache[key])}",
                             flush=True,
                         )
-                    interval_start += time.time() - t0  # compilation is not step time
-                state, metrics = compiled_cache[key](state, inputs)
+                    interval_start += compile_s  # compilation is not step time
+                    goodput.compile_s += compile_s
+                goodput.first_step()
+                profile.before(step + 1)
+                watchdog.phase(f"dispatching train step {step + 1}")
+                with jax.profiler.StepTraceAnnotation("train", step_num=step + 1):
+                    state, metrics = compiled_cache[key](state, inputs)
                 divergence.record(step + 1, metrics)  # every step's loss, kept on the device until checked
-                if step + 1 < total_steps:
-                    loader.read_ahead()  # the step runs asynchronously meanwhile
                 step += 1
                 interval_steps += 1
                 progress.update(1)
-                # Metrics stay on the device except on logging steps, checkpoint steps and the last
-                # step: fetching them every step would wait for each step before dispatching the next.
-                if step % log_every and not ckpt.due(step) and step != total_steps:
+                watchdog.step_done(step)  # dispatched: its batch arrived and the steps before it ran
+                watchdog.phase("reading ahead")
+                feed.fill(total_steps - step)  # the step runs asynchronously meanwhile
+                interval_start += profile.after(step, metrics)  # stopping the trace is not step time
+                stop = preemption.reached(step)  # every process, every step: the agreed stop step
+                # Metrics stay on the device except on logging steps, checkpoint steps, the last step and
+                # a preemption: fetching them every step would wait for each step before dispatching the next.
+                if step % log_every and not stop and not ckpt.due(step) and step != total_steps:
                     continue
+                watchdog.phase(f"fetching the metrics of step {step}")
                 divergence.check(ckpt.all_steps(), ckpt.directory)  # before any save: see guards.py
                 metrics = jax.device_get(metrics)
-                dt = (time.time() - interval_start) / interval_steps  # wall time per step, unhidden reads included
-                interval_start, interval_steps = time.time(), 0
+                elapsed = time.perf_counter() - interval_start
+                dt = elapsed / interval_steps  # wall time per step, unhidden reads included
+                goodput.train_s += elapsed
                 last_loss = loss = float(metrics["train/loss"])
-                writer.write(step, _row(cfg, model, metrics, batch, loader, dt, peak))
-                ckpt.save(step, _checkpoint_tree(state), loader)
+                row = _row(cfg, model, metrics, batch, feed, dt, peak)
+                row.update(
+                    goodput.row(
+                        data_wait_s=feed.data_wait_s,
+                        interval_steps=interval_steps,
+                        interval_data_s=feed.data_wait_s - interval_data,
+                    )
+                )
+                writer.write(step, row)
                 progress.set_postfix(loss=f"{loss:.4f}")
+                watchdog.phase(f"saving the checkpoint of step {step}", allow_s=watchdog.timeout_s)
+                t0 = time.perf_counter()
+                ckpt.save(step, _checkpoint_tree(state), feed, force=stop)
+                if stop:
+                    ckpt.wait()  # on disk before the exit: the scheduler kills soon
+                    goodput.checkpoint_s += time.perf_counter() - t0
+                    print(
+                        f"process {jax.process_index()} of {jax.process_count()}: preempted "
+                        f"({preemption.received or 'preemption notice'}); checkpoint of step {step} "
+                        f"written to {ckpt.directory}; exiting with status {PREEMPTED_EXIT_CODE}",
+                        flush=True,
+                    )
+                    raise Preempted(step, ckpt.directory)
+                goodput.checkpoint_s += time.perf_counter() - t0
+                interval_start, interval_steps, interval_data = time.perf_counter(), 0, feed.data_wait_s
+        watchdog.phase("final checks and checkpoint", allow_s=watchdog.timeout_s)
         divergence.check(ckpt.all_steps(), ckpt.directory)
-        skips.check(loader, final=True, num_examples=len(source))
+        skips.check(feed, final=True, num_examples=len(source))
         if ckpt.latest_step() != step:
-            ckpt.save(step, _checkpoint_tree(state), loader, force=True)
+            ckpt.save(step, _checkpoint_tree(state), feed, force=True)
         ckpt.wait()
     finally:
+        profile.close()
         progress.close()
         writer.close()
-        loader.close()
+        feed.close()
         ckpt.close()
+    watchdog.phase("writing the final model", allow_s=watchdog.startup_s)
     final = finish(state, model, final_dir, export_hf=cfg.export_hf, workdir=workdir)
     return {"finished": True, "final": final, "steps": step, "last_loss": last_loss, "total_steps": total_steps}
 

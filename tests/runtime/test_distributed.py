@@ -81,3 +81,21 @@ def test_peer_loss_is_recognised_through_exception_chains():
         assert distributed.is_peer_loss(wrapped)
     assert not distributed.is_peer_loss(ValueError("global batch 10 not divisible by 4 processes"))
     assert not distributed.is_peer_loss(FloatingPointError("non-finite loss"))
+
+
+def test_heartbeat_timeout_defaults_to_jaxs_100_s(clean_env):
+    import inspect
+
+    import jax
+
+    jax_default = inspect.signature(jax.distributed.initialize).parameters["heartbeat_timeout_seconds"].default
+    calls = []
+    clean_env.setattr(distributed, "_initialized", False)
+    clean_env.setattr(jax.distributed, "initialize", lambda *a, **kw: calls.append(kw))
+    clean_env.setenv("JAX_PLATFORMS", "")  # keeps this process's CPU collectives setting as it is
+    clean_env.delenv("LLAVA_JAX_HEARTBEAT_TIMEOUT_S", raising=False)
+    assert distributed.initialize("127.0.0.1:1234", 2, 0) is True
+    clean_env.setattr(distributed, "_initialized", False)
+    clean_env.setenv("LLAVA_JAX_HEARTBEAT_TIMEOUT_S", "7")
+    assert distributed.initialize("127.0.0.1:1234", 2, 1) is True
+    assert [c["heartbeat_timeout_seconds"] for c in calls] == [jax_default, 7]

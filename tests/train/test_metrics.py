@@ -36,19 +36,35 @@ def test_tensorboard_reads_the_event_file(tmp_path):
     assert rows[0] == {"step": 1, "train/loss": 1.0, "train/lr": 1e-3, "note": "text", "flag": True}
 
 
-def test_resumed_run_appends_and_later_rows_win(tmp_path):
-    first = MetricsWriter(str(tmp_path))
-    first.write(1, {"train/loss": 4.0})
-    first.write(2, {"train/loss": 3.0, "train/grad_norm": np.float32(float("nan"))})
+def test_resume_drops_the_rows_it_redoes_and_measures_them(tmp_path):
+    first = MetricsWriter(str(tmp_path), resume_step=0)
+    assert first.restart_info() is None  # a fresh workdir
+    first.write(1, {"train/loss": 4.0, "time/wall": 1000.0})
+    first.write(2, {"train/loss": 3.0, "train/grad_norm": np.float32(float("nan")), "time/wall": 1010.0})
+    first.write(3, {"train/loss": 2.9, "time/wall": 1025.0})
     first.close()
-    second = MetricsWriter(str(tmp_path))  # resumed from step 1: step 2 is logged again
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "train/lo')  # a row cut off by the kill
+    second = MetricsWriter(str(tmp_path), resume_step=1)  # restarted from step 1's checkpoint
+    assert second.restart_info() == {"redone_steps": 2, "lost_s": 25.0, "previous_wall": 1025.0}
     second.write(2, {"train/loss": 2.5})
     second.write(3, {"train/loss": 2.0})
     second.close()
-    assert [(r["step"], r["train/loss"]) for r in read_metrics(str(tmp_path))] == [(1, 4.0), (2, 2.5), (3, 2.0)]
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-    assert rows[1]["train/grad_norm"] == "nan"  # non-finite values are kept as text, not as scalars
+    assert [(r["step"], r["train/loss"]) for r in rows] == [(1, 4.0), (2, 2.5), (3, 2.0)]  # each step once
+    assert read_metrics(str(tmp_path)) == rows
     assert read_metrics(str(tmp_path / "absent")) == []
+    # TensorBoard was told to drop the events of the steps redone.
+    _, scalars = _scalars(tmp_path / "tensorboard")
+    assert scalars["train/loss"] == [(1, 4.0), (2, 2.5), (3, 2.0)]
+
+
+def test_non_finite_values_are_kept_as_text(tmp_path):
+    writer = MetricsWriter(str(tmp_path))
+    writer.write(1, {"train/loss": 4.0, "train/grad_norm": np.float32(float("nan"))})
+    writer.close()
+    row = json.loads(open(tmp_path / "metrics.jsonl").readline())
+    assert row["train/grad_norm"] == "nan"  # non-finite values are kept as text, not as scalars
 
 
 def test_disabled_writer_writes_nothing(tmp_path):
