@@ -59,7 +59,7 @@ from llava_jax.presets import PRESETS
 from llava_jax.runtime.exit_codes import PREEMPTED_EXIT_CODE
 from llava_jax.runtime.preemption import Preempted, PreemptionWatch
 from llava_jax.runtime.watchdog import Watchdog
-from llava_jax.sharding import DEFAULT_RULES, MeshConfig, batch_sharding, make_mesh, mesh_context, tree_shardings
+from llava_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh, mesh_config_from, mesh_context, tree_shardings
 from llava_jax.train.checkpoint import Checkpointer
 from llava_jax.train.feed import Feed
 from llava_jax.train.flops import peak_flops, train_step_flops
@@ -178,17 +178,9 @@ def estimate_steps(cfg, source, data_cfg, tokenizer) -> int:
 
 
 def build_mesh(cfg):
-    """The (data, fsdp, tensor) mesh of `cfg.mesh`: a named preset or explicit sizes."""
-    from llava_jax.sharding import MESH_PRESETS
-
-    if cfg.mesh.get("preset"):
-        if cfg.mesh.preset not in MESH_PRESETS:
-            raise ValueError(f"mesh.preset {cfg.mesh.preset!r} not in {sorted(MESH_PRESETS)}")
-        mesh_cfg = MESH_PRESETS[cfg.mesh.preset]
-    else:
-        mesh_cfg = MeshConfig(**{k: cfg.mesh[k] for k in ("data", "fsdp", "tensor")})
+    """The (data, fsdp, tensor) mesh of `cfg.mesh`: a named preset or explicit sizes, plus `dcn_*`."""
     devices = jax.devices()[: cfg.mesh.num_devices] if cfg.mesh.get("num_devices") else None
-    return make_mesh(mesh_cfg, devices)
+    return make_mesh(mesh_config_from(cfg.mesh), devices)
 
 
 # ------------------------------------------------------------------------ state
@@ -264,11 +256,14 @@ def _train(cfg, workdir: str, final_dir: str, watchdog: Watchdog, preemption: Pr
         every_steps=cfg.checkpoint.every_steps,
         keep=cfg.checkpoint.keep,
         async_save=cfg.checkpoint.async_save,
+        atomicity=cfg.checkpoint.get("atomicity", "auto"),
     )
     watchdog.phase("restoring the checkpoint")
     start = ckpt.latest_step()
     if start is not None:
         state = state.replace(**ckpt.restore(start, _checkpoint_tree(state), feed))
+        if ckpt.restored_step is not None:
+            start = ckpt.restored_step  # an unreadable newest step falls back to an older one
         if is_primary():
             print(f"resumed from {ckpt.directory} step {start}")
     step_fn = jit_train_step(
