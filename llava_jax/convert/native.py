@@ -106,11 +106,13 @@ def _save_staged(directory: str, params, config: LlavaConfig, tokenizer, primary
         os.makedirs(staging)
     _sync_processes("llava_jax_save_native_start")
     target = os.path.join(staging, PARAMS_DIR)
-    pairs = _leaves_with_paths(params) if isinstance(params, dict) else params
-    for path, value in pairs:
-        tree = _nest([(path, value)])
-        ocp.partial.save(target, tree)
-        del value, tree
+    if isinstance(params, dict):  # already in memory: one collective save, not one per parameter
+        ocp.partial.save(target, params)
+    else:
+        for path, value in params:
+            tree = _nest([(path, value)])
+            ocp.partial.save(target, tree)
+            del value, tree
     ocp.partial.finalize(target)
     if primary:
         if tokenizer is not None:

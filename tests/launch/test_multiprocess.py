@@ -208,6 +208,7 @@ def test_restarting_both_resumes_exactly_from_the_last_checkpoint(runs):
 def test_one_process_restores_the_two_process_checkpoint_and_matches_two(runs):
     last = runs["last_checkpoint"]
     assert last is not None
+    assert runs["b_proc"].returncode == 0, "run B (C's reference) failed: " + runs["b_proc"].stdout[-3000:]
     proc = runs["c_proc"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "resumed from" in runs["c_log"] and f"step {last}" in runs["c_log"]
