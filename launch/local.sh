@@ -47,7 +47,8 @@ if [[ -z "$logdir" ]]; then
 fi
 mkdir -p "$logdir"
 if [[ -z "$port" ]]; then
-  port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  # Below the ephemeral range, where no outgoing connection can take it before process 0 binds it.
+  port="$("$python" "$repo/llava_jax/runtime/ports.py")"
 fi
 
 # Keep the caller's XLA flags but set our own device count.

@@ -11,31 +11,49 @@ Public API:
   llava_config_from_hf / llava_config_to_hf (HF and original `config.json` dicts)
 """
 
-from llava_jax.api import Llava, convert, load, load_components, random_model
-from llava_jax.config import AnyresConfig, LlamaConfig, LlavaConfig, ProjectorConfig, VisionConfig
-from llava_jax.convert.hf_config import llava_config_from_hf, llava_config_to_hf
-from llava_jax.presets import (
-    PRESETS,
-    bench_small,
-    llava_v15_7b,
-    llava_v15_13b,
-    llava_v15_hd_7b,
-    llava_v15_hd_13b,
-    llava_v16_vicuna_7b,
-    llava_v16_vicuna_13b,
-    tiny,
-)
+import importlib
 
 __version__ = "0.1.0"
 
+# Imported on first use (PEP 562), so that `import llava_jax.cli` (the `llava-jax` command, which
+# re-executes itself for `train` and `demo`) and `llava_jax.runtime` load no JAX until they need it.
+_LAZY = {
+    "Llava": "llava_jax.api",
+    "convert": "llava_jax.api",
+    "load": "llava_jax.api",
+    "load_components": "llava_jax.api",
+    "random_model": "llava_jax.api",
+    "AnyresConfig": "llava_jax.config",
+    "LlamaConfig": "llava_jax.config",
+    "LlavaConfig": "llava_jax.config",
+    "ProjectorConfig": "llava_jax.config",
+    "VisionConfig": "llava_jax.config",
+    "llava_config_from_hf": "llava_jax.convert.hf_config",
+    "llava_config_to_hf": "llava_jax.convert.hf_config",
+    "PRESETS": "llava_jax.presets",
+    "bench_small": "llava_jax.presets",
+    "llava_v15_7b": "llava_jax.presets",
+    "llava_v15_13b": "llava_jax.presets",
+    "llava_v15_hd_7b": "llava_jax.presets",
+    "llava_v15_hd_13b": "llava_jax.presets",
+    "llava_v16_vicuna_7b": "llava_jax.presets",
+    "llava_v16_vicuna_13b": "llava_jax.presets",
+    "tiny": "llava_jax.presets",
+    "preprocess_image": "llava_jax.data.image",
+}
+
 
 def __getattr__(name):
-    # Preprocessing pulls in PIL; import it only when asked for.
-    if name == "preprocess_image":
-        from llava_jax.data.image import preprocess_image
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llava_jax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return preprocess_image
-    raise AttributeError(f"module 'llava_jax' has no attribute {name!r}")
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [

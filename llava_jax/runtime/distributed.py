@@ -34,6 +34,7 @@ import sys
 import jax
 
 from llava_jax.runtime.exit_codes import PEER_LOST_EXIT_CODE
+from llava_jax.runtime.ports import port_is_free
 
 log = logging.getLogger(__name__)
 _PEER_LOST = re.compile(
@@ -81,6 +82,16 @@ def cluster_detected() -> bool:
     return _tpu_chips_present()
 
 
+def _check_coordinator_port(address: str) -> None:
+    """Process 0: a clear error for a coordinator port in use (XLA's server crashes the process on it)."""
+    _, _, port = address.rpartition(":")
+    if port.isdigit() and not port_is_free(int(port)):
+        raise RuntimeError(
+            f"process 0 cannot start the coordinator on {address}: port {port} is in use; restart every "
+            "process with a free port (LLAVA_JAX_COORDINATOR, or launch/local.sh --port)"
+        )
+
+
 def initialize(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
@@ -117,9 +128,19 @@ def initialize(
     if explicit:
         if process_id is None:
             raise ValueError("LLAVA_JAX_COORDINATOR and LLAVA_JAX_NUM_PROCESSES are set but not LLAVA_JAX_PROCESS_ID")
-        jax.distributed.initialize(
-            coordinator_address, num_processes, process_id, local_device_ids=local_device_ids, **kwargs
-        )
+        if process_id == 0:
+            _check_coordinator_port(coordinator_address)
+        try:
+            jax.distributed.initialize(
+                coordinator_address, num_processes, process_id, local_device_ids=local_device_ids, **kwargs
+            )
+        except jax.errors.JaxRuntimeError as e:
+            if process_id == 0 and "Failed to start RPC server" in str(e):
+                raise RuntimeError(
+                    f"process 0 could not start the coordinator on {coordinator_address}; "
+                    "restart every process with a free port (LLAVA_JAX_COORDINATOR, or launch/local.sh --port)"
+                ) from e
+            raise
     else:
         jax.distributed.initialize(local_device_ids=local_device_ids, **kwargs)
     _initialized = True

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,12 +26,14 @@ from pathlib import Path
 import pytest
 
 from llava_jax.runtime.exit_codes import PREEMPTED_EXIT_CODE
+from llava_jax.runtime.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 # The first samples of the synthetic stage-2 set: 144 pack into [7, 8] batches for 2 processes
 # (enough steps to stop in the middle), 48 into [3, 4, 3] for 3.
 SAMPLES = {2: 144, 3: 48}
 RUN_TIMEOUT_S = 240
+PEERS_AFTER_FAILURE_S = 30  # more than the 10 s heartbeat timeout below
 
 
 def _train_args(n: int, data: Path, workdir: Path, batch: int) -> list[str]:
@@ -55,9 +56,7 @@ def _train_args(n: int, data: Path, workdir: Path, batch: int) -> list[str]:
 
 
 def _start(n: int, devices: int, data: Path, workdir: Path) -> list[tuple[subprocess.Popen, Path]]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
     logs = workdir.parent / f"{workdir.name}_logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -82,14 +81,17 @@ def _start(n: int, devices: int, data: Path, workdir: Path) -> list[tuple[subpro
 
 
 def _finish(procs) -> dict:
-    """Exit statuses and logs; on a timeout every process is killed and the status is None."""
+    """Exit statuses and logs; on a timeout every process is killed and the status is None.
+
+    Once one process has failed, the others get PEERS_AFTER_FAILURE_S to follow (they would
+    otherwise wait out JAX's timeouts) before they are killed.
+    """
     deadline = time.time() + RUN_TIMEOUT_S
-    codes = []
-    for proc, _ in procs:
-        try:
-            codes.append(proc.wait(timeout=max(1.0, deadline - time.time())))
-        except subprocess.TimeoutExpired:
-            codes.append(None)
+    while time.time() < deadline and any(proc.poll() is None for proc, _ in procs):
+        if any(proc.poll() not in (None, 0) for proc, _ in procs):
+            deadline = min(deadline, time.time() + PEERS_AFTER_FAILURE_S)
+        time.sleep(0.1)
+    codes = [proc.poll() for proc, _ in procs]
     for proc, _ in procs:
         if proc.poll() is None:
             proc.kill()
