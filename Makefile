@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # The install goes through uv when it can be had (parallel downloads, unpacking and byte-compiling:
 # about 35 s on the 2-core box, against 95 s for pip), and falls back to pip. uv reads no pip
 # configuration, so the find-links directory and constraint file that pip would use are passed on.
-PIP_SETTING = $(shell $(BIN)/pip config get $(1) 2>/dev/null)
+PIP_SETTING = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^$(1)='\(.*\)'$$/\1/p")
 UV_OPTIONS = $(foreach d,$(or $(PIP_FIND_LINKS),$(call PIP_SETTING,global.find-links)),--find-links $(d)) \
 	$(foreach f,$(or $(PIP_CONSTRAINT),$(call PIP_SETTING,global.constraint)),--constraint $(f))
 
@@ -23,7 +23,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" tests

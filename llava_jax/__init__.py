@@ -12,6 +12,8 @@ Public API:
 """
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -41,6 +43,20 @@ _LAZY = {
     "tiny": "llava_jax.presets",
     "preprocess_image": "llava_jax.data.image",
 }
+
+
+class _Package(types.ModuleType):
+    """`llava_jax.convert` is the `convert` function, as it was when this file imported it eagerly: the
+    import system's binding of the `llava_jax.convert` subpackage onto this module is skipped (the
+    subpackage is in `sys.modules` and imports by its dotted name as before)."""
+
+    def __setattr__(self, name, value):
+        if name == "convert" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name):

@@ -61,3 +61,27 @@ def torch_cpu():
 
     torch.set_num_threads(2)
     return torch
+
+
+# The longest files first (measured with `--durations`, bench/RESULTS.md "Test suite"): `make test`'s
+# workers take whole files (`--dist loadfile --no-loadscope-reorder`) in collection order, so a long
+# file collected late would run alone at the end while the other worker idles (xdist's own reordering,
+# by number of tests, put these files with few long tests last). The rest keep their order.
+LONGEST_FILES = (
+    "tests/demo/test_demo.py",
+    "tests/train/test_loop_multiprocess.py",
+    "tests/launch/test_multiprocess.py",
+    "tests/train/test_step.py",
+    "tests/train/test_production_path.py",
+    "tests/train/test_loop.py",
+    "tests/infer/test_generate.py",
+    "tests/train/test_plan.py",
+    "tests/data/test_pipeline_workers.py",
+    "tests/serve/test_api.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    root = config.rootpath
+    items.sort(key=lambda item: rank.get(item.path.relative_to(root).as_posix(), len(rank)))

@@ -80,3 +80,22 @@ def test_the_walk_sees_deferred_imports(tmp_path):
     (pkg / "__init__.py").write_text("")
     (pkg / "model" / "__init__.py").write_text("def f():\n    from llava_jax.api import load\n    return load\n")
     assert import_edges(pkg) == {("model", "api"): ["llava_jax.model"]}
+
+
+def test_the_command_line_and_the_package_load_jax_only_when_used():
+    """`llava-jax train` re-executes itself (runtime/hugepages.py): its first process imports no JAX.
+    The package's names still resolve, `convert` to the function even after its subpackage loads."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, llava_jax.cli, llava_jax.runtime.ports\n"
+        "assert 'jax' not in sys.modules, 'jax imported'\n"
+        "import llava_jax.convert.hf_config, llava_jax\n"
+        "assert callable(llava_jax.convert) and llava_jax.convert.__module__ == 'llava_jax.api'\n"
+        "from llava_jax import Llava, PRESETS, load, preprocess_image, tiny\n"
+        "assert sorted(llava_jax.__all__) == sorted(set(llava_jax.__all__) & set(dir(llava_jax)))\n"
+        "assert tiny().llm.num_layers > 0 and 'llava_v15_7b' in PRESETS\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,12 +1,14 @@
 """`llava-jax demo --quick` from an installed wheel: every step runs and leaves artifacts that load; a rerun
-reuses them all.
+reuses them all. Then `--hd`: the LLaVA-1.5-HD variant runs end to end and compares HD with non-HD.
 
-The suite's one demo run. A wheel built from this checkout is installed into a
+The suite's demo runs. A wheel built from this checkout is installed into a
 fresh virtual environment (its dependencies come from the running interpreter's
 site-packages through a `.pth` line, so nothing is downloaded), and its
 `llava-jax` script runs the demo from a directory outside the repository, in a
 fresh process (so the demo picks its own CPU devices). The tests below read that
-workdir; the step runner's rebuild rules are unit-tested in test_run.py.
+workdir; the step runner's rebuild rules are unit-tested in test_run.py. The HD
+run comes last, in a process like the first (the programs its stages share with
+the plain demo's are then loaded from the suite's compilation cache).
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ def _fresh_env() -> dict:
     return env
 
 
-def _demo(venv: Path, workdir: Path) -> str:
-    cmd = [venv / "bin" / "llava-jax", "demo", "--quick", "--workdir", workdir, "--seed", SEED, "--no-progress"]
+def _demo(venv: Path, workdir: Path, *options, seed: int = SEED) -> str:
+    cmd = [venv / "bin" / "llava-jax", "demo", "--quick", *options, "--workdir", workdir, "--seed", seed, "--no-progress"]
     return _run(cmd, cwd=workdir.parent, env=_fresh_env(), timeout=900).stdout
 
 
@@ -282,3 +284,29 @@ def test_rerun_reuses_every_step_and_scores_the_saved_answers(demo):
     results = _read(workdir / "results.json")
     assert results["accuracy"] == pytest.approx(demo["expected_accuracy"])
     assert 0 < results["accuracy"]["overall"] < 100
+
+
+def test_hd_quick_demo(venv, tmp_path):
+    from llava_jax import load
+
+    workdir = tmp_path / "demo_hd"
+    printed = _demo(venv, workdir, "--hd", seed=3)
+    assert "non-HD %" in printed and "HD %" in printed
+    results = _read(workdir / "results.json")
+    comparison = results["hd_comparison"]
+    assert set(comparison) == {"color", "shape", "count", "position", "existence", "overall"}
+    assert all(set(row) == {"non_hd", "hd", "chance"} for row in comparison.values())
+    assert {r: comparison[r]["hd"] for r in comparison} == results["accuracy"]
+    assert _read(workdir / "data" / "manifest.json")["image_size"] == 168
+    for name in ("eval", "eval_hd"):
+        assert len(_read(workdir / name / "predictions.jsonl")) == results["num_questions"]["overall"]
+    # Both arms start from the same stage-1 model; only the HD one tiles its images.
+    base, hd = load(str(workdir / "stage2" / "final")), load(str(workdir / "stage2hd" / "final"))
+    assert base.config.anyres is None and hd.config.image_grid_pinpoints == ((168, 168),)
+    assert hd.config.anyres.max_tiles == 10 and hd.params["projector"]["image_newline"].shape == (64,)
+    stage1 = load(str(workdir / "stage1" / "final"))
+    np.testing.assert_array_equal(
+        np.asarray(hd.params["vision"]["patch_embedding"]), stage1.params["vision"]["patch_embedding"]
+    )
+    assert _read(workdir / "hf" / "config.json")["architectures"] == ["LlavaNextForConditionalGeneration"]
+    assert len(_read(workdir / "chat" / "transcript.json")["turns"]) == 4
