@@ -69,7 +69,17 @@ def _fresh_env() -> dict:
 
 
 def _demo(venv: Path, workdir: Path, *options, seed: int = SEED) -> str:
-    cmd = [venv / "bin" / "llava-jax", "demo", "--quick", *options, "--workdir", workdir, "--seed", seed, "--no-progress"]
+    cmd = [
+        venv / "bin" / "llava-jax",
+        "demo",
+        "--quick",
+        *options,
+        "--workdir",
+        workdir,
+        "--seed",
+        seed,
+        "--no-progress",
+    ]
     return _run(cmd, cwd=workdir.parent, env=_fresh_env(), timeout=900).stdout
 
 
