@@ -156,18 +156,6 @@ def initialize(
     return True
 
 
-def collectives_need_order() -> bool:
-    """Whether programs with cross-process collectives must not overlap: several processes on CPU.
-
-    XLA:CPU may run two dispatched programs at once, and gloo matches collectives by their order
-    on each process; a train step and a host agreement (a batch length all-gather, an end-of-data
-    flag) in flight together can then pair up differently on two processes and wait forever (seen
-    in the 2-process resume test: both processes inside the all-gather, neither returning). GPU
-    and TPU run a device's programs in order, so they keep the overlap.
-    """
-    return jax.process_count() > 1 and jax.default_backend() == "cpu"
-
-
 def is_peer_loss(exc: BaseException) -> bool:
     """Whether `exc` (or what caused it) says another process died or became unreachable."""
     seen = set()

@@ -30,8 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from llava_jax.runtime.distributed import collectives_need_order
-
 
 class _AllMin:
     """min over processes of one int per process, dispatched asynchronously (one int32 per device)."""
@@ -44,10 +42,7 @@ class _AllMin:
 
     def dispatch(self, value: int) -> jax.Array:
         local = np.full((jax.local_device_count(),), value, np.int32)
-        out = self.fn(jax.make_array_from_process_local_data(self.sharding, local, self.shape))
-        if collectives_need_order():  # never in flight beside a train step (runtime/distributed.py)
-            out.block_until_ready()
-        return out
+        return self.fn(jax.make_array_from_process_local_data(self.sharding, local, self.shape))
 
 
 class Feed:

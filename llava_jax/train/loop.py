@@ -56,7 +56,6 @@ from llava_jax.convert.native import save_native
 from llava_jax.model.lora import add_lora, merge_lora
 from llava_jax.model.params import merge_trees, param_logical_axes
 from llava_jax.presets import PRESETS
-from llava_jax.runtime.distributed import collectives_need_order
 from llava_jax.runtime.exit_codes import PREEMPTED_EXIT_CODE
 from llava_jax.runtime.preemption import Preempted, PreemptionWatch
 from llava_jax.runtime.watchdog import Watchdog
@@ -252,7 +251,6 @@ def _train(cfg, workdir: str, final_dir: str, watchdog: Watchdog, preemption: Pr
     state = init_state(cfg, model.config, model.params, optimizer, mesh, model.rules)
     model.params = None  # the state holds the weights now
     feed = Feed(create_loader(data_cfg, source, model.tokenizer, mesh=mesh, rules=model.rules))
-    ordered_collectives = collectives_need_order()
     ckpt = Checkpointer(
         cfg.checkpoint.get("directory") or os.path.join(workdir, "checkpoints"),
         every_steps=cfg.checkpoint.every_steps,
@@ -335,11 +333,8 @@ def _train(cfg, workdir: str, final_dir: str, watchdog: Watchdog, preemption: Pr
                 interval_steps += 1
                 progress.update(1)
                 watchdog.step_done(step)  # dispatched: its batch arrived and the steps before it ran
-                if ordered_collectives:  # several CPU processes: the step ends before the next collective
-                    watchdog.phase(f"running train step {step}")
-                    jax.block_until_ready(metrics)
                 watchdog.phase("reading ahead")
-                feed.fill(total_steps - step)  # the step runs asynchronously meanwhile (but see above)
+                feed.fill(total_steps - step)  # the step runs asynchronously meanwhile
                 interval_start += profile.after(step, metrics)  # stopping the trace is not step time
                 stop = preemption.reached(step)  # every process, every step: the agreed stop step
                 # Metrics stay on the device except on logging steps, checkpoint steps, the last step and
