@@ -62,11 +62,6 @@ def is_native(directory: str) -> bool:
     return native
 
 
-def _leaves_with_paths(params) -> Iterable[tuple[tuple[str, ...], jax.Array]]:
-    for keypath, leaf in jax.tree_util.tree_leaves_with_path(params):
-        yield tuple(k.key for k in keypath), leaf
-
-
 def _nest(pairs: Iterable[tuple[tuple[str, ...], jax.Array]], tree: dict | None = None) -> dict:
     tree = {} if tree is None else tree
     for path, value in pairs:

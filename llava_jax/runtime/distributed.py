@@ -82,14 +82,18 @@ def cluster_detected() -> bool:
     return _tpu_chips_present()
 
 
+def _port_taken(address: str) -> RuntimeError:
+    return RuntimeError(
+        f"process 0 cannot start the coordinator on {address}: its port is in use; restart every "
+        "process with a free port (LLAVA_JAX_COORDINATOR, or launch/local.sh --port)"
+    )
+
+
 def _check_coordinator_port(address: str) -> None:
     """Process 0: a clear error for a coordinator port in use (XLA's server crashes the process on it)."""
     _, _, port = address.rpartition(":")
     if port.isdigit() and not port_is_free(int(port)):
-        raise RuntimeError(
-            f"process 0 cannot start the coordinator on {address}: port {port} is in use; restart every "
-            "process with a free port (LLAVA_JAX_COORDINATOR, or launch/local.sh --port)"
-        )
+        raise _port_taken(address)
 
 
 def initialize(
@@ -135,11 +139,8 @@ def initialize(
                 coordinator_address, num_processes, process_id, local_device_ids=local_device_ids, **kwargs
             )
         except jax.errors.JaxRuntimeError as e:
-            if process_id == 0 and "Failed to start RPC server" in str(e):
-                raise RuntimeError(
-                    f"process 0 could not start the coordinator on {coordinator_address}; "
-                    "restart every process with a free port (LLAVA_JAX_COORDINATOR, or launch/local.sh --port)"
-                ) from e
+            if process_id == 0 and "Failed to start RPC server" in str(e):  # taken after the check above
+                raise _port_taken(coordinator_address) from e
             raise
     else:
         jax.distributed.initialize(local_device_ids=local_device_ids, **kwargs)

@@ -39,7 +39,9 @@ def _assert_same(a, b):
 def test_commit_file_save_renames_no_directory(params, tmp_path, monkeypatch, lazy):
     directory = tmp_path / "final"
     attempts = forbid_directory_renames(monkeypatch, tmp_path)
-    given = native._leaves_with_paths(params) if lazy else params
+    # The iterable form `save_native` streams (what `convert` hands it): (key path, array) pairs.
+    pairs = ((tuple(k.key for k in path), leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(params))
+    given = pairs if lazy else params
     save_native(str(directory), given, tiny(), _tokenizer(), atomicity="commit_file")
     assert attempts == []
     assert is_native(str(directory)) and (directory / "tokenizer.json").exists()

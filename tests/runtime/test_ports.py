@@ -69,6 +69,4 @@ def test_process_0_names_a_coordinator_port_that_is_taken(tmp_path):
         code = f"from llava_jax.runtime import distributed; distributed.initialize('127.0.0.1:{port}', 2, 0)"
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
-    assert f"cannot start the coordinator on 127.0.0.1:{port}: port {port} is in use" in proc.stderr, proc.stderr[
-        -2000:
-    ]
+    assert f"cannot start the coordinator on 127.0.0.1:{port}: its port is in use" in proc.stderr, proc.stderr[-2000:]
