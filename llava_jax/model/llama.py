@@ -122,13 +122,17 @@ class LlamaAttention(nn.Module):
             # The cache is stored heads first ([B, K, S, H]), the layout the attention products
             # read: a step writes its T new slots and reads the cache in place (no transpose of
             # the whole cache per step).
-            ck = jax.lax.dynamic_update_slice(ck, _heads_first(k, ck.dtype), (0, 0, cache_index, 0))
-            cv = jax.lax.dynamic_update_slice(cv, _heads_first(v, cv.dtype), (0, 0, cache_index, 0))
+            ck = _write_slots(ck, _heads_first(k, ck.dtype), cache_index)
+            cv = _write_slots(cv, _heads_first(v, cv.dtype), cache_index)
             new_cache = (ck, cv)
             t, s = x.shape[1], ck.shape[2]
-            # Slot j is visible to new token i when written (j <= cache_index + i) and not padding.
-            visible = jnp.arange(s)[None, :] <= cache_index + jnp.arange(t)[:, None]
-            mask = visible[None] & padding_mask.astype(bool)[:, None, :]
+            # Slot j is visible to new token i when written (j <= cache_index + i) and not padding;
+            # a per-row cache_index int32[B] gives each row its own limit.
+            if jnp.ndim(cache_index) == 0:
+                visible = (jnp.arange(s)[None, :] <= cache_index + jnp.arange(t)[:, None])[None]
+            else:
+                visible = jnp.arange(s) <= cache_index[:, None, None] + jnp.arange(t)[:, None]  # [B, T, S]
+            mask = visible & padding_mask.astype(bool)[:, None, :]
             out = heads_first_attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask)
         out = Dense((c.hidden_size,), (HEADS, KV), (EMBED,), name="o_proj", **kw)(out)
         return checkpoint_name(out, OUT_PROJ), new_cache
@@ -234,7 +238,8 @@ class LlamaModel(nn.Module):
           padding_mask: bool[B, T] real tokens (no cache / prefill) or bool[B, S] valid
             cache slots including the new ones (decode).
           cache: {'k', 'v'}: float[L, B, K, S, H] or None.
-          cache_index: int32[] first slot written by this call (decode only).
+          cache_index: first slot written by this call (decode only): int32[] for every row, or
+            int32[B] per row (continuous batching: rows at different lengths).
           return_hidden: return the final-normed hidden states float[B, T, D] instead of logits.
         Returns:
           (float32[B, T, V] logits or hidden states, updated cache or None).
@@ -252,6 +257,15 @@ class LlamaModel(nn.Module):
         if return_hidden:
             return x, new_cache
         return self.logits(x), new_cache
+
+
+def _write_slots(cache, new, cache_index):
+    """float[B, K, S, H] cache with float[B, K, T, H] `new` written from slot `cache_index`:
+    int32[] (every row at the same slot) or int32[B] (each row at its own)."""
+    if jnp.ndim(cache_index) == 0:
+        return jax.lax.dynamic_update_slice(cache, new, (0, 0, cache_index, 0))
+    write = jax.vmap(lambda c, n, i: jax.lax.dynamic_update_slice(c, n, (0, i, 0)))
+    return write(cache, new, cache_index)
 
 
 def _heads_first(x, dtype):

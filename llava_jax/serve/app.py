@@ -28,9 +28,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llava_jax.serve.batching import Engine, Job, NotReady, QueueFull
+from llava_jax.serve.batching import Engine
 from llava_jax.serve.errors import ApiError
 from llava_jax.serve.images import ImagePolicy, fetch_image
+from llava_jax.serve.jobs import Job, NotReady, QueueFull
 from llava_jax.serve.protocol import (
     ChatRequest,
     chunk_event,
@@ -148,7 +149,10 @@ def create_app(
             f"llava_serve_cancelled_total {stats['cancelled']}",
             f"llava_serve_tokens_generated_total {stats['tokens']}",
             f"llava_serve_batches_total {stats['batches']}",
-            f"llava_serve_batch_rows_total {stats['rows']}",
+            f"llava_serve_batch_rows_total {stats['batch_rows']}",
+            f"llava_serve_admitted_rows_total {stats['rows']}",
+            f"llava_serve_decode_steps_total {stats['decode_steps']}",
+            f"llava_serve_row_steps_total {stats['row_steps']}",
             f"llava_serve_batch_errors_total {stats['batch_errors']}",
             f"llava_serve_max_batch_rows {max(sizes, default=0)}",
             f"llava_serve_queue_depth {engine.queue_depth()}",

@@ -1,26 +1,39 @@
-"""The request queue and the batcher: requests waiting while a batch runs are decoded together.
+"""The request queue and the engine: continuous batching, requests join the running decode between chunks.
 
-Letters: B batch rows (a bucket: powers of two up to `max_batch`), T prompt
-length (left padded to a multiple of 16, as `Llava.chat`), C cache length, N
-new-token slots (C - T), S image side.
+Letters: B rows of the running state (a bucket: powers of two up to
+`max_batch`), b requests admitted together (also a bucket), T their prompt
+length (left padded to a multiple of 16, as `Llava.chat`), C cache slots per
+row, S image side.
 
-One worker thread owns the device. It takes the oldest waiting request and
-every waiting request that can share its batch (greedy with greedy; sampled
-with the same temperature and top_p; a sampled request with its own `seed`
-runs alone, so that it draws exactly what `Llava.chat(seed=...)` draws), up to
-`max_batch`, left-pads them as `generate` does, prefills them together and
-runs the jitted decode loop (`llava_jax.infer.decode`) in chunks of
-`chunk_tokens`. Between chunks it sends each row's new text to its request,
-and ends a row that met its own limit: EOS, a stop sequence, its `max_tokens`,
-or a cancelled request (that row's tokens are no longer computed once every
-row is done, and the next batch starts). Rows are independent (positions and
-masks per row), so a request's greedy answer is `Llava.chat`'s whatever it
-shares a batch with.
+One worker thread owns the device and one running decode state
+(`llava_jax.infer.continuous`), whose rows each have their own cache slots,
+positions and slot mask. Between decode chunks it admits waiting requests
+into free rows: it prefills the newcomers together (b rows, the filler ones
+one-token prompts) and writes their caches into their rows, growing B (and C,
+for a longer request) to the next bucket when the free rows are too few; the
+other rows go on where they were. A chunk stops after `chunk_tokens` steps
+when a row streams or watches for stop sequences, or when rows are free (so a
+request that arrives meanwhile waits at most that long), and as soon as any
+row ends on the device (EOS, its `max_tokens`), so that its answer goes out at
+once and its row is free for the next request. Between chunks each row's new
+text goes to its request, and a row ends on the host for a stop sequence or a
+cancelled request; an ended row is free. When no row is live the state is
+dropped, and the next request starts a new one sized for what waits.
 
-Shapes are bucketed so that few programs compile: B to a power of two (filler
-rows are one-token prompts, ended at once), T to a multiple of 16, and C to a
-power of two capped just past the model's context; `warmup` compiles the
-shapes a one-image question with the default `max_tokens` uses, for every B.
+Rows that share a state must share the sampling settings: greedy with greedy,
+sampled with the same temperature and top_p. While the oldest waiting
+request cannot join the running state, nothing joins it: it drains and the
+next state starts with that request's settings. A sampled request with its
+own `seed` runs alone in a one-row state, so that it draws exactly what
+`Llava.chat(seed=...)` draws. A row's tokens depend only on its own prompt,
+so a request's greedy answer is `Llava.chat`'s whatever shares the state.
+
+Shapes are bucketed so that few programs compile: B and b to powers of two,
+T to a multiple of 16, C to a power of two capped just past the model's
+context. `warmup` compiles, at the shape of a one-image question with the
+default `max_tokens`, every program steady state calls: a state and a decode
+chunk for every B, the prefill and the admission for every b <= B, and
+growing B to every larger bucket.
 """
 
 from __future__ import annotations
@@ -32,72 +45,28 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llava_jax.infer.decode import decode, decode_layers_for, first_token, prefill, resolve_layout
+from llava_jax.infer.continuous import admit, decode_rows, empty_rows, resize_rows
+from llava_jax.infer.decode import decode_layers_for, prefill, resolve_layout
 from llava_jax.infer.generate import default_stop_ids
 from llava_jax.infer.sampling import SamplingMode
+from llava_jax.serve.jobs import Job, NotReady, QueueFull, Row, Sampling
 from llava_jax.serve.text import AnswerText
 from llava_jax.sharding import DEFAULT_RULES, batch_axes, mesh_context
+
+__all__ = ["Engine", "Job", "NotReady", "QueueFull", "Sampling"]
 
 log = logging.getLogger("llava_jax.serve")
 
 PAD_TO_MULTIPLE = 16  # as `llava_jax.infer.chat`
 MIN_NEW_SLOTS = 16
-# Decode steps per call when no row streams or watches for stop sequences: the host only looks
-# in to end rows at their own max_tokens and to drop cancelled ones.
-QUIET_CHUNK = 64
-
-
-@dataclasses.dataclass(frozen=True)
-class Sampling:
-    """Sampling settings of one request (temperature 0: greedy, top_p and seed ignored)."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-
-    def batch_key(self):
-        """Requests with equal keys may share a batch; a seeded sampled request gets a key of its own."""
-        if self.temperature == 0:
-            return ("greedy",)
-        if self.seed is not None:
-            return ("seeded", object())
-        return ("sample", self.temperature, self.top_p)
-
-
-@dataclasses.dataclass
-class Job:
-    """One request as the batcher sees it.
-
-    ids: int32[L] prompt (`image_seq_length` placeholders where the image goes);
-    pixels: float32[S, S, 3] preprocessed image or None; `sink(kind, payload)` is
-    called from the worker thread with ("delta", str), ("done", dict) or
-    ("error", str); it must not block.
-    """
-
-    ids: np.ndarray
-    pixels: np.ndarray | None
-    max_tokens: int
-    sampling: Sampling
-    stop: tuple[str, ...]
-    sink: Callable[[str, object], None]
-    stream: bool = False  # send ("delta", text) as the answer grows (else only "done")
-    request_id: str = ""
-    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
-    enqueued: float = dataclasses.field(default_factory=time.monotonic)
-
-
-class QueueFull(Exception):
-    """More requests are waiting than the server takes."""
-
-
-class NotReady(Exception):
-    """The engine is still warming up, or shutting down."""
+# Decode steps per chunk while rows are free and no row streams: a request arriving meanwhile
+# joins after at most this many steps.
+ADMIT_CHUNK = 16
 
 
 def _next_pow2(n: int) -> int:
@@ -108,8 +77,26 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
+@dataclasses.dataclass
+class _Run:
+    """The running decode state and the host's view of its rows (None: free)."""
+
+    state: dict
+    rows: list
+    key: tuple
+    mode: SamplingMode
+    consts: dict
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.state["valid"].shape)
+
+    def live(self) -> int:
+        return sum(row is not None for row in self.rows)
+
+
 class Engine:
-    """Owns the model on its worker thread; `submit` queues a `Job`, the thread batches and decodes.
+    """Owns the model on its worker thread; `submit` queues a `Job`, the thread admits and decodes.
 
     Args:
       model: a loaded `llava_jax.Llava` with a tokenizer.
@@ -117,8 +104,9 @@ class Engine:
       max_batch: most rows decoded together.
       max_queue: most requests waiting; `submit` raises `QueueFull` past it.
       chunk_tokens: decode steps between looks at the text when a row streams or has stop sequences.
-      batch_wait_s: while other requests are still being read (`arriving`), wait up to this long
-        for them to join the batch; nothing is waited for when none is on its way.
+      batch_wait_s: when no row is decoding and other requests are still being read
+        (`arriving`), wait up to this long for them to start together.
+      layout: decoder weight/cache layout (`llava_jax.infer.decode.resolve_layout`).
     """
 
     def __init__(
@@ -165,10 +153,11 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._arriving = 0
+        self._run: _Run | None = None
         self.ready = threading.Event()
         self.failed: str | None = None
         self.stats = collections.Counter()
-        self.batch_sizes = collections.Counter()
+        self.batch_sizes = collections.Counter()  # decode chunks by live rows
 
     # ------------------------------------------------------------------ queue
     def submit(self, job: Job) -> None:
@@ -185,8 +174,8 @@ class Engine:
 
     @contextlib.contextmanager
     def arriving(self):
-        """Context for a request being read and encoded before `submit`: a batch about to start
-        waits (up to `batch_wait_s`) for it rather than leaving it for the next batch."""
+        """Context for a request being read and encoded before `submit`: a state about to start
+        waits (up to `batch_wait_s`) for it rather than starting without it."""
         with self._cond:
             self._arriving += 1
         try:
@@ -200,32 +189,42 @@ class Engine:
         with self._cond:
             return len(self._queue)
 
-    def _take_batch(self) -> list[Job] | None:
+    def _take(self, run: _Run | None) -> list[Job] | None:
+        """The waiting requests to admit now (oldest first): with no running state, block for one
+        and take those that share its settings; else those that may join `run`'s free rows (none
+        while the oldest waiting one may not). None when stopping with nothing running."""
         with self._cond:
-            while not self._queue and not self._stopping:
-                self._cond.wait()
-            if self._stopping:
-                return None
-            deadline = time.monotonic() + self.batch_wait_s
-            while self._arriving and len(self._queue) < self.max_batch and time.monotonic() < deadline:
-                self._cond.wait(max(0.0, deadline - time.monotonic()))
-            if self._stopping:
-                return None
-            head = self._queue.popleft()
-            batch, skipped = [head], []
-            key = head.sampling.batch_key()
-            if key[0] != "seeded":
-                while self._queue and len(batch) < self.max_batch:
-                    job = self._queue.popleft()
-                    (batch if job.sampling.batch_key() == key else skipped).append(job)
-                self._queue.extendleft(reversed(skipped))
-        live = []
-        for job in batch:
-            if job.cancelled.is_set():
-                self.stats["cancelled"] += 1
+            if run is None:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return None
+                deadline = time.monotonic() + self.batch_wait_s
+                while self._arriving and len(self._queue) < self.max_batch and time.monotonic() < deadline:
+                    self._cond.wait(max(0.0, deadline - time.monotonic()))
+                if self._stopping or not self._queue:
+                    return None if self._stopping else []
+                key, free = self._queue[0].sampling.batch_key(), self.max_batch
             else:
-                live.append(job)
-        return live
+                free = self.max_batch - run.live()
+                if self._stopping or not free or not self._queue:
+                    return []
+                key = run.key
+                if key[0] == "seeded" or self._queue[0].sampling.batch_key() != key:
+                    return []
+            taken, skipped = [], []
+            while self._queue and len(taken) < free:
+                job = self._queue.popleft()
+                if job.cancelled.is_set():
+                    self.stats["cancelled"] += 1
+                elif job.sampling.batch_key() == key or (not taken and run is None):
+                    taken.append(job)
+                    if key[0] == "seeded":
+                        break
+                else:
+                    skipped.append(job)
+            self._queue.extendleft(reversed(skipped))
+        return taken
 
     # ------------------------------------------------------------------ thread
     def start(self, warmup: bool = True, warmup_max_tokens: int | None = None) -> None:
@@ -235,7 +234,7 @@ class Engine:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop taking requests; the running batch ends, waiting requests get an error."""
+        """Stop taking requests; running rows finish, waiting requests get an error."""
         with self._cond:
             self._stopping = True
             waiting = list(self._queue)
@@ -256,34 +255,24 @@ class Engine:
             return
         self.ready.set()
         while True:
-            batch = self._take_batch()
-            if batch is None:
+            jobs = self._take(self._run)
+            if jobs is None:
                 return
-            if not batch:
+            if self._run is None and not jobs:
                 continue
             try:
-                self.run_batch(batch)
-            except Exception as e:  # keep serving: the batch's requests get an error, the log the traceback
-                log.exception("batch of %d rows failed", len(batch))
+                if jobs:
+                    self._admit(jobs)
+                if self._run is not None:
+                    self._decode_chunk()
+            except Exception as e:  # keep serving: the rows' requests get an error, the log the traceback
+                rows = [row.job for row in self._run.rows if row is not None] if self._run is not None else []
+                failed = list({id(job): job for job in rows + jobs}.values())
+                log.exception("decoding %d rows failed", len(failed))
                 self.stats["batch_errors"] += 1
-                for job in batch:
+                self._run = None
+                for job in failed:
                     job.sink("error", f"generation failed: {type(e).__name__}")
-
-    def warmup(self, prompt_ids: np.ndarray | None = None, max_tokens: int | None = None) -> float:
-        """Compile prefill and decode for every batch bucket at the shape of `prompt_ids` (default: a
-        one-image question) and `max_tokens` (default: the default); returns the seconds it took."""
-        start = time.perf_counter()
-        if prompt_ids is None:
-            prompt_ids = self.encode([("user", "What is in the image?")], has_image=True)
-        pixels = np.zeros((self.config.vision.image_size,) * 2 + (3,), np.float32)
-        has_image = bool((prompt_ids == self.config.image_token_index).any())
-        for b in self.buckets:
-            n = max_tokens or self.default_max_tokens(len(prompt_ids))
-            jobs = [Job(prompt_ids, pixels if has_image else None, n, Sampling(), (), _drop) for _ in range(b)]
-            self.run_batch(jobs, count=False, steps=2)
-        seconds = time.perf_counter() - start
-        log.info("warm-up: compiled batches of %s rows in %.1f s", self.buckets, seconds)
-        return seconds
 
     # ------------------------------------------------------------------ model
     def encode(self, turns, *, has_image: bool, system: str | None = None) -> np.ndarray:
@@ -306,172 +295,162 @@ class Engine:
         """`Llava.chat`'s default: 512 new tokens, or what the context leaves."""
         return max(1, min(512, self.context - prompt_len))
 
-    def _shapes(self, jobs: list[Job]) -> tuple[int, int, int]:
-        b = next(k for k in self.buckets if k >= len(jobs))
-        t = _round_up(max(len(j.ids) for j in jobs), PAD_TO_MULTIPLE)
-        need = t + max(j.max_tokens for j in jobs)
+    def _bucket(self, n: int) -> int:
+        return next(k for k in self.buckets if k >= n)
+
+    def _cache_len(self, t: int, max_tokens: int) -> int:
+        """C for a row of T = `t` prompt slots that may make `max_tokens` tokens."""
+        need = t + max_tokens
         cap = _round_up(self.context, PAD_TO_MULTIPLE) + PAD_TO_MULTIPLE
         cache = _next_pow2(max(need, t + MIN_NEW_SLOTS))
-        if cache > cap:
-            cache = max(cap, need)
-        return b, t, cache
+        return max(cap, need) if cache > cap else cache
 
     def _inputs(self, jobs: list[Job], b: int, t: int):
+        """Left-padded int32[b, T] ids, bool[b, T] mask and float32[b, 1, S, S, 3] images (filler rows: BOS)."""
         ids = np.full((b, t), self.pad_id, np.int32)
         mask = np.zeros((b, t), bool)
         s = self.config.vision.image_size
         images = np.zeros((b, 1, s, s, 3), np.float32)
         for r in range(b):
-            row = jobs[r].ids if r < len(jobs) else np.asarray([self.bos_id], np.int32)  # filler row
+            row = jobs[r].ids if r < len(jobs) else np.asarray([self.bos_id], np.int32)
             ids[r, t - len(row) :] = row
             mask[r, t - len(row) :] = True
             if r < len(jobs) and jobs[r].pixels is not None:
                 images[r, 0] = jobs[r].pixels
         return ids, mask, images
 
-    def run_batch(self, jobs: list[Job], *, count: bool = True, steps: int | None = None) -> int:
-        """Prefill `jobs` together and decode until each has its answer (sent through its sink).
-
-        `steps` caps the decode steps (warm-up); `count` adds the batch to the statistics.
-        Returns the tokens decoded per row (the longest row's count, cancelled rows stop early).
-        """
-        start = time.perf_counter()
-        model, config = self.model, self.config
-        b, t, cache_len = self._shapes(jobs)
-        ids, mask, images = self._inputs(jobs, b, t)
-        sampling = jobs[0].sampling
+    def _new_run(self, sampling: Sampling, rows: int, cache_len: int) -> _Run:
         seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4), "little")
-        mode = SamplingMode.of(sampling.temperature, 0, sampling.top_p)
         consts = {
             "seed_key": jax.random.PRNGKey(seed),
             "temperature": jnp.float32(sampling.temperature or 1.0),
             "top_p": jnp.float32(sampling.top_p),
             "stop_ids": jnp.asarray(self.stop_ids or (-1,), jnp.int32),
-            "pad_id": jnp.int32(self.pad_id),
         }
-        n = cache_len - t
-        rows = [
-            _Row(job, AnswerText(model.tokenizer, set(self.stop_ids), self.template_stops + job.stop)) for job in jobs
-        ]
+        state = empty_rows(config=self.config, rows=rows, cache_len=cache_len, unrolled=self.unrolled)
+        mode = SamplingMode.of(sampling.temperature, 0, sampling.top_p)
+        return _Run(state, [None] * rows, sampling.batch_key(), mode, consts)
+
+    def _admit(self, jobs: list[Job], *, count: bool = True) -> None:
+        """Prefill `jobs` (all sharing one sampling key, at most the free rows) into free rows of the
+        running state, starting one when none runs and growing it when it is too small."""
+        model, config = self.model, self.config
+        b = self._bucket(len(jobs))
+        t = _round_up(max(len(j.ids) for j in jobs), PAD_TO_MULTIPLE)
+        need_c = self._cache_len(t, max(j.max_tokens for j in jobs))
+        with mesh_context(model.mesh, model.rules):
+            run = self._run
+            if run is None:
+                run = self._new_run(jobs[0].sampling, b, need_c)
+            else:
+                rows, cache_len = run.shape
+                grown = (max(rows, self._bucket(run.live() + len(jobs))), max(cache_len, need_c))
+                if grown != (rows, cache_len):
+                    run.state = resize_rows(run.state, rows=grown[0], cache_len=grown[1])
+                    run.rows += [None] * (grown[0] - rows)
+            self._run = run
+            rows = run.shape[0]
+            free = [r for r, row in enumerate(run.rows) if row is None][: len(jobs)]
+            ids, mask, images = self._inputs(jobs, b, t)
+            logits, cache, position = prefill(
+                model.params, ids, images, mask, config=config, cache_len=t, unrolled=self.unrolled
+            )
+            targets = np.full(b, rows, np.int32)  # filler prompts go to row B: dropped
+            targets[: len(jobs)] = free
+            budget = np.ones(b, np.int32)
+            budget[: len(jobs)] = [j.max_tokens for j in jobs]
+            run.state = admit(run.state, logits, cache, position, mask, targets, budget, **run.consts, mode=run.mode)
+        for r, job in zip(free, jobs):
+            stops = self.template_stops + job.stop
+            run.rows[r] = Row(job, AnswerText(model.tokenizer, set(self.stop_ids), stops))
+        if count:
+            self.stats["admissions"] += 1
+            self.stats["rows"] += len(jobs)
+
+    def _decode_chunk(self, *, steps: int | None = None, count: bool = True) -> None:
+        """One decode call on the running state, then each row's new text to its request; rows
+        that ended are freed (and the state dropped when none is left)."""
+        run = self._run
+        live = [row for row in run.rows if row is not None]
+        if steps is None:
+            watch = any(row.job.stream or row.text.stop_strings for row in live)
+            if watch:
+                steps = self.chunk_tokens
+            elif len(live) < self.max_batch:
+                steps = max(self.chunk_tokens, ADMIT_CHUNK)
+            else:  # no row is free: go on until one ends
+                steps = run.shape[1]
+        model = self.model
         with mesh_context(model.mesh, model.rules):
             layers = decode_layers_for(model).layers if self.unrolled else None
-            logits, cache, position = prefill(
-                model.params, ids, images, mask, config=config, cache_len=cache_len, unrolled=self.unrolled
+            run.state, taken = decode_rows(
+                model.params, layers, run.state, jnp.int32(steps), **run.consts, config=self.config, mode=run.mode
             )
-            state = first_token(logits, cache, position, **consts, num_new=n, mode=mode, keep_logits=False)
-            done = np.asarray(jax.device_get(state["done"])).copy()
-            done[len(jobs) :] = True
-            state = _with_done(state, done)
-            watch = any(row.job.stream or row.text.stop_strings for row in rows)
-            chunk = self.chunk_tokens if watch else max(self.chunk_tokens, QUIET_CHUNK)
-            while True:
-                out, done, step = jax.device_get((state["out"], state["done"], state["step"]))
-                done, step = np.array(done), int(step)
-                changed = False
-                with self.tokenizer_lock:
-                    for r, row in enumerate(rows):
-                        if row.finished:
-                            continue
-                        if row.advance(out[r, :step], self.stop_ids, final_step=steps is not None and step >= steps):
-                            self.stats["tokens"] += len(row.kept) if count else 0
-                            self.stats["cancelled" if row.finish_reason is None else "completed"] += int(count)
-                        if row.finished and not done[r]:
-                            done[r], changed = True, True
-                live = [row.job.max_tokens for row in rows if not row.finished]
-                if not live or step >= n:
-                    break
-                if changed:
-                    state = _with_done(state, done)
-                limit = min(step + chunk, max(live), n)
-                state = decode(
-                    model.params,
-                    layers,
-                    state,
-                    jnp.int32(limit),
-                    prompt_mask=jnp.asarray(mask),
-                    **consts,
-                    config=config,
-                    mode=mode,
-                )
-        for row in rows:  # the cache ran out (cannot happen with checked max_tokens, but never hang a client)
-            if not row.finished:
-                row.finish("length")
+            out, made, done, taken = jax.device_get((run.state["out"], run.state["count"], run.state["done"], taken))
+        done = np.array(done)
+        changed = False
+        with self.tokenizer_lock:
+            for r, row in enumerate(run.rows):
+                if row is None:
+                    continue
+                if not row.advance(out[r, : made[r]], self.stop_ids) and done[r]:
+                    row.finish("length")  # ended on the device for a reason the host did not see
+                if row.finished:
+                    run.rows[r] = None
+                    if count:
+                        self.stats["tokens"] += len(row.kept)
+                        self.stats["cancelled" if row.finish_reason is None else "completed"] += 1
+                    if not done[r]:
+                        done[r], changed = True, True
         if count:
+            taken = int(taken)
             self.stats["batches"] += 1
-            self.stats["rows"] += len(jobs)
-            self.batch_sizes[len(jobs)] += 1
-            log.info(
-                "batch of %d rows (bucket %d, %s): prompt %d, cache %d, %d steps, %.3f s",
-                len(jobs),
-                b,
-                "greedy" if mode.greedy else "sampled",
-                t,
-                cache_len,
-                step,
-                time.perf_counter() - start,
-            )
-        return step
+            self.stats["batch_rows"] += len(live)
+            self.stats["decode_steps"] += taken
+            self.stats["row_steps"] += taken * len(live)
+            self.batch_sizes[len(live)] += 1
+        if run.live() == 0:
+            self._run = None
+        elif changed:
+            run.state = _with_done(run.state, done)
+
+    def warmup(self, prompt_ids: np.ndarray | None = None, max_tokens: int | None = None) -> float:
+        """Compile what steady state runs at the shape of `prompt_ids` (default: a one-image question)
+        and `max_tokens` (default: the default), for every bucket; returns the seconds it took."""
+        start = time.perf_counter()
+        if prompt_ids is None:
+            prompt_ids = self.encode([("user", "What is in the image?")], has_image=True)
+        pixels = np.zeros((self.config.vision.image_size,) * 2 + (3,), np.float32)
+        has_image = bool((prompt_ids == self.config.image_token_index).any())
+        n = max_tokens or self.default_max_tokens(len(prompt_ids))
+
+        def jobs(k):
+            return [Job(prompt_ids, pixels if has_image else None, n, Sampling(), (), _drop) for _ in range(k)]
+
+        for rows in self.buckets:
+            # A state of `rows` rows filled by admissions of every smaller bucket, then decoded.
+            for b in [b for b in self.buckets if b <= rows]:
+                self._run = None
+                if b < rows:
+                    self._admit(jobs(rows - b), count=False)
+                self._admit(jobs(b), count=False)
+                self._decode_chunk(steps=2, count=False)
+            # Growing to every larger bucket.
+            for bigger in [k for k in self.buckets if k > rows]:
+                self._run = None
+                self._admit(jobs(rows), count=False)
+                self._admit(jobs(bigger - rows), count=False)
+            self._run = None
+        seconds = time.perf_counter() - start
+        log.info("warm-up: compiled batches of %s rows in %.1f s", self.buckets, seconds)
+        return seconds
 
 
 def _with_done(state: dict, done: np.ndarray) -> dict:
     """The decode state with `done` bool[B] replaced, placed as the loop's own output is (an array
-    placed differently would make `decode` compile a second time)."""
+    placed differently would make `decode_rows` compile a second time)."""
     return {**state, "done": jax.device_put(done, state["done"].sharding)}
 
 
 def _drop(kind, payload) -> None:
     """The sink of warm-up jobs."""
-
-
-class _Row:
-    """One request's row in a running batch: which tokens it keeps and what it has sent."""
-
-    def __init__(self, job: Job, text: AnswerText):
-        self.job = job
-        self.text = text
-        self.kept: np.ndarray = np.zeros(0, np.int32)
-        self.checked = 1
-        self.finished = False
-        self.finish_reason: str | None = None
-
-    def advance(self, tokens: np.ndarray, stop_ids, final_step: bool = False) -> bool:
-        """Look at the row's tokens so far; send new text; True when the row finished now."""
-        job = self.job
-        if job.cancelled.is_set():
-            self.finished, self.finish_reason = True, None
-            return True
-        reason = None
-        hits = np.nonzero(np.isin(tokens, stop_ids))[0] if len(stop_ids) else []
-        if len(hits) and hits[0] < job.max_tokens:
-            tokens, reason = tokens[: hits[0] + 1], "stop"
-        elif len(tokens) >= job.max_tokens:
-            tokens, reason = tokens[: job.max_tokens], "length"
-        k = self.text.stop_token(tokens, self.checked) if self.text.stop_strings else None
-        if k is not None:
-            tokens, reason = tokens[:k], "stop"
-        self.checked = len(tokens) + 1
-        self.kept = tokens
-        if reason is None and final_step:
-            reason = "length"
-        if reason is None:
-            delta = self.text.delta(tokens) if job.stream else ""
-            if delta:
-                job.sink("delta", delta)
-            return False
-        self.finish(reason)
-        return True
-
-    def finish(self, reason: str) -> None:
-        delta = self.text.delta(self.kept, final=True) if self.job.stream else ""
-        if delta:
-            self.job.sink("delta", delta)
-        self.finished, self.finish_reason = True, reason
-        self.job.sink(
-            "done",
-            {
-                "finish_reason": reason,
-                "text": self.text.final(self.kept),
-                "prompt_tokens": len(self.job.ids),
-                "completion_tokens": len(self.kept),
-            },
-        )

@@ -16,8 +16,8 @@ import json
 import time
 import uuid
 
-from llava_jax.serve.batching import Sampling
 from llava_jax.serve.errors import ApiError
+from llava_jax.serve.jobs import Sampling
 
 MAX_STOP = 4
 ROLES = ("system", "user", "assistant")

@@ -62,9 +62,8 @@ def test_a_failing_batch_is_a_500_and_the_server_goes_on(make, monkeypatch):
             raise RuntimeError("device lost")
         for job in jobs:
             job.sink("done", {"finish_reason": "stop", "text": "fine", "prompt_tokens": 3, "completion_tokens": 1})
-        return 1
 
-    monkeypatch.setattr(engine, "run_batch", boom)
+    monkeypatch.setattr(engine, "_admit", boom)
     engine.start(warmup=False)
     assert engine.ready.wait(30)
     error = _error(client.post("/v1/chat/completions", json=HI), 500)
