@@ -154,6 +154,7 @@ class Engine:
         self._stopping = False
         self._arriving = 0
         self._run: _Run | None = None
+        self._greedy_consts: dict | None = None
         self.ready = threading.Event()
         self.failed: str | None = None
         self.stats = collections.Counter()
@@ -319,14 +320,25 @@ class Engine:
                 images[r, 0] = jobs[r].pixels
         return ids, mask, images
 
-    def _new_run(self, sampling: Sampling, rows: int, cache_len: int) -> _Run:
+    def _consts(self, sampling: Sampling) -> dict:
+        """The sampling arguments of `admit` and `decode_rows` as device arrays (greedy's made once:
+        each array made here is a dispatch, which would cost a request a good part of a millisecond)."""
+        greedy = sampling.temperature == 0
+        if greedy and self._greedy_consts is not None:
+            return self._greedy_consts
         seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4), "little")
         consts = {
-            "seed_key": jax.random.PRNGKey(seed),
+            "seed_key": jax.random.PRNGKey(0 if greedy else seed),  # unused when greedy
             "temperature": jnp.float32(sampling.temperature or 1.0),
             "top_p": jnp.float32(sampling.top_p),
             "stop_ids": jnp.asarray(self.stop_ids or (-1,), jnp.int32),
         }
+        if greedy:
+            self._greedy_consts = consts
+        return consts
+
+    def _new_run(self, sampling: Sampling, rows: int, cache_len: int) -> _Run:
+        consts = self._consts(sampling)
         state = empty_rows(config=self.config, rows=rows, cache_len=cache_len, unrolled=self.unrolled)
         mode = SamplingMode.of(sampling.temperature, 0, sampling.top_p)
         return _Run(state, [None] * rows, sampling.batch_key(), mode, consts)
@@ -384,7 +396,7 @@ class Engine:
         with mesh_context(model.mesh, model.rules):
             layers = decode_layers_for(model).layers if self.unrolled else None
             run.state, taken = decode_rows(
-                model.params, layers, run.state, jnp.int32(steps), **run.consts, config=self.config, mode=run.mode
+                model.params, layers, run.state, np.int32(steps), **run.consts, config=self.config, mode=run.mode
             )
             out, made, done, taken = jax.device_get((run.state["out"], run.state["count"], run.state["done"], taken))
         done = np.array(done)
@@ -420,9 +432,16 @@ class Engine:
         start = time.perf_counter()
         if prompt_ids is None:
             prompt_ids = self.encode([("user", "What is in the image?")], has_image=True)
+        for ids in (prompt_ids, np.concatenate([np.full(PAD_TO_MULTIPLE, self.bos_id, np.int32), prompt_ids])):
+            # The prompt's length bucket T and the next one (a question a sentence longer).
+            self._warm(ids, max_tokens or self.default_max_tokens(len(prompt_ids)))
+        seconds = time.perf_counter() - start
+        log.info("warm-up: compiled batches of %s rows in %.1f s", self.buckets, seconds)
+        return seconds
+
+    def _warm(self, prompt_ids: np.ndarray, n: int) -> None:
         pixels = np.zeros((self.config.vision.image_size,) * 2 + (3,), np.float32)
         has_image = bool((prompt_ids == self.config.image_token_index).any())
-        n = max_tokens or self.default_max_tokens(len(prompt_ids))
 
         def jobs(k):
             return [Job(prompt_ids, pixels if has_image else None, n, Sampling(), (), _drop) for _ in range(k)]
@@ -441,9 +460,6 @@ class Engine:
                 self._admit(jobs(rows), count=False)
                 self._admit(jobs(bigger - rows), count=False)
             self._run = None
-        seconds = time.perf_counter() - start
-        log.info("warm-up: compiled batches of %s rows in %.1f s", self.buckets, seconds)
-        return seconds
 
 
 def _with_done(state: dict, done: np.ndarray) -> dict:
