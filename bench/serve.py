@@ -8,8 +8,8 @@ loopback port. Requests are the demo task's: a fresh scene (PNG, sent as a
 sends its next request when its answer arrives (closed loop). The baseline
 answers the same requests one after another with `Llava.chat` in this
 process (images already decoded). Both are warmed up first (every shape
-compiled), so the figures are steady state: requests/s, tokens/s, and
-per-request latency p50/p95.
+compiled), so the figures are steady state: requests/s, per-request latency
+p50/p95, and the mean number of rows the server decoded per decode step.
 
 Run: `.venv/bin/python bench/serve.py [--requests 256] [--max-tokens 32] [--clients 1 8 32] [--max-batch 8]
 [--batch-wait-ms 5]`
@@ -147,9 +147,11 @@ def load(url: str, requests: list[dict], clients: int, max_tokens: int) -> dict:
     return {"wall": time.perf_counter() - start, "latencies": latencies, "requests": len(bodies), "answers": answers}
 
 
-def batches(url: str) -> dict[int, int]:
+def steps(url: str) -> tuple[int, int]:
+    """(decode steps, row-steps: live rows summed over steps) the server has run so far."""
     text = httpx.get(url + "/metrics").text
-    return {int(k): int(v) for k, v in re.findall(r'batches_by_rows_total\{rows="(\d+)"\} (\d+)', text)}
+    counts = dict(re.findall(r"^llava_serve_(decode_steps|row_steps)_total (\d+)$", text, re.M))
+    return int(counts["decode_steps"]), int(counts["row_steps"])
 
 
 def main(argv=None) -> None:
@@ -162,6 +164,7 @@ def main(argv=None) -> None:
     parser.add_argument("--server-log", help="write the server's log (one line per batch) here")
     args = parser.parse_args(argv)
 
+    load_before = os.getloadavg()
     tok = synthetic_tokenizer()
     model = llava_jax.random_model(demo(), seed=0, tokenizer=tok)
     requests = make_requests(args.requests, model.config.vision.image_size)
@@ -183,12 +186,11 @@ def main(argv=None) -> None:
             for clients in args.clients:
                 for _ in range(3):  # the same load first, until (batch size, prompt length) shapes are compiled
                     load(url, requests, clients, args.max_tokens)
-                before = batches(url)
+                before = steps(url)
                 result = load(url, requests, clients, args.max_tokens)
-                after = batches(url)
+                after = steps(url)
                 wrong = sum(result["answers"][i] != expected[i] for i in range(len(requests)))
-                sizes = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-                mean_rows = sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values()))
+                mean_rows = (after[1] - before[1]) / max(1, after[0] - before[0])
                 rows.append((f"serve, {clients} clients", result, (mean_rows, wrong)))
         finally:
             process.terminate()
@@ -198,10 +200,11 @@ def main(argv=None) -> None:
                     f.write("".join(lines))
     base_rate = base["requests"] / base["wall"]
     setting = f"--max-batch {args.max_batch}, --batch-wait-ms {args.batch_wait_ms}"
+    print(f"\nload average (1, 5, 15 min): at start {load_before}, at end {os.getloadavg()}")
     print(
-        f"\n{platform.node()}: {os.cpu_count()} CPUs, {args.requests} requests, max_tokens {args.max_tokens}, {setting}"
+        f"{platform.node()}: {os.cpu_count()} CPUs, {args.requests} requests, max_tokens {args.max_tokens}, {setting}"
     )
-    print("| run | requests/s | x sequential | latency p50 s | p95 s | mean rows/batch | answers != chat |")
+    print("| run | requests/s | x sequential | latency p50 s | p95 s | mean rows/step | answers != chat |")
     print("|---|---|---|---|---|---|---|")
     for name, r, extra in rows:
         rate = r["requests"] / r["wall"]

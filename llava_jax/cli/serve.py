@@ -2,7 +2,7 @@
 
 Loads the model (`llava_jax.load`: HF, original or llava_jax directories),
 opens the port at once (`/health` answers 503 until the model is warm),
-compiles the shapes of a one-image question for every batch size it will use,
+compiles the programs a one-image question uses for every row count it will use,
 then serves until interrupted. Binds to 127.0.0.1 unless told otherwise.
 """
 
@@ -49,7 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-image-bytes", type=int, default=10 * 2**20, help="largest encoded image (10 MiB)")
     parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="largest image, width x height")
     parser.add_argument("--chunk-tokens", type=int, default=8, help="decode steps between stream updates")
-    parser.add_argument("--batch-wait-ms", type=float, default=2.0, help="wait for more requests to join a batch")
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=2.0,
+        help="when idle, wait this long for requests being read to start together",
+    )
     parser.add_argument(
         "--examples",
         default="auto",

@@ -2,7 +2,7 @@
 
 Routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /v1/models/{id}`,
 `GET /health` (503 while warming up), `GET /metrics` (Prometheus text:
-batches, rows per batch, queue depth, ...) and, with the page enabled, `GET /`.
+decode chunks by live rows, decode steps, queue depth, ...) and, with the page enabled, `GET /`.
 Every route checks the API key when one is set, except the page itself
 (static HTML with no data: a browser cannot send a bearer header when it
 opens a URL; the page asks for the key and sends it with its requests).

@@ -181,3 +181,15 @@ def test_steady_state_compiles_nothing_after_warmup(model):
     _drain(engine)
     assert [f._cache_size() for f in functions] == compiled
     assert engine.stats["completed"] == 6 and engine.stats["cancelled"] == 1
+
+
+def test_a_seeded_sampled_request_draws_what_chat_draws(model):
+    engine = Engine(model, template=get_template("vicuna_v1"), max_batch=4)
+    answers, image = _Answers(), _image(11)
+    ids = engine.encode([("user", QUESTIONS[1])], has_image=True)
+    settings = Sampling(0.9, 0.95, seed=7)
+    engine._admit([Job(ids, load_pixels(image, engine.config), 12, settings, (), answers.sink("seeded"))])
+    assert engine._run.shape[0] == 1  # alone, in row 0: its keys are Llava.chat's
+    _drain(engine)
+    expected = model.chat(image, QUESTIONS[1], max_new_tokens=12, temperature=0.9, top_p=0.95, seed=7)[0]
+    assert answers.done("seeded")["text"] == expected
