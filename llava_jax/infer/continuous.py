@@ -10,8 +10,8 @@ count and slot mask, so rows start and end at different steps of one running
 state: `admit` puts prefilled prompts (`llava_jax.infer.decode.prefill` with
 `cache_len=T`) into free rows and picks their first tokens, `decode_rows`
 appends one token to every live row per step, and a row is free again once it
-is `done` (the host marks a row done for reasons the device does not see: a
-stop string, a cancelled request). A row's tokens depend only on its own
+is `done` (`end_rows` marks rows done for reasons only the host sees: a stop
+string, a cancelled request). A row's tokens depend only on its own
 prompt: positions are its own, and it attends only to its own slots, those of
 its prompt's real tokens and those it wrote since.
 
@@ -161,7 +161,7 @@ def decode_rows(
     *,
     config: LlavaConfig,
     mode: SamplingMode,
-) -> tuple[dict, jax.Array]:
+) -> tuple[dict, dict]:
     """Append a token to every live row per step, in one `lax.while_loop`.
 
     Stops after `steps` steps (int32[], traced: any chunk length shares one compilation),
@@ -172,7 +172,9 @@ def decode_rows(
       layers: `UnrolledLayers.layers` for the unrolled layout, None for the scanned one.
       state: from `admit` or an earlier call (donated).
     Returns:
-      (the state, int32[] steps taken).
+      (the state, a report): the report holds copies of the state's `out`, `count` and `done`
+      and `taken` int32[] (steps run), which stay readable once the state is donated to the
+      next call, so that the host may queue that call before reading this one's tokens.
     """
     b, n = state["out"].shape
     was_done = state["done"]
@@ -218,4 +220,11 @@ def decode_rows(
         return i + 1, new
 
     taken, state = jax.lax.while_loop(cond, body, (jnp.int32(0), state))
-    return state, taken
+    report = {"out": state["out"], "count": state["count"], "done": state["done"], "taken": taken}
+    return state, report
+
+
+@functools.partial(jax.jit, donate_argnames=("state",))
+def end_rows(state: dict, rows) -> dict:
+    """The state with rows `rows` bool[B] done (ended by the host: a stop string, a cancelled request)."""
+    return {**state, "done": state["done"] | rows}

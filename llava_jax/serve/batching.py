@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llava_jax.infer.continuous import admit, decode_rows, empty_rows, resize_rows
+from llava_jax.infer.continuous import admit, decode_rows, empty_rows, end_rows, resize_rows
 from llava_jax.infer.decode import decode_layers_for, prefill, resolve_layout
 from llava_jax.infer.generate import default_stop_ids
 from llava_jax.infer.sampling import SamplingMode
@@ -93,6 +93,15 @@ class _Run:
 
     def live(self) -> int:
         return sum(row is not None for row in self.rows)
+
+
+@dataclasses.dataclass
+class _Chunk:
+    """A queued decode call: its run, the run's rows when it was queued, and its report (device arrays)."""
+
+    run: _Run
+    rows: list
+    report: dict
 
 
 class Engine:
@@ -190,12 +199,14 @@ class Engine:
         with self._cond:
             return len(self._queue)
 
-    def _take(self, run: _Run | None) -> list[Job] | None:
+    def _take(self, run: _Run | None, wait: bool = True) -> list[Job] | None:
         """The waiting requests to admit now (oldest first): with no running state, block for one
-        and take those that share its settings; else those that may join `run`'s free rows (none
-        while the oldest waiting one may not). None when stopping with nothing running."""
+        (unless not `wait`) and take those that share its settings; else those that may join `run`'s
+        free rows (none while the oldest waiting one may not). None when stopping with nothing running."""
         with self._cond:
             if run is None:
+                if not wait and not self._queue:
+                    return None if self._stopping else []
                 while not self._queue and not self._stopping:
                     self._cond.wait()
                 if self._stopping:
@@ -255,23 +266,28 @@ class Engine:
             self.failed = f"warm-up failed: {type(e).__name__}: {e}"
             return
         self.ready.set()
+        # One decode call stays queued ahead of the host: the next chunk is queued before the last
+        # one's tokens are read and answered, so the device does not wait while this thread waits
+        # for the interpreter (the HTTP threads hold it most of the time).
+        pending: _Chunk | None = None
         while True:
-            jobs = self._take(self._run)
-            if jobs is None:
+            jobs = self._take(self._run, wait=pending is None)
+            if jobs is None and pending is None:
                 return
-            if self._run is None and not jobs:
-                continue
+            jobs = jobs or []
             try:
                 if jobs:
                     self._admit(jobs)
-                if self._run is not None:
-                    self._decode_chunk()
+                chunk = self._dispatch() if self._run is not None else None
+                if pending is not None:
+                    self._process(pending)
+                pending = chunk
             except Exception as e:  # keep serving: the rows' requests get an error, the log the traceback
                 rows = [row.job for row in self._run.rows if row is not None] if self._run is not None else []
                 failed = list({id(job): job for job in rows + jobs}.values())
                 log.exception("decoding %d rows failed", len(failed))
                 self.stats["batch_errors"] += 1
-                self._run = None
+                self._run, pending = None, None
                 for job in failed:
                     job.sink("error", f"generation failed: {type(e).__name__}")
 
@@ -380,8 +396,11 @@ class Engine:
             self.stats["rows"] += len(jobs)
 
     def _decode_chunk(self, *, steps: int | None = None, count: bool = True) -> None:
-        """One decode call on the running state, then each row's new text to its request; rows
-        that ended are freed (and the state dropped when none is left)."""
+        """One decode call on the running state and its answers (`_dispatch`, then `_process`)."""
+        self._process(self._dispatch(steps), count=count)
+
+    def _dispatch(self, steps: int | None = None) -> _Chunk:
+        """Queue one decode call on the running state (it runs while the host goes on)."""
         run = self._run
         live = [row for row in run.rows if row is not None]
         if steps is None:
@@ -395,36 +414,46 @@ class Engine:
         model = self.model
         with mesh_context(model.mesh, model.rules):
             layers = decode_layers_for(model).layers if self.unrolled else None
-            run.state, taken = decode_rows(
+            run.state, report = decode_rows(
                 model.params, layers, run.state, np.int32(steps), **run.consts, config=self.config, mode=run.mode
             )
-            out, made, done, taken = jax.device_get((run.state["out"], run.state["count"], run.state["done"], taken))
-        done = np.array(done)
-        changed = False
+        return _Chunk(run, list(run.rows), report)
+
+    def _process(self, chunk: _Chunk, *, count: bool = True) -> None:
+        """Wait for a queued decode call; send each of its rows' new text to their requests. Rows
+        that ended are freed (the state is dropped when none is left); rows admitted or freed
+        since the call was queued are not its own."""
+        report = jax.device_get(chunk.report)
+        out, made, done = report["out"], report["count"], report["done"]
+        run = chunk.run
+        ended = np.zeros(run.shape[0], bool)
+        live = [r for r, row in enumerate(chunk.rows) if row is not None]
         with self.tokenizer_lock:
-            for r, row in enumerate(run.rows):
-                if row is None:
+            for r in live:
+                row = chunk.rows[r]
+                if run.rows[r] is not row:
                     continue
                 if not row.advance(out[r, : made[r]], self.stop_ids) and done[r]:
                     row.finish("length")  # ended on the device for a reason the host did not see
                 if row.finished:
                     run.rows[r] = None
+                    ended[r] = not done[r]
                     if count:
                         self.stats["tokens"] += len(row.kept)
                         self.stats["cancelled" if row.finish_reason is None else "completed"] += 1
-                    if not done[r]:
-                        done[r], changed = True, True
         if count:
-            taken = int(taken)
+            taken = int(report["taken"])
             self.stats["batches"] += 1
             self.stats["batch_rows"] += len(live)
             self.stats["decode_steps"] += taken
             self.stats["row_steps"] += taken * len(live)
             self.batch_sizes[len(live)] += 1
-        if run.live() == 0:
-            self._run = None
-        elif changed:
-            run.state = _with_done(run.state, done)
+        if self._run is run:
+            if run.live() == 0:
+                self._run = None
+            elif ended.any():
+                with mesh_context(self.model.mesh, self.model.rules):
+                    run.state = end_rows(run.state, ended)
 
     def warmup(self, prompt_ids: np.ndarray | None = None, max_tokens: int | None = None) -> float:
         """Compile what steady state runs at the shape of `prompt_ids` (default: a one-image question)
@@ -454,18 +483,14 @@ class Engine:
                     self._admit(jobs(rows - b), count=False)
                 self._admit(jobs(b), count=False)
                 self._decode_chunk(steps=2, count=False)
+                if self._run is not None:  # rows the host ends
+                    self._run.state = end_rows(self._run.state, np.zeros(rows, bool))
             # Growing to every larger bucket.
             for bigger in [k for k in self.buckets if k > rows]:
                 self._run = None
                 self._admit(jobs(rows), count=False)
                 self._admit(jobs(bigger - rows), count=False)
             self._run = None
-
-
-def _with_done(state: dict, done: np.ndarray) -> dict:
-    """The decode state with `done` bool[B] replaced, placed as the loop's own output is (an array
-    placed differently would make `decode_rows` compile a second time)."""
-    return {**state, "done": jax.device_put(done, state["done"].sharding)}
 
 
 def _drop(kind, payload) -> None:

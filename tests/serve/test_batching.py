@@ -165,7 +165,7 @@ def test_steady_state_compiles_nothing_after_warmup(model):
     engine = Engine(model, template=get_template("vicuna_v1"), max_batch=4, chunk_tokens=1)
     engine.warmup(max_tokens=8)
     functions = [decode.prefill, continuous.empty_rows, continuous.admit, continuous.decode_rows]
-    functions.append(continuous.resize_rows)
+    functions += [continuous.resize_rows, continuous.end_rows]
     compiled = [f._cache_size() for f in functions]
     answers = _Answers()
     jobs = [_ask(engine, answers, str(k), _image(20 + k), QUESTIONS[0], 8) for k in range(7)]
