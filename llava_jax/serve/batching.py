@@ -30,10 +30,14 @@ so a request's greedy answer is `Llava.chat`'s whatever shares the state.
 
 Shapes are bucketed so that few programs compile: B and b to powers of two,
 T to a multiple of 16, C to a power of two capped just past the model's
-context. `warmup` compiles, at the shape of a one-image question with the
-default `max_tokens`, every program steady state calls: a state and a decode
-chunk for every B, the prefill and the admission for every b <= B, and
-growing B to every larger bucket.
+context; `warmup` (`llava_jax.serve.warmup`) compiles what steady state calls.
+
+One decode call stays queued ahead of the host: the worker queues the next
+chunk before it reads the last one's tokens, so the device keeps decoding
+while the worker waits for the interpreter (the HTTP threads hold it most of
+the time) and answers. A row the host ends meanwhile decodes one chunk more
+(its tokens are dropped); a row admitted after a chunk was queued is not
+that chunk's.
 """
 
 from __future__ import annotations
@@ -456,42 +460,7 @@ class Engine:
                     run.state = end_rows(run.state, ended)
 
     def warmup(self, prompt_ids: np.ndarray | None = None, max_tokens: int | None = None) -> float:
-        """Compile what steady state runs at the shape of `prompt_ids` (default: a one-image question)
-        and `max_tokens` (default: the default), for every bucket; returns the seconds it took."""
-        start = time.perf_counter()
-        if prompt_ids is None:
-            prompt_ids = self.encode([("user", "What is in the image?")], has_image=True)
-        for ids in (prompt_ids, np.concatenate([np.full(PAD_TO_MULTIPLE, self.bos_id, np.int32), prompt_ids])):
-            # The prompt's length bucket T and the next one (a question a sentence longer).
-            self._warm(ids, max_tokens or self.default_max_tokens(len(prompt_ids)))
-        seconds = time.perf_counter() - start
-        log.info("warm-up: compiled batches of %s rows in %.1f s", self.buckets, seconds)
-        return seconds
+        """Compile what steady state runs (`llava_jax.serve.warmup.warm_up`); returns the seconds it took."""
+        from llava_jax.serve.warmup import warm_up
 
-    def _warm(self, prompt_ids: np.ndarray, n: int) -> None:
-        pixels = np.zeros((self.config.vision.image_size,) * 2 + (3,), np.float32)
-        has_image = bool((prompt_ids == self.config.image_token_index).any())
-
-        def jobs(k):
-            return [Job(prompt_ids, pixels if has_image else None, n, Sampling(), (), _drop) for _ in range(k)]
-
-        for rows in self.buckets:
-            # A state of `rows` rows filled by admissions of every smaller bucket, then decoded.
-            for b in [b for b in self.buckets if b <= rows]:
-                self._run = None
-                if b < rows:
-                    self._admit(jobs(rows - b), count=False)
-                self._admit(jobs(b), count=False)
-                self._decode_chunk(steps=2, count=False)
-                if self._run is not None:  # rows the host ends
-                    self._run.state = end_rows(self._run.state, np.zeros(rows, bool))
-            # Growing to every larger bucket.
-            for bigger in [k for k in self.buckets if k > rows]:
-                self._run = None
-                self._admit(jobs(rows), count=False)
-                self._admit(jobs(bigger - rows), count=False)
-            self._run = None
-
-
-def _drop(kind, payload) -> None:
-    """The sink of warm-up jobs."""
+        return warm_up(self, prompt_ids, max_tokens)
