@@ -193,3 +193,41 @@ def test_a_seeded_sampled_request_draws_what_chat_draws(model):
     _drain(engine)
     expected = model.chat(image, QUESTIONS[1], max_new_tokens=12, temperature=0.9, top_p=0.95, seed=7)[0]
     assert answers.done("seeded")["text"] == expected
+
+
+def test_the_worker_admits_requests_into_its_running_decode(model):
+    """The worker thread's own loop (a chunk queued ahead of the host): requests sent while a long
+    answer streams join its decode, and every answer is Llava.chat's."""
+    import threading
+
+    engine = Engine(model, template=get_template("vicuna_v1"), max_batch=4, chunk_tokens=1)
+    answers, image = _Answers(), _image(30)
+    started = threading.Event()
+    long_job = _ask(engine, answers, "long", image, QUESTIONS[0], 40, stream=True)
+    sink = long_job.sink
+
+    def long_sink(kind, payload):
+        sink(kind, payload)
+        started.set()
+
+    long_job.sink = long_sink
+    cases = {"long": (image, QUESTIONS[0], 40)}
+    engine.start(warmup=False)
+    try:
+        assert engine.ready.wait(30)
+        engine.submit(long_job)
+        assert started.wait(120)  # its first words are out: it is decoding
+        for k, question in enumerate(QUESTIONS[1:]):
+            cases[question] = (_image(31 + k), question, 6 + k)
+            engine.submit(_ask(engine, answers, question, *cases[question]))
+        for name in cases:
+            for _ in range(1200):
+                if any(kind in ("done", "error") for kind, _ in answers.events[name]):
+                    break
+                threading.Event().wait(0.1)
+    finally:
+        engine.stop()
+    assert max(engine.batch_sizes) >= 2 and engine.stats["completed"] == 4
+    assert answers.done("long")["completion_tokens"] > 6  # the others joined while it went on
+    for name, (img, question, max_tokens) in cases.items():
+        assert answers.done(name)["text"] == model.chat(img, question, max_new_tokens=max_tokens)[0], name
