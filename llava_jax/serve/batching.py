@@ -12,10 +12,11 @@ into free rows: it prefills the newcomers together (b rows, the filler ones
 one-token prompts) and writes their caches into their rows, growing B (and C,
 for a longer request) to the next bucket when the free rows are too few; the
 other rows go on where they were. A chunk stops after `chunk_tokens` steps
-when a row streams or watches for stop sequences, or when rows are free (so a
-request that arrives meanwhile waits at most that long), and as soon as any
-row ends on the device (EOS, its `max_tokens`), so that its answer goes out at
-once and its row is free for the next request. Between chunks each row's new
+when a row streams or watches for stop sequences, after `ADMIT_CHUNK` when
+rows are free (a request that arrives meanwhile waits at most that long, and
+the chunk queued behind it), and as soon as any row ends on the device (EOS,
+its `max_tokens`), so that its answer goes out at once and its row is free for
+the next request. Between chunks each row's new
 text goes to its request, and a row ends on the host for a stop sequence or a
 cancelled request; an ended row is free. When no row is live the state is
 dropped, and the next request starts a new one sized for what waits.
